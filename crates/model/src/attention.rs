@@ -1,0 +1,72 @@
+//! Scaled dot-product attention shared by every architecture, with the `hook_pattern` and
+//! `hook_z` hook points and grouped-query heads. Projections and rotary stay in the
+//! architecture files, where HF's module tree puts them.
+
+use candle_core::{DType, Tensor};
+
+use crate::context::HookCtx;
+use crate::error::Result;
+use crate::hook::HookPoint;
+use crate::ops::softmax_last;
+use crate::rotary::RotaryTables;
+
+/// Per-forward tensors every block needs.
+pub struct Env {
+    /// Additive mask `(b, 1, t, t)`, f32.
+    pub mask: Tensor,
+    /// cos/sin tables for rotary models.
+    pub rope: Option<RotaryTables>,
+}
+
+/// Attention of `q: (b, t, heads, d)` over `k, v: (b, t, kv_heads, d)` (already rotated);
+/// returns `z: (b, t, heads, d)` after the `attn.hook_pattern` and `attn.hook_z` hooks.
+/// Scores and softmax are computed in f32 whatever the model dtype, as HF does.
+pub fn attend(
+    ctx: &mut HookCtx,
+    layer: usize,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    env: &Env,
+) -> Result<Tensor> {
+    let (b, t, heads, d) = q.dims4()?;
+    let kv_heads = k.dim(2)?;
+    let dtype = q.dtype();
+    let q = q.transpose(1, 2)?.contiguous()?;
+    let (k, v) = if kv_heads == heads {
+        (k.transpose(1, 2)?, v.transpose(1, 2)?)
+    } else {
+        // HF's repeat_kv: each key/value head serves `heads / kv_heads` consecutive queries.
+        let rep = heads / kv_heads;
+        let expand = |x: &Tensor| -> Result<Tensor> {
+            Ok(x.transpose(1, 2)?
+                .unsqueeze(2)?
+                .expand((b, kv_heads, rep, t, d))?
+                .reshape((b, heads, t, d))?)
+        };
+        (expand(k)?, expand(v)?)
+    };
+    let scores = q.matmul(&k.t()?.contiguous()?)?;
+    let scores = (scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = scores.broadcast_add(&env.mask)?;
+    let mut pattern = softmax_last(&scores, ctx.differentiable)?;
+    let hp = HookPoint::AttnPattern(layer);
+    if ctx.is_live(hp) {
+        // Hook layout (b, query, head, key): positions index queries.
+        pattern = ctx.hook(hp, pattern.transpose(1, 2)?)?.transpose(1, 2)?;
+    }
+    let z = pattern.to_dtype(dtype)?.matmul(&v.contiguous()?)?;
+    ctx.hook(HookPoint::AttnZ(layer), z.transpose(1, 2)?)
+}
+
+/// Splits `(b, t, n * d)` into `(b, t, n, d)`.
+pub fn split_heads(x: &Tensor, n: usize) -> Result<Tensor> {
+    let (b, t, w) = x.dims3()?;
+    Ok(x.reshape((b, t, n, w / n))?)
+}
+
+/// Merges `(b, t, n, d)` into `(b, t, n * d)`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, t, n, d) = x.dims4()?;
+    Ok(x.contiguous()?.reshape((b, t, n * d))?)
+}

@@ -1,0 +1,562 @@
+//! config.json, read into one normalised [`ModelConfig`] for every architecture.
+//!
+//! HF spells the same quantity differently per model (`n_embd`, `hidden_size`) and changed
+//! how rotary settings are written between transformers 4 (`rope_theta`, `rope_scaling`,
+//! `rotary_pct`, `rotary_emb_base`) and 5 (`rope_parameters`); both spellings are read here so
+//! that the architecture code never sees a JSON field.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+
+/// The architectures this runtime implements, by HF `model_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `gpt2`: learned positions, Conv1D weights, sequential pre-LN blocks.
+    Gpt2,
+    /// `gptj`: parallel attention + MLP from one LayerNorm, interleaved partial rotary.
+    GptJ,
+    /// `gpt_neox`: parallel or sequential residual, half-split partial rotary, fused QKV.
+    GptNeoX,
+    /// `llama`: RMSNorm, grouped-query attention, SwiGLU, rotary with optional llama3 scaling.
+    Llama,
+    /// `bert`: post-LN encoder with absolute positions and token types.
+    Bert,
+}
+
+impl Architecture {
+    /// The HF `model_type` strings accepted.
+    pub const SUPPORTED: &'static str = "gpt2, gptj, gpt_neox, llama, bert";
+
+    /// Whether the model predicts the next token (has causal attention and logits).
+    pub fn is_causal_lm(&self) -> bool {
+        !matches!(self, Architecture::Bert)
+    }
+
+    /// The HF `model_type` string.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Architecture::Gpt2 => "gpt2",
+            Architecture::GptJ => "gptj",
+            Architecture::GptNeoX => "gpt_neox",
+            Architecture::Llama => "llama",
+            Architecture::Bert => "bert",
+        }
+    }
+}
+
+/// Elementwise activation of the MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU (`gelu`).
+    GeluErf,
+    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish` (used gated in Llama).
+    Silu,
+}
+
+impl Activation {
+    fn parse(name: &str, path: &Path, field: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(ModelError::BadConfig {
+                    path: path.to_path_buf(),
+                    field: field.to_string(),
+                    message: format!(
+                        "activation `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"
+                    ),
+                })
+            }
+        })
+    }
+}
+
+/// How rotary embeddings pair up the dimensions they rotate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotaryStyle {
+    /// Pairs (0,1), (2,3), ... (GPT-J's `rotate_every_two`).
+    Interleaved,
+    /// Pairs (i, i + dim/2) (GPT-NeoX and Llama's `rotate_half`).
+    HalfSplit,
+}
+
+/// Llama 3.1's rescaling of rotary frequencies (`rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    /// `factor`.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_max_position_embeddings: f64,
+}
+
+/// Rotary position embedding settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RotaryConfig {
+    /// How many leading dimensions of each head are rotated (even, <= d_head).
+    pub dim: usize,
+    /// The base of the frequencies.
+    pub theta: f64,
+    /// Pairing of dimensions.
+    pub style: RotaryStyle,
+    /// Llama 3 frequency rescaling, when configured.
+    pub llama3: Option<Llama3Scaling>,
+}
+
+/// Everything the runtime needs from config.json, whatever the architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// The architecture.
+    pub arch: Architecture,
+    /// Number of blocks.
+    pub n_layers: usize,
+    /// Residual stream width.
+    pub d_model: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (= n_heads without grouped-query attention).
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// MLP hidden width (neurons per layer).
+    pub d_mlp: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Learned or maximum positions, where the config gives it.
+    pub max_positions: Option<usize>,
+    /// Epsilon of every LayerNorm / RMSNorm.
+    pub norm_eps: f64,
+    /// MLP activation.
+    pub activation: Activation,
+    /// Rotary settings (GPT-J, GPT-NeoX, Llama).
+    pub rotary: Option<RotaryConfig>,
+    /// Attention and MLP read the same block input (no resid_mid).
+    pub parallel_block: bool,
+    /// Gated MLP (SwiGLU): hook_pre is the gate, hook_pre_linear the up projection.
+    pub gated_mlp: bool,
+    /// The unembedding reuses the token embedding (when the checkpoint has no separate one).
+    pub tie_word_embeddings: bool,
+    /// Q/K/V/O projections carry biases.
+    pub attention_bias: bool,
+    /// MLP projections carry biases.
+    pub mlp_bias: bool,
+    /// Token types (BERT).
+    pub type_vocab_size: usize,
+    /// `bos_token_id`, if any.
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id` (the first, if a list), if any.
+    pub eos_token_id: Option<u32>,
+    /// `pad_token_id`, if any.
+    pub pad_token_id: Option<u32>,
+}
+
+struct Fields<'a> {
+    v: &'a Value,
+    path: PathBuf,
+}
+
+impl Fields<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> ModelError {
+        ModelError::BadConfig {
+            path: self.path.clone(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn get(&self, field: &str) -> Option<&Value> {
+        self.v.get(field).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, field: &str) -> Result<usize> {
+        match self.get(field) {
+            None => Err(self.err(field, "missing")),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, got {v}"))
+            }),
+        }
+    }
+
+    fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(_) => self.usize(field).map(Some),
+        }
+    }
+
+    fn first_usize(&self, fields: &[&str]) -> Result<usize> {
+        for f in fields {
+            if self.get(f).is_some() {
+                return self.usize(f);
+            }
+        }
+        Err(self.err(
+            fields[0],
+            format!("missing (also looked for {})", fields[1..].join(", ")),
+        ))
+    }
+
+    fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(field, format!("expected a number, got {v}"))),
+        }
+    }
+
+    fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(field, format!("expected true or false, got {v}"))),
+        }
+    }
+
+    fn str_or<'b>(&'b self, field: &str, default: &'b str) -> Result<&'b str> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.err(field, format!("expected a string, got {v}"))),
+        }
+    }
+
+    fn token_id(&self, field: &str) -> Option<u32> {
+        match self.get(field)? {
+            Value::Number(n) => n.as_u64().map(|x| x as u32),
+            Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+            _ => None,
+        }
+    }
+
+    /// A rotary setting from transformers 5's `rope_parameters`, else the top level.
+    fn rope_f64(&self, names: &[&str]) -> Result<Option<f64>> {
+        if let Some(rp) = self.get("rope_parameters") {
+            for n in names {
+                if let Some(v) = rp.get(*n).filter(|v| !v.is_null()) {
+                    return v.as_f64().map(Some).ok_or_else(|| {
+                        self.err(&format!("rope_parameters.{n}"), "expected a number")
+                    });
+                }
+            }
+        }
+        for n in names {
+            if self.get(n).is_some() {
+                return self.f64_or(n, 0.0).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn llama3_scaling(&self) -> Result<Option<Llama3Scaling>> {
+        let (field, obj) = match (self.get("rope_scaling"), self.get("rope_parameters")) {
+            (Some(s), _) => ("rope_scaling", s),
+            (None, Some(p)) => ("rope_parameters", p),
+            (None, None) => return Ok(None),
+        };
+        let kind = obj
+            .get("rope_type")
+            .or_else(|| obj.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        match kind {
+            "default" => Ok(None),
+            "llama3" => {
+                let num = |k: &str| {
+                    obj.get(k)
+                        .and_then(|v| v.as_f64())
+                        .ok_or_else(|| self.err(&format!("{field}.{k}"), "missing or not a number"))
+                };
+                Ok(Some(Llama3Scaling {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                }))
+            }
+            other => Err(self.err(
+                &format!("{field}.rope_type"),
+                format!("rope scaling `{other}` is not supported (default, llama3)"),
+            )),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads and normalises `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ModelError::MissingFile {
+                    path: path.to_path_buf(),
+                    what: "the HF config that names the architecture".into(),
+                }
+            } else {
+                ModelError::BadFile {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::BadFile {
+            path: path.to_path_buf(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_json(&v, path)
+    }
+
+    /// Normalises an already parsed config; `path` is only used in error messages.
+    pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
+        let f = Fields {
+            v,
+            path: path.to_path_buf(),
+        };
+        let model_type = f.str_or("model_type", "")?;
+        let arch = match model_type {
+            "gpt2" => Architecture::Gpt2,
+            "gptj" => Architecture::GptJ,
+            "gpt_neox" => Architecture::GptNeoX,
+            "llama" => Architecture::Llama,
+            "bert" => Architecture::Bert,
+            "" => {
+                return Err(f.err(
+                    "model_type",
+                    "missing: config.json must name the architecture",
+                ))
+            }
+            other => {
+                return Err(ModelError::UnsupportedModelType {
+                    path: path.to_path_buf(),
+                    model_type: other.to_string(),
+                    supported: Architecture::SUPPORTED.to_string(),
+                })
+            }
+        };
+        let d_model = f.first_usize(&["n_embd", "hidden_size", "d_model"])?;
+        let n_layers = f.first_usize(&["n_layer", "num_hidden_layers"])?;
+        let n_heads = f.first_usize(&["n_head", "num_attention_heads"])?;
+        if n_heads == 0 || d_model % n_heads != 0 {
+            return Err(f.err(
+                "num_attention_heads",
+                format!("{n_heads} heads do not divide the width {d_model}"),
+            ));
+        }
+        let vocab_size = f.usize("vocab_size")?;
+        let mut cfg = ModelConfig {
+            arch,
+            n_layers,
+            d_model,
+            n_heads,
+            n_kv_heads: n_heads,
+            d_head: d_model / n_heads,
+            d_mlp: 4 * d_model,
+            vocab_size,
+            max_positions: None,
+            norm_eps: 1e-5,
+            activation: Activation::GeluErf,
+            rotary: None,
+            parallel_block: false,
+            gated_mlp: false,
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
+            attention_bias: true,
+            mlp_bias: true,
+            type_vocab_size: 0,
+            bos_token_id: f.token_id("bos_token_id"),
+            eos_token_id: f.token_id("eos_token_id"),
+            pad_token_id: f.token_id("pad_token_id"),
+        };
+        match arch {
+            Architecture::Gpt2 => {
+                cfg.d_mlp = f.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+                cfg.max_positions = Some(f.first_usize(&["n_positions", "n_ctx"])?);
+                cfg.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
+                cfg.activation = Activation::parse(
+                    f.str_or("activation_function", "gelu_new")?,
+                    path,
+                    "activation_function",
+                )?;
+                for unsupported in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
+                    if f.bool_or(unsupported, false)? {
+                        return Err(f.err(unsupported, "true is not supported"));
+                    }
+                }
+            }
+            Architecture::GptJ => {
+                cfg.d_mlp = f.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+                cfg.max_positions = f.opt_usize("n_positions")?;
+                cfg.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
+                cfg.activation = Activation::parse(
+                    f.str_or("activation_function", "gelu_new")?,
+                    path,
+                    "activation_function",
+                )?;
+                cfg.parallel_block = true;
+                cfg.attention_bias = false;
+                cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+                let dim = f.opt_usize("rotary_dim")?.unwrap_or(cfg.d_head);
+                cfg.rotary = Some(RotaryConfig {
+                    dim,
+                    theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
+                    style: RotaryStyle::Interleaved,
+                    llama3: None,
+                });
+            }
+            Architecture::GptNeoX => {
+                cfg.d_mlp = f.usize("intermediate_size")?;
+                cfg.max_positions = f.opt_usize("max_position_embeddings")?;
+                cfg.norm_eps = f.f64_or("layer_norm_eps", 1e-5)?;
+                cfg.activation =
+                    Activation::parse(f.str_or("hidden_act", "gelu")?, path, "hidden_act")?;
+                cfg.parallel_block = f.bool_or("use_parallel_residual", true)?;
+                cfg.attention_bias = f.bool_or("attention_bias", true)?;
+                cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+                let pct = f
+                    .rope_f64(&["partial_rotary_factor", "rotary_pct"])?
+                    .unwrap_or(0.25);
+                cfg.rotary = Some(RotaryConfig {
+                    dim: (cfg.d_head as f64 * pct) as usize,
+                    theta: f
+                        .rope_f64(&["rope_theta", "rotary_emb_base"])?
+                        .unwrap_or(10000.0),
+                    style: RotaryStyle::HalfSplit,
+                    llama3: None,
+                });
+            }
+            Architecture::Llama => {
+                cfg.d_mlp = f.usize("intermediate_size")?;
+                cfg.max_positions = f.opt_usize("max_position_embeddings")?;
+                cfg.norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
+                cfg.activation =
+                    Activation::parse(f.str_or("hidden_act", "silu")?, path, "hidden_act")?;
+                cfg.gated_mlp = true;
+                cfg.n_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+                if cfg.n_kv_heads == 0 || n_heads % cfg.n_kv_heads != 0 {
+                    return Err(f.err(
+                        "num_key_value_heads",
+                        format!(
+                            "{} does not divide num_attention_heads {n_heads}",
+                            cfg.n_kv_heads
+                        ),
+                    ));
+                }
+                cfg.d_head = f.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
+                cfg.attention_bias = f.bool_or("attention_bias", false)?;
+                cfg.mlp_bias = f.bool_or("mlp_bias", false)?;
+                cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+                cfg.rotary = Some(RotaryConfig {
+                    dim: cfg.d_head,
+                    theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
+                    style: RotaryStyle::HalfSplit,
+                    llama3: f.llama3_scaling()?,
+                });
+            }
+            Architecture::Bert => {
+                cfg.d_mlp = f.usize("intermediate_size")?;
+                cfg.max_positions = Some(f.usize("max_position_embeddings")?);
+                cfg.norm_eps = f.f64_or("layer_norm_eps", 1e-12)?;
+                cfg.activation =
+                    Activation::parse(f.str_or("hidden_act", "gelu")?, path, "hidden_act")?;
+                cfg.type_vocab_size = f.opt_usize("type_vocab_size")?.unwrap_or(2);
+                let pe = f.str_or("position_embedding_type", "absolute")?;
+                if pe != "absolute" {
+                    return Err(f.err(
+                        "position_embedding_type",
+                        format!("`{pe}` is not supported (absolute)"),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = cfg.rotary {
+            if r.dim == 0 || r.dim % 2 != 0 || r.dim > cfg.d_head {
+                return Err(f.err(
+                    "rotary_dim",
+                    format!(
+                        "rotary dimension {} must be even and in 2..={}",
+                        r.dim, cfg.d_head
+                    ),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ModelConfig> {
+        ModelConfig::from_json(&v, Path::new("config.json"))
+    }
+
+    #[test]
+    fn llama31_rope_scaling_is_read_in_both_spellings() {
+        let scaling = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let v4 = parse(
+            json!({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+            "intermediate_size": 128, "rope_theta": 500000.0, "rope_scaling": scaling}),
+        )
+        .unwrap();
+        let mut params = scaling.clone();
+        params["rope_theta"] = json!(500000.0);
+        let v5 = parse(
+            json!({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+            "intermediate_size": 128, "rope_parameters": params}),
+        )
+        .unwrap();
+        assert_eq!(v4, v5);
+        let r = v4.rotary.unwrap();
+        assert_eq!(r.theta, 500000.0);
+        assert_eq!(r.llama3.unwrap().factor, 8.0);
+        assert_eq!((v4.n_kv_heads, v4.d_head), (2, 16));
+    }
+
+    #[test]
+    fn pythia_partial_rotary() {
+        let c = parse(
+            json!({"model_type": "gpt_neox", "hidden_size": 4096, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "vocab_size": 50432, "intermediate_size": 16384,
+            "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": true}),
+        )
+        .unwrap();
+        assert_eq!(c.rotary.unwrap().dim, 32);
+        assert!(c.parallel_block);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(json!({"model_type": "mamba"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mamba") && e.contains("gpt_neox"), "{e}");
+        let e = parse(json!({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "vocab_size": 10}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n_layer"), "{e}");
+        let e = parse(
+            json!({"model_type": "gpt2", "n_embd": 64, "n_layer": 1, "n_head": 5,
+            "vocab_size": 10, "n_positions": 8}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("do not divide"), "{e}");
+    }
+}

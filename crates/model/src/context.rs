@@ -1,0 +1,187 @@
+//! The state a forward pass carries through the layers: which hooks are live, and applying
+//! interventions and captures where the architecture code calls [`HookCtx::hook`].
+
+use std::collections::HashSet;
+
+use candle_core::{Device, Tensor};
+
+use crate::batch::Batch;
+use crate::error::{ModelError, Result};
+use crate::hook::HookPoint;
+use crate::request::{Capture, Edit, Intervention, Positions};
+
+/// Live hooks of one forward.
+pub struct HookCtx<'a> {
+    batch: &'a Batch,
+    captures: &'a [Capture],
+    interventions: &'a [Intervention],
+    live: HashSet<HookPoint>,
+    /// Captured tensors, by capture index.
+    pub captured: Vec<Option<Tensor>>,
+    /// Use plain (autograd-recorded) ops instead of fused kernels.
+    pub differentiable: bool,
+    device: Device,
+}
+
+impl<'a> HookCtx<'a> {
+    pub(crate) fn new(
+        batch: &'a Batch,
+        captures: &'a [Capture],
+        interventions: &'a [Intervention],
+        differentiable: bool,
+        device: &Device,
+    ) -> Self {
+        let live = captures
+            .iter()
+            .map(|c| c.hook)
+            .chain(interventions.iter().map(|i| i.hook))
+            .collect();
+        Self {
+            batch,
+            captures,
+            interventions,
+            live,
+            captured: vec![None; captures.len()],
+            differentiable,
+            device: device.clone(),
+        }
+    }
+
+    /// Whether anything reads or changes `hook` (lets callers skip layout work).
+    pub fn is_live(&self, hook: HookPoint) -> bool {
+        self.live.contains(&hook)
+    }
+
+    /// Flat row indices (into `(b * t)`) of `positions`, sequence-major.
+    fn rows(&self, positions: &[i64]) -> Result<Tensor> {
+        let t = self.batch.seq_len;
+        let mut rows = Vec::with_capacity(self.batch.size() * positions.len());
+        for s in 0..self.batch.size() {
+            for &p in positions {
+                rows.push((s * t + self.batch.index(s, p)?) as u32);
+            }
+        }
+        Ok(Tensor::from_vec(
+            rows,
+            self.batch.size() * positions.len(),
+            &self.device,
+        )?)
+    }
+
+    /// Runs the interventions, then the captures, registered at `hook` on `x: (b, t, ...)`.
+    pub fn hook(&mut self, hook: HookPoint, x: Tensor) -> Result<Tensor> {
+        if !self.live.contains(&hook) {
+            return Ok(x);
+        }
+        let mut x = x;
+        for iv in self.interventions.iter().filter(|i| i.hook == hook) {
+            x = self.intervene(&x, iv)?;
+        }
+        for (i, c) in self.captures.iter().enumerate() {
+            if c.hook == hook {
+                self.captured[i] = Some(match &c.positions {
+                    Positions::All => x.clone(),
+                    Positions::At(ps) => {
+                        let dims = x.dims().to_vec();
+                        let flat = x.flatten_to(1)?;
+                        let picked = flat.index_select(&self.rows(ps)?, 0)?;
+                        let mut shape = vec![dims[0], ps.len()];
+                        shape.extend_from_slice(&dims[2..]);
+                        picked.reshape(shape)?
+                    }
+                });
+            }
+        }
+        Ok(x)
+    }
+
+    fn intervene(&self, x: &Tensor, iv: &Intervention) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (b, t) = (dims[0], dims[1]);
+        let n_pos = match &iv.positions {
+            Positions::All => t,
+            Positions::At(ps) => {
+                let mut seen = HashSet::new();
+                if let Some(p) = ps.iter().find(|p| !seen.insert(**p)) {
+                    return Err(ModelError::BadRequest(format!(
+                        "intervention at {}: position {p} is listed twice",
+                        iv.hook
+                    )));
+                }
+                ps.len()
+            }
+        };
+        let per_token = &dims[2..];
+        let mut expected = vec![b, n_pos];
+        expected.extend_from_slice(per_token);
+        if let Some(ix) = &iv.index {
+            if per_token.is_empty() {
+                return Err(ModelError::BadRequest(format!(
+                    "intervention at {}: index given but the hook has no per-token dimension",
+                    iv.hook
+                )));
+            }
+            if let Some(bad) = ix.iter().find(|&&i| i >= per_token[0]) {
+                return Err(ModelError::BadRequest(format!(
+                    "intervention at {}: index {bad} is out of range (size {})",
+                    iv.hook, per_token[0]
+                )));
+            }
+            expected[2] = ix.len();
+        }
+        if iv.value.dims() != expected.as_slice() {
+            return Err(ModelError::BadRequest(format!(
+                "intervention at {}: value has shape {:?}, expected {:?}",
+                iv.hook,
+                iv.value.dims(),
+                expected
+            )));
+        }
+        let value = iv.value.to_dtype(x.dtype())?;
+        // Whole-tensor edits need no indexing.
+        if iv.positions == Positions::All && iv.index.is_none() {
+            return Ok(match iv.edit {
+                Edit::Replace => value,
+                Edit::Add => (x + value)?,
+            });
+        }
+        let rows = match &iv.positions {
+            Positions::All => Tensor::arange(0u32, (b * t) as u32, &self.device)?,
+            Positions::At(ps) => self.rows(ps)?,
+        };
+        let n = b * n_pos;
+        let mut flat_shape = vec![n];
+        flat_shape.extend_from_slice(&expected[2..]);
+        let value = value.reshape(flat_shape)?;
+        let flat = x.flatten_to(1)?;
+        // A replace subtracts the current rows and adds the new value in two steps: x - x is
+        // exactly zero, so the result equals the value bit for bit.
+        let (remove, insert) = match (&iv.index, iv.edit) {
+            (None, Edit::Replace) => (Some(flat.index_select(&rows, 0)?.neg()?), value),
+            (None, Edit::Add) => (None, value),
+            (Some(ix), edit) => {
+                let ix = Tensor::from_vec(
+                    ix.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    ix.len(),
+                    &self.device,
+                )?;
+                let mut row_shape = vec![n];
+                row_shape.extend_from_slice(per_token);
+                let zeros = Tensor::zeros(row_shape, x.dtype(), &self.device)?;
+                let remove = if edit == Edit::Replace {
+                    let cur = flat.index_select(&rows, 0)?.index_select(&ix, 1)?;
+                    Some(zeros.index_add(&ix, &cur.neg()?, 1)?)
+                } else {
+                    None
+                };
+                (remove, zeros.index_add(&ix, &value, 1)?)
+            }
+        };
+        let mut flat = flat;
+        if let Some(r) = remove {
+            flat = flat.index_add(&rows, &r, 0)?;
+        }
+        flat = flat.index_add(&rows, &insert, 0)?;
+        Ok(flat.reshape(dims)?)
+    }
+}

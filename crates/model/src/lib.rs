@@ -1,0 +1,43 @@
+//! A hooked transformer runtime on candle: GPT-2, GPT-J, GPT-NeoX (Pythia), Llama 3.x and BERT
+//! loaded from HF checkpoint directories, with TransformerLens hook points.
+//!
+//! The main type is [`Model`]: [`Model::load`] reads `config.json` and the weights of a local
+//! directory (no network), and [`Model::forward`] runs a left-padded [`Batch`] under a
+//! [`ForwardRequest`]: captures and interventions at [`HookPoint`]s, which logits to return,
+//! and optionally a layer to resume from. [`Model::forward_with_grad`] returns gradients of a
+//! scalar metric at hook sites. [`Tokenizer`] reads the directory's tokenizer.
+//!
+//! A key design decision is that hooks are plain function calls placed in each
+//! architecture's forward, where TransformerLens puts its HookPoints, rather than a module
+//! system that wraps HF's module tree. Two reasons: the Rust forward of each model reads line
+//! by line against HF's Python (one file per architecture), and a forward knows from the
+//! request which hooks are live, so it stops after the last layer it needs and costs nothing
+//! at hooks nobody asked for.
+//!
+//! What this crate does not do: tasks, prompts, storage or analysis. Those live in the stage
+//! crates, which meet only through Parquet files.
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod attention;
+pub mod batch;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod hook;
+mod model;
+pub mod ops;
+pub mod request;
+pub mod rotary;
+pub mod tokenizer;
+pub mod weights;
+
+pub use batch::Batch;
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use hook::HookPoint;
+pub use model::{parse_device, parse_dtype, LoadOptions, Model};
+pub use request::{Capture, Edit, ForwardOutput, ForwardRequest, Intervention, Logits, Positions};
+pub use tokenizer::Tokenizer;
+
+pub use candle_core::{DType, Device, Tensor};

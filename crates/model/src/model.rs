@@ -1,0 +1,416 @@
+//! [`Model`]: loading, hook validation, the forward driver and gradients at hook sites.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::arch::{self, Arch};
+use crate::attention::Env;
+use crate::batch::Batch;
+use crate::config::{Architecture, ModelConfig};
+use crate::context::HookCtx;
+use crate::error::{ModelError, Result};
+use crate::hook::{HookPoint, Stage};
+use crate::request::{
+    Capture, Edit, ForwardOutput, ForwardRequest, Intervention, Logits, Positions,
+};
+use crate::weights::Weights;
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute dtype (f32 by default; bf16 and f16 halve memory).
+    pub dtype: DType,
+    /// Where to run.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// `f32`, `bf16`, `f16` (and the torch spellings `float32`, `bfloat16`, `float16`).
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(ModelError::BadRequest(format!(
+            "dtype `{other}` is not supported (f32, bf16, f16)"
+        ))),
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N` or `metal`; the GPU ones need the matching cargo feature.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let gpu = |r: candle_core::Result<Device>, name: &str, feature: &str| {
+        r.map_err(|e| {
+            ModelError::BadRequest(format!(
+                "device `{name}` is not available ({e}); build with `--features {feature}`"
+            ))
+        })
+    };
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => gpu(Device::new_metal(0), s, "metal"),
+        "cuda" => gpu(Device::new_cuda(0), s, "cuda"),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => gpu(Device::new_cuda(i), s, "cuda"),
+            _ => Err(ModelError::BadRequest(format!(
+                "device `{other}` is not one of cpu, cuda, cuda:N, metal"
+            ))),
+        },
+    }
+}
+
+/// A loaded model.
+pub struct Model {
+    cfg: ModelConfig,
+    dir: PathBuf,
+    dtype: DType,
+    device: Device,
+    arch: Box<dyn Arch>,
+    weight_files: Vec<PathBuf>,
+}
+
+impl Model {
+    /// Loads `dir/config.json` and the weights beside it.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "the model directory".into(),
+            });
+        }
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir, opts.dtype, &opts.device)?;
+        let arch = arch::load(&cfg, &weights)?;
+        Ok(Self {
+            cfg,
+            dir: dir.to_path_buf(),
+            dtype: opts.dtype,
+            device: opts.device.clone(),
+            arch,
+            weight_files: weights.files.clone(),
+        })
+    }
+
+    /// The normalised config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The directory it was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weight files read.
+    pub fn weight_files(&self) -> &[PathBuf] {
+        &self.weight_files
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every hook this model has, in forward order.
+    pub fn hooks(&self) -> Vec<HookPoint> {
+        let mut all = vec![HookPoint::Embed, HookPoint::PosEmbed];
+        for l in 0..self.cfg.n_layers {
+            all.extend(HookPoint::block_hooks(l));
+        }
+        all.extend([HookPoint::LnFinal, HookPoint::Logits]);
+        all.retain(|h| self.check_hook(*h).is_ok());
+        all
+    }
+
+    /// Whether this model has `hook`; the error says why not and what it has instead.
+    pub fn check_hook(&self, hook: HookPoint) -> Result<()> {
+        let c = &self.cfg;
+        let name = c.arch.model_type();
+        let refuse = |why: String| {
+            Err(ModelError::BadHook {
+                name: hook.to_string(),
+                message: format!(
+                    "{why}; this model's hooks are: hook_embed{}, blocks.{{0..{}}}.{{{}}}{}",
+                    if matches!(c.arch, Architecture::Gpt2 | Architecture::Bert) {
+                        ", hook_pos_embed"
+                    } else {
+                        ""
+                    },
+                    c.n_layers - 1,
+                    HookPoint::block_hooks(0)
+                        .iter()
+                        .filter(|h| self.block_hook_exists(**h))
+                        .map(|h| h.to_string().trim_start_matches("blocks.0.").to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if c.arch.is_causal_lm() {
+                        ", ln_final.hook_normalized, logits"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        };
+        if let Some(l) = hook.layer() {
+            if l >= c.n_layers {
+                return refuse(format!(
+                    "layer {l} does not exist ({name} has {} layers)",
+                    c.n_layers
+                ));
+            }
+            if !self.block_hook_exists(hook) {
+                return refuse(match hook {
+                    HookPoint::ResidMid(_) => format!(
+                        "{name} blocks are parallel: attention and MLP both read hook_resid_pre, \
+                         so there is no resid_mid"
+                    ),
+                    _ => format!("{name} has no gated MLP, so there is no hook_pre_linear"),
+                });
+            }
+            return Ok(());
+        }
+        match hook {
+            HookPoint::PosEmbed if !matches!(c.arch, Architecture::Gpt2 | Architecture::Bert) => {
+                refuse(format!("{name} has no learned position embedding"))
+            }
+            HookPoint::LnFinal | HookPoint::Logits if !c.arch.is_causal_lm() => refuse(format!(
+                "{name} is an encoder here, without final norm or LM head"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn block_hook_exists(&self, hook: HookPoint) -> bool {
+        match hook {
+            HookPoint::ResidMid(_) => !self.cfg.parallel_block,
+            HookPoint::MlpPreLinear(_) => self.cfg.gated_mlp,
+            _ => true,
+        }
+    }
+
+    /// The per-token shape of `hook` (see [`HookPoint`]) for sequences of padded length `t`.
+    pub fn hook_shape(&self, hook: HookPoint, t: usize) -> Vec<usize> {
+        let c = &self.cfg;
+        use HookPoint::*;
+        match hook {
+            AttnQ(_) | AttnZ(_) => vec![c.n_heads, c.d_head],
+            AttnK(_) | AttnV(_) => vec![c.n_kv_heads, c.d_head],
+            AttnPattern(_) => vec![c.n_heads, t],
+            MlpPre(_) | MlpPreLinear(_) | MlpPost(_) => vec![c.d_mlp],
+            Logits => vec![c.vocab_size],
+            _ => vec![c.d_model],
+        }
+    }
+
+    /// A left-padded batch on this model's device, padded with the config's pad (or eos)
+    /// token when it is in the vocabulary, else 0: pads are masked, so the id does not matter.
+    pub fn batch(&self, sequences: &[Vec<u32>]) -> Result<Batch> {
+        let vocab = self.cfg.vocab_size;
+        if let Some((s, id)) = sequences.iter().enumerate().find_map(|(s, seq)| {
+            seq.iter()
+                .find(|&&id| id as usize >= vocab)
+                .map(|&id| (s, id))
+        }) {
+            return Err(ModelError::BadRequest(format!(
+                "sequence {s} has token id {id}, outside the vocabulary of {vocab}"
+            )));
+        }
+        let pad = self
+            .cfg
+            .pad_token_id
+            .or(self.cfg.eos_token_id)
+            .filter(|&p| (p as usize) < vocab)
+            .unwrap_or(0);
+        Batch::new(sequences, pad, &self.device)
+    }
+
+    /// Runs `batch` under `req`.
+    pub fn forward(&self, batch: &Batch, req: &ForwardRequest) -> Result<ForwardOutput> {
+        self.run(batch, req, &req.interventions, false)
+    }
+
+    /// Runs `batch` under `req`, then returns, for each of `targets`, the gradient of
+    /// `metric(output)` (a scalar) with respect to the activation at that hook and those
+    /// positions, shaped like a capture of it. One forward and one backward for the batch.
+    ///
+    /// The gradient is taken at an added zero perturbation, after the request's own
+    /// interventions at that hook.
+    pub fn forward_with_grad(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        targets: &[Capture],
+        metric: impl Fn(&ForwardOutput) -> candle_core::Result<Tensor>,
+    ) -> Result<(ForwardOutput, Vec<Tensor>)> {
+        let mut interventions = req.interventions.clone();
+        let mut vars = Vec::with_capacity(targets.len());
+        for t in targets {
+            self.check_hook(t.hook)?;
+            let n = match &t.positions {
+                Positions::All => batch.seq_len,
+                Positions::At(ps) => ps.len(),
+            };
+            let mut shape = vec![batch.size(), n];
+            shape.extend(self.hook_shape(t.hook, batch.seq_len));
+            let var = Var::zeros(shape, self.dtype, &self.device)?;
+            interventions.push(Intervention {
+                hook: t.hook,
+                positions: t.positions.clone(),
+                index: None,
+                edit: Edit::Add,
+                value: var.as_tensor().clone(),
+            });
+            vars.push(var);
+        }
+        let out = self.run(batch, req, &interventions, true)?;
+        let m = metric(&out)?;
+        if m.elem_count() != 1 {
+            return Err(ModelError::BadRequest(format!(
+                "the gradient metric must be a scalar, got shape {:?}",
+                m.dims()
+            )));
+        }
+        let grads = m.sum_all()?.backward()?;
+        let mut out_grads = Vec::with_capacity(vars.len());
+        for v in &vars {
+            out_grads.push(match grads.get(v.as_tensor()) {
+                Some(g) => g.clone(),
+                // No path from the hook to the metric: the gradient is zero.
+                None => v.as_tensor().zeros_like()?,
+            });
+        }
+        Ok((out, out_grads))
+    }
+
+    fn run(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        interventions: &[Intervention],
+        differentiable: bool,
+    ) -> Result<ForwardOutput> {
+        let c = &self.cfg;
+        let hooks = req
+            .captures
+            .iter()
+            .map(|c| c.hook)
+            .chain(interventions.iter().map(|i| i.hook));
+        let mut stop = Stage::Embedding;
+        for h in hooks.clone() {
+            self.check_hook(h)?;
+            stop = stop.max(h.stage());
+        }
+        if req.logits != Logits::None {
+            if !c.arch.is_causal_lm() {
+                return Err(ModelError::BadRequest(format!(
+                    "{} has no LM head: ask for hooks, not logits",
+                    c.arch.model_type()
+                )));
+            }
+            stop = Stage::Final;
+        }
+        let start = match &req.resume {
+            None => 0,
+            Some(r) => {
+                if r.layer > c.n_layers {
+                    return Err(ModelError::BadRequest(format!(
+                        "resume at layer {} but the model has {} layers",
+                        r.layer, c.n_layers
+                    )));
+                }
+                let want = [batch.size(), batch.seq_len, c.d_model];
+                if r.resid.dims() != want {
+                    return Err(ModelError::BadRequest(format!(
+                        "resume residual has shape {:?}, expected {:?}",
+                        r.resid.dims(),
+                        want
+                    )));
+                }
+                if let Some(h) = hooks.clone().find(|h| h.stage() < Stage::Block(r.layer)) {
+                    return Err(ModelError::BadRequest(format!(
+                        "hook {h} fires before layer {}, where the forward resumes",
+                        r.layer
+                    )));
+                }
+                r.layer
+            }
+        };
+        let mut ctx = HookCtx::new(
+            batch,
+            &req.captures,
+            interventions,
+            differentiable,
+            &self.device,
+        );
+        let mut x = match &req.resume {
+            Some(r) => r.resid.to_dtype(self.dtype)?,
+            None => self.arch.embed(batch, &mut ctx)?,
+        };
+        let env = Env {
+            mask: batch.attention_mask(c.arch.is_causal_lm(), &self.device)?,
+            rope: match self.arch.rotary() {
+                Some(r) => Some(r.tables(&batch.position_ids, self.dtype, &self.device)?),
+                None => None,
+            },
+        };
+        for l in start..c.n_layers {
+            if Stage::Block(l) > stop {
+                break;
+            }
+            x = ctx.hook(HookPoint::ResidPre(l), x)?;
+            x = self.arch.block(l, &x, &env, &mut ctx)?;
+            x = ctx.hook(HookPoint::ResidPost(l), x)?;
+        }
+        let mut logits = None;
+        if stop == Stage::Final {
+            if let Some(n) = self.arch.final_norm(&x, differentiable)? {
+                let n = ctx.hook(HookPoint::LnFinal, n)?;
+                let t = batch.seq_len;
+                if req.logits == Logits::All || ctx.is_live(HookPoint::Logits) {
+                    let full = self.arch.unembed(&n)?.expect("causal LMs have a head");
+                    let full = ctx.hook(HookPoint::Logits, full)?;
+                    logits = Some(match req.logits {
+                        Logits::Last => full.narrow(1, t - 1, 1)?.squeeze(1)?,
+                        _ => full,
+                    });
+                } else if req.logits == Logits::Last {
+                    let last = n.narrow(1, t - 1, 1)?;
+                    logits = Some(
+                        self.arch
+                            .unembed(&last)?
+                            .expect("causal LMs have a head")
+                            .squeeze(1)?,
+                    );
+                }
+            }
+        }
+        if req.logits == Logits::None {
+            logits = None;
+        }
+        let captures = ctx
+            .captured
+            .into_iter()
+            .zip(&req.captures)
+            .map(|(t, c)| {
+                t.ok_or_else(|| {
+                    ModelError::BadRequest(format!("hook {} was never reached", c.hook))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ForwardOutput { logits, captures })
+    }
+}

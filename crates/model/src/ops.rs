@@ -1,0 +1,162 @@
+//! Small building blocks shared by every architecture: linear layers, norms, activations.
+//!
+//! candle's fused CPU kernels (layer_norm, rms_norm, softmax_last_dim) are faster but are not
+//! recorded by autograd: a gradient asked through them silently comes back incomplete. Every
+//! function here therefore takes `differentiable` and uses plain tensor ops when it is set.
+
+use candle_core::{DType, Module, Tensor, D};
+
+use crate::config::Activation;
+use crate::error::Result;
+use crate::weights::Vb;
+
+/// A dense layer `x W^T + b` with HF's `nn.Linear` weight layout `(out, in)`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Loads `weight` (and `bias` when `bias`) of shape `(out, in)`.
+    pub fn load(vb: &Vb, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let w = vb.get("weight", &[d_out, d_in])?;
+        let b = if bias {
+            Some(vb.get("bias", &[d_out])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: candle_nn::Linear::new(w, b),
+        })
+    }
+
+    /// Loads GPT-2's `Conv1D`, whose weight is stored `(in, out)`.
+    pub fn load_conv1d(vb: &Vb, d_in: usize, d_out: usize) -> Result<Self> {
+        let w = vb.get("weight", &[d_in, d_out])?.t()?.contiguous()?;
+        let b = vb.get("bias", &[d_out])?;
+        Ok(Self {
+            inner: candle_nn::Linear::new(w, Some(b)),
+        })
+    }
+
+    /// From an existing weight (tied unembedding).
+    pub fn from_weight(w: Tensor, b: Option<Tensor>) -> Self {
+        Self {
+            inner: candle_nn::Linear::new(w, b),
+        }
+    }
+
+    /// Applies the layer to `(..., in)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x)?)
+    }
+}
+
+/// LayerNorm with weight and bias.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of width `d`.
+    pub fn load(vb: &Vb, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            w: vb.get("weight", &[d])?,
+            b: vb.get("bias", &[d])?,
+            eps,
+        })
+    }
+
+    /// Normalises the last dimension.
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        Ok(if differentiable {
+            candle_nn::ops::layer_norm_slow(x, &self.w, &self.b, self.eps as f32)?
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.w, &self.b, self.eps as f32)?
+        })
+    }
+}
+
+/// RMSNorm (Llama), computed in f32 as HF does.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    w: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `weight` of width `d`.
+    pub fn load(vb: &Vb, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            w: vb.get("weight", &[d])?,
+            eps,
+        })
+    }
+
+    /// Normalises the last dimension.
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if differentiable || x.dtype() != DType::F32 {
+            // HF: hidden.to(f32) * rsqrt(mean(hidden^2) + eps), back to the input dtype, then
+            // times the weight.
+            let dtype = x.dtype();
+            let xf = x.to_dtype(DType::F32)?;
+            let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            Ok(normed.to_dtype(dtype)?.broadcast_mul(&self.w)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                &self.w,
+                self.eps as f32,
+            )?)
+        }
+    }
+}
+
+/// Applies an activation function.
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    Ok(if differentiable {
+        candle_nn::ops::softmax(x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&x.contiguous()?)?
+    })
+}
+
+/// A token (or position) embedding table.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    /// `(n, d)`.
+    pub table: Tensor,
+}
+
+impl Embedding {
+    /// Loads `weight` of shape `(n, d)`.
+    pub fn load(vb: &Vb, n: usize, d: usize) -> Result<Self> {
+        Ok(Self {
+            table: vb.get("weight", &[n, d])?,
+        })
+    }
+
+    /// Looks up `ids` of shape `(b, t)` giving `(b, t, d)`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let d = self.table.dim(1)?;
+        Ok(self
+            .table
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, d))?)
+    }
+}

@@ -1,0 +1,156 @@
+//! What a forward pass is asked to do: captures, interventions, how far to run, where to
+//! start, and what it returns.
+
+use candle_core::Tensor;
+
+use crate::hook::HookPoint;
+
+/// Which positions of each sequence a capture or intervention touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Positions {
+    /// Every padded position, laid out `(b, t, ...)` (pads included).
+    All,
+    /// These positions of every sequence: negative from the end (-1 = last token),
+    /// non-negative from the first real token. Laid out `(b, n, ...)` in this order.
+    At(Vec<i64>),
+}
+
+impl Positions {
+    /// The last token only.
+    pub fn last() -> Self {
+        Positions::At(vec![-1])
+    }
+}
+
+/// Read the activation at a hook.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    /// Where.
+    pub hook: HookPoint,
+    /// Which positions.
+    pub positions: Positions,
+}
+
+/// How an intervention changes the activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Set it to the value.
+    Replace,
+    /// Add the value to it.
+    Add,
+}
+
+/// Change the activation at a hook before the rest of the forward sees it.
+#[derive(Clone, Debug)]
+pub struct Intervention {
+    /// Where.
+    pub hook: HookPoint,
+    /// Which positions.
+    pub positions: Positions,
+    /// Only these indices of the first per-token dimension: heads for `attn.hook_z` and
+    /// friends, neurons for `mlp.hook_post`, features for residual hooks. `None` = all.
+    pub index: Option<Vec<usize>>,
+    /// Replace or add.
+    pub edit: Edit,
+    /// `(b, n_positions, per-token shape with the indexed dimension cut to index.len())`.
+    pub value: Tensor,
+}
+
+/// How many logits to return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// None: the forward stops after the last layer a hook needs.
+    #[default]
+    None,
+    /// `(b, vocab)` at each sequence's last token.
+    Last,
+    /// `(b, t, vocab)`.
+    All,
+}
+
+/// Start the forward at block `layer` from a given residual stream, instead of embedding the
+/// tokens and running the blocks before it (patching sweeps resume at the patched layer).
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// The first block to run.
+    pub layer: usize,
+    /// `blocks.{layer}.hook_resid_pre` for every position, `(b, t, d_model)`.
+    pub resid: Tensor,
+}
+
+/// Everything one forward pass should do besides computing.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardRequest {
+    /// Activations to return, in this order.
+    pub captures: Vec<Capture>,
+    /// Changes, applied in this order; at a hook, interventions run before captures.
+    pub interventions: Vec<Intervention>,
+    /// Logits to return.
+    pub logits: Logits,
+    /// Where to start.
+    pub resume: Option<Resume>,
+}
+
+impl ForwardRequest {
+    /// An empty request.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a capture.
+    pub fn capture(mut self, hook: HookPoint, positions: Positions) -> Self {
+        self.captures.push(Capture { hook, positions });
+        self
+    }
+
+    /// Adds an intervention that replaces the activation (all indices) at `positions`.
+    pub fn replace(mut self, hook: HookPoint, positions: Positions, value: Tensor) -> Self {
+        self.interventions.push(Intervention {
+            hook,
+            positions,
+            index: None,
+            edit: Edit::Replace,
+            value,
+        });
+        self
+    }
+
+    /// Adds an intervention that adds `value` (all indices) at `positions`.
+    pub fn add(mut self, hook: HookPoint, positions: Positions, value: Tensor) -> Self {
+        self.interventions.push(Intervention {
+            hook,
+            positions,
+            index: None,
+            edit: Edit::Add,
+            value,
+        });
+        self
+    }
+
+    /// Adds any intervention.
+    pub fn intervene(mut self, i: Intervention) -> Self {
+        self.interventions.push(i);
+        self
+    }
+
+    /// Asks for logits.
+    pub fn logits(mut self, logits: Logits) -> Self {
+        self.logits = logits;
+        self
+    }
+
+    /// Starts at block `layer` from `resid`.
+    pub fn resume(mut self, layer: usize, resid: Tensor) -> Self {
+        self.resume = Some(Resume { layer, resid });
+        self
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    /// Logits, as asked.
+    pub logits: Option<Tensor>,
+    /// One tensor per capture, in request order, `(b, n_positions, per-token shape...)`.
+    pub captures: Vec<Tensor>,
+}

@@ -1,0 +1,215 @@
+//! Weights of an HF model directory: one safetensors file, a sharded safetensors index,
+//! pytorch_model.bin, or a sharded .bin index, read lazily (safetensors are memory mapped) and
+//! checked against the shape config.json implies, with errors that name the tensor and the
+//! directory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{pickle::PthTensors, DType, Device, Tensor};
+
+use crate::error::{ModelError, Result};
+
+enum Backend {
+    Safetensors(MmapedSafetensors),
+    Pth {
+        shards: Vec<PthTensors>,
+        routing: HashMap<String, usize>,
+    },
+}
+
+/// The tensors of a checkpoint, converted on access to one dtype and device.
+pub struct Weights {
+    dir: PathBuf,
+    backend: Backend,
+    names: Vec<String>,
+    dtype: DType,
+    device: Device,
+    /// The files the tensors come from, for provenance.
+    pub files: Vec<PathBuf>,
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let bad = |message: String| ModelError::BadFile {
+        path: index.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for file in map.values() {
+        let name = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map value {file} is not a file name")))?;
+        let p = dir.join(name);
+        if !files.contains(&p) {
+            if !p.exists() {
+                return Err(ModelError::MissingFile {
+                    path: p,
+                    what: format!("a shard listed in {}", index.display()),
+                });
+            }
+            files.push(p);
+        }
+    }
+    Ok(files)
+}
+
+impl Weights {
+    /// Opens the weights of `dir`, preferring safetensors over pytorch pickles.
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let st = dir.join("model.safetensors");
+        let st_index = dir.join("model.safetensors.index.json");
+        let bin = dir.join("pytorch_model.bin");
+        let bin_index = dir.join("pytorch_model.bin.index.json");
+        let (backend, files) = if st.exists() || st_index.exists() {
+            let files = if st.exists() {
+                vec![st]
+            } else {
+                shard_files(&st_index)?
+            };
+            // SAFETY: the files are memory mapped read-only; like every mmap user we assume
+            // nobody truncates a checkpoint while it is being read.
+            let m =
+                unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadFile {
+                    path: files[0].clone(),
+                    message: format!("cannot read safetensors: {e}"),
+                })?;
+            (Backend::Safetensors(m), files)
+        } else if bin.exists() || bin_index.exists() {
+            let files = if bin.exists() {
+                vec![bin]
+            } else {
+                shard_files(&bin_index)?
+            };
+            let mut shards = Vec::new();
+            let mut routing = HashMap::new();
+            for (i, f) in files.iter().enumerate() {
+                let p = PthTensors::new(f, None).map_err(|e| ModelError::BadFile {
+                    path: f.clone(),
+                    message: format!("cannot read pytorch checkpoint: {e}"),
+                })?;
+                for name in p.tensor_infos().keys() {
+                    routing.insert(name.clone(), i);
+                }
+                shards.push(p);
+            }
+            (Backend::Pth { shards, routing }, files)
+        } else {
+            return Err(ModelError::MissingFile {
+                path: dir.join("model.safetensors"),
+                what: "the weights: model.safetensors, model.safetensors.index.json, \
+                       pytorch_model.bin or pytorch_model.bin.index.json"
+                    .into(),
+            });
+        };
+        let mut names: Vec<String> = match &backend {
+            Backend::Safetensors(m) => m.tensors().into_iter().map(|(n, _)| n).collect(),
+            Backend::Pth { routing, .. } => routing.keys().cloned().collect(),
+        };
+        names.sort();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            backend,
+            names,
+            dtype,
+            device: device.clone(),
+            files,
+        })
+    }
+
+    /// Every tensor name in the checkpoint, sorted.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the checkpoint holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
+    }
+
+    /// The tensor `name`, checked to have `shape`, in the runtime's dtype and device.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if !self.contains(name) {
+            return Err(ModelError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                count: self.names.len(),
+                examples: self
+                    .names
+                    .iter()
+                    .take(4)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let t = match &self.backend {
+            Backend::Safetensors(m) => m.load(name, &Device::Cpu)?,
+            Backend::Pth { shards, routing } => shards[routing[name]]
+                .get(name)?
+                .expect("name listed by the shard's own index"),
+        };
+        if t.dims() != shape {
+            return Err(ModelError::TensorShape {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// A view that prefixes names with `prefix.`.
+    pub fn pp(&self, prefix: &str) -> Vb<'_> {
+        Vb {
+            w: self,
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+/// A prefixed view of [`Weights`], as the module tree of an HF model spells it.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    w: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> Vb<'a> {
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// A deeper view.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Vb<'a> {
+        Vb {
+            w: self.w,
+            prefix: self.full(&name.to_string()),
+        }
+    }
+
+    /// The tensor `name` under this prefix, checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get(&self.full(name), shape)
+    }
+
+    /// Whether `name` exists under this prefix.
+    pub fn contains(&self, name: &str) -> bool {
+        self.w.contains(&self.full(name))
+    }
+}

@@ -1,0 +1,92 @@
+//! Helpers shared by the model tests: fixture paths and reading HF reference files.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use helixlab_model::{Device, LoadOptions, Model, Tensor};
+
+/// The parity fixtures made by tools/make_parity_fixtures.py.
+pub fn fixture(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(case)
+}
+
+pub const CASES: [&str; 6] = [
+    "gpt2_tied",
+    "gptj_rotary_partial",
+    "neox_parallel",
+    "neox_sequential",
+    "llama_gqa_llama3",
+    "bert",
+];
+
+pub fn load(case: &str) -> Model {
+    Model::load(&fixture(case), &LoadOptions::default()).unwrap()
+}
+
+pub fn reference(case: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(case).join("hf_reference.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+/// The unpadded token sequences of the reference batch.
+pub fn sequences(r: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
+    let ids = r["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = r["attention_mask"].to_vec2::<i64>().unwrap();
+    ids.iter()
+        .zip(&mask)
+        .map(|(row, m)| {
+            row.iter()
+                .zip(m)
+                .filter(|(_, &k)| k == 1)
+                .map(|(&i, _)| i as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Max |a - b| over real (unpadded) positions of tensors laid out (batch, position, ...).
+pub fn max_diff_real(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let (bs, t) = (a.dim(0).unwrap(), a.dim(1).unwrap());
+    let per = a.elem_count() / (bs * t);
+    let a = a
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .reshape((bs, t, per))
+        .unwrap();
+    let b = b
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .reshape((bs, t, per))
+        .unwrap();
+    let m = mask
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .reshape((bs, t, 1))
+        .unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .broadcast_mul(&m)
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Max |x| of a tensor.
+pub fn max_abs(x: &Tensor) -> f32 {
+    x.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

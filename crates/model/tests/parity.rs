@@ -1,0 +1,242 @@
+//! Parity with HF transformers: logits, every hook, and gradients, on tiny random checkpoints
+//! of every architecture (tests/fixtures/parity, made by tools/make_parity_fixtures.py with
+//! torch 2.15.0 / transformers 5.23.0). Tolerance: f32 max abs difference <= 1e-4 at every
+//! real (unpadded) position; weights are O(1) so activations are too and 1e-4 is tight.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use common::*;
+use helixlab_model::{
+    Architecture, Capture, ForwardOutput, ForwardRequest, HookPoint, LoadOptions, Logits, Model,
+    Positions,
+};
+
+const TOL: f32 = 1e-4;
+
+fn metric_weights(r: &HashMap<String, Tensor>, vocab: usize) -> Tensor {
+    let t = r["metric_targets"].to_vec2::<i64>().unwrap();
+    let mut w = vec![0f32; t.len() * vocab];
+    for (b, row) in t.iter().enumerate() {
+        w[b * vocab + row[0] as usize] += 1.0;
+        w[b * vocab + row[1] as usize] -= 1.0;
+    }
+    Tensor::from_vec(w, (t.len(), vocab), &candle_core::Device::Cpu).unwrap()
+}
+
+fn check_case(case: &str) {
+    let model = load(case);
+    let r = reference(case);
+    let mask = &r["attention_mask"];
+    let batch = model.batch(&sequences(&r)).unwrap();
+    let pos: Vec<Vec<u32>> = r["position_ids"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|row| row.iter().map(|&p| p as u32).collect())
+        .collect();
+    assert_eq!(batch.position_ids, pos, "{case}: position ids");
+
+    // Every hook the model has must be in the reference, and match it.
+    let hooks: Vec<HookPoint> = model
+        .hooks()
+        .into_iter()
+        .filter(|h| *h != HookPoint::Logits)
+        .collect();
+    for h in &hooks {
+        assert!(
+            r.contains_key(&h.to_string()),
+            "{case}: reference lacks {h}"
+        );
+    }
+    let causal = model.config().arch.is_causal_lm();
+    let mut req = ForwardRequest::new().logits(if causal { Logits::All } else { Logits::None });
+    for h in &hooks {
+        req = req.capture(*h, Positions::All);
+    }
+    let out = model.forward(&batch, &req).unwrap();
+    let mut worst = (String::new(), 0f32);
+    for (h, got) in hooks.iter().zip(&out.captures) {
+        let d = max_diff_real(got, &r[&h.to_string()], mask);
+        assert!(
+            d <= TOL,
+            "{case}: {h} differs from HF by {d} (max |x| {})",
+            max_abs(got)
+        );
+        if d > worst.1 {
+            worst = (h.to_string(), d);
+        }
+    }
+    if causal {
+        let d = max_diff_real(out.logits.as_ref().unwrap(), &r["logits"], mask);
+        assert!(d <= TOL, "{case}: logits differ from HF by {d}");
+        assert!(
+            max_abs(&r["logits"]) > 1.0,
+            "{case}: logits too small to be a real test"
+        );
+    }
+    eprintln!(
+        "{case}: {} hooks match HF, worst {} ({:.2e})",
+        hooks.len(),
+        worst.0,
+        worst.1
+    );
+
+    // Gradients of the fixture's metric at the recorded sites.
+    let targets: Vec<Capture> = r
+        .keys()
+        .filter_map(|k| k.strip_prefix("grad."))
+        .map(|h| Capture {
+            hook: h.parse().unwrap(),
+            positions: Positions::All,
+        })
+        .collect();
+    assert!(!targets.is_empty());
+    let cfg = model.config().clone();
+    let metric: Box<dyn Fn(&ForwardOutput) -> candle_core::Result<Tensor>> = if causal {
+        let w = metric_weights(&r, cfg.vocab_size);
+        Box::new(move |o: &ForwardOutput| (o.logits.as_ref().unwrap() * &w)?.sum_all())
+    } else {
+        let v = r["metric_vector"].clone();
+        Box::new(move |o: &ForwardOutput| o.captures[0].squeeze(1)?.broadcast_mul(&v)?.sum_all())
+    };
+    let req = if causal {
+        ForwardRequest::new().logits(Logits::Last)
+    } else {
+        ForwardRequest::new().capture(HookPoint::ResidPost(cfg.n_layers - 1), Positions::last())
+    };
+    let (out, grads) = model
+        .forward_with_grad(&batch, &req, &targets, metric)
+        .unwrap();
+    let m = if causal {
+        (out.logits.unwrap() * metric_weights(&r, cfg.vocab_size))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    } else {
+        out.captures[0]
+            .squeeze(1)
+            .unwrap()
+            .broadcast_mul(&r["metric_vector"])
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let hf_metric = r["metric"].to_vec1::<f32>().unwrap()[0];
+    assert!(
+        (m.to_scalar::<f32>().unwrap() - hf_metric).abs() < TOL,
+        "{case}: metric"
+    );
+    for (t, g) in targets.iter().zip(&grads) {
+        let want = &r[&format!("grad.{}", t.hook)];
+        let d = max_diff_real(g, want, mask);
+        assert!(
+            d <= TOL,
+            "{case}: gradient at {} differs from HF by {d} (max |g| {})",
+            t.hook,
+            max_abs(want)
+        );
+        assert!(
+            max_abs(want) > 1e-3,
+            "{case}: HF gradient at {} is ~0",
+            t.hook
+        );
+    }
+    eprintln!("{case}: gradients at {} sites match HF", targets.len());
+}
+
+#[test]
+fn gpt2_matches_hf() {
+    check_case("gpt2_tied");
+}
+
+#[test]
+fn gptj_matches_hf() {
+    check_case("gptj_rotary_partial");
+}
+
+#[test]
+fn neox_parallel_matches_hf() {
+    check_case("neox_parallel");
+}
+
+#[test]
+fn neox_sequential_matches_hf() {
+    check_case("neox_sequential");
+}
+
+#[test]
+fn llama_matches_hf() {
+    check_case("llama_gqa_llama3");
+}
+
+#[test]
+fn bert_matches_hf() {
+    check_case("bert");
+}
+
+#[test]
+fn fixtures_cover_every_architecture_and_weight_format() {
+    let mut archs = Vec::new();
+    let mut files = Vec::new();
+    for case in CASES {
+        let m = load(case);
+        archs.push(m.config().arch);
+        files.extend(
+            m.weight_files()
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().to_string()),
+        );
+    }
+    for a in [
+        Architecture::Gpt2,
+        Architecture::GptJ,
+        Architecture::GptNeoX,
+        Architecture::Llama,
+        Architecture::Bert,
+    ] {
+        assert!(archs.contains(&a), "{a:?} has no fixture");
+    }
+    assert!(files.iter().any(|f| f == "pytorch_model.bin"));
+    assert!(files.iter().any(|f| f.starts_with("pytorch_model-0000")));
+    assert!(files.iter().any(|f| f == "model.safetensors"));
+    assert!(files.iter().any(|f| f.starts_with("model-0000")));
+}
+
+/// bf16 against HF's f32 logits. bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4 %),
+/// so each of the ~20 roundings on the path to a logit can move it by 0.4 % of the values
+/// involved; the test allows 5 % of the largest |logit|.
+#[test]
+fn bf16_is_close_to_hf_f32() {
+    for case in [
+        "gpt2_tied",
+        "llama_gqa_llama3",
+        "gptj_rotary_partial",
+        "neox_parallel",
+    ] {
+        let model = Model::load(
+            &fixture(case),
+            &LoadOptions {
+                dtype: DType::BF16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let r = reference(case);
+        let batch = model.batch(&sequences(&r)).unwrap();
+        let out = model
+            .forward(&batch, &ForwardRequest::new().logits(Logits::All))
+            .unwrap();
+        let logits = out.logits.unwrap();
+        assert_eq!(logits.dtype(), DType::BF16);
+        let d = max_diff_real(&logits, &r["logits"], &r["attention_mask"]);
+        let scale = max_abs(&r["logits"]);
+        eprintln!("{case} bf16: max |diff| {d:.4} against max |logit| {scale:.2}");
+        assert!(
+            d <= 0.05 * scale,
+            "{case}: bf16 logits off by {d} (scale {scale})"
+        );
+    }
+}
