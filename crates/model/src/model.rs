@@ -367,10 +367,12 @@ impl Model {
                 None => None,
             },
         };
+        let mut end = start;
         for l in start..c.n_layers {
             if Stage::Block(l) > stop {
                 break;
             }
+            end = l + 1;
             x = ctx.hook(HookPoint::ResidPre(l), x)?;
             x = self.arch.block(l, &x, &env, &mut ctx)?;
             x = ctx.hook(HookPoint::ResidPost(l), x)?;
@@ -411,6 +413,10 @@ impl Model {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(ForwardOutput { logits, captures })
+        Ok(ForwardOutput {
+            logits,
+            captures,
+            layers_run: start..end,
+        })
     }
 }

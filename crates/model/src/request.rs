@@ -153,4 +153,6 @@ pub struct ForwardOutput {
     pub logits: Option<Tensor>,
     /// One tensor per capture, in request order, `(b, n_positions, per-token shape...)`.
     pub captures: Vec<Tensor>,
+    /// The blocks that ran (a forward stops after the last one it needs).
+    pub layers_run: std::ops::Range<usize>,
 }
