@@ -315,6 +315,15 @@ def make_case(root, name, seed):
     save_weights(model, out, fmt)
     if name == "gpt2_tied":
         word_level_tokenizer(out)
+        # End to end through the tokenizer: what `helixlab model run --prompt` must reproduce.
+        from tokenizers import Tokenizer
+
+        prompt = "37+45="
+        ids = Tokenizer.from_file(os.path.join(out, "tokenizer.json")).encode(prompt).ids
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        save_file({"input_ids": torch.tensor(ids, dtype=torch.int64), "logits": logits.contiguous()},
+                  os.path.join(out, "hf_prompt.safetensors"), metadata={"prompt": prompt})
 
     ids, mask, pos = batch(seed + 1)
     rec = Recorder()

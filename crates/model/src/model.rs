@@ -76,6 +76,7 @@ pub struct Model {
     device: Device,
     arch: Box<dyn Arch>,
     weight_files: Vec<PathBuf>,
+    parameter_count: usize,
 }
 
 impl Model {
@@ -97,6 +98,7 @@ impl Model {
             device: opts.device.clone(),
             arch,
             weight_files: weights.files.clone(),
+            parameter_count: weights.parameter_count(),
         })
     }
 
@@ -113,6 +115,11 @@ impl Model {
     /// The weight files read.
     pub fn weight_files(&self) -> &[PathBuf] {
         &self.weight_files
+    }
+
+    /// Scalars in the checkpoint (tied weights counted once, unused ones included).
+    pub fn parameter_count(&self) -> usize {
+        self.parameter_count
     }
 
     /// Compute dtype.

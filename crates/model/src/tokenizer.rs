@@ -80,10 +80,14 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(format!("cannot decode {ids:?}: {e}")))
     }
 
-    /// The id of `text` if it encodes (without special tokens) to exactly one token.
+    /// The id of `text` if it encodes (without special tokens) to exactly one token that
+    /// decodes back to `text` (an unknown-word token does not count).
     pub fn single_token(&self, text: &str) -> Result<Option<u32>> {
         let ids = self.encode(text, false)?;
-        Ok((ids.len() == 1).then(|| ids[0]))
+        if ids.len() != 1 || self.decode(&ids)?.trim() != text {
+            return Ok(None);
+        }
+        Ok(Some(ids[0]))
     }
 
     /// The string of one token id.

@@ -125,6 +125,22 @@ impl Weights {
         })
     }
 
+    /// The number of scalars in the checkpoint (read from headers, no data loaded).
+    pub fn parameter_count(&self) -> usize {
+        match &self.backend {
+            Backend::Safetensors(m) => m
+                .tensors()
+                .iter()
+                .map(|(_, v)| v.shape().iter().product::<usize>())
+                .sum(),
+            Backend::Pth { shards, .. } => shards
+                .iter()
+                .flat_map(|s| s.tensor_infos().values())
+                .map(|i| i.layout.shape().elem_count())
+                .sum(),
+        }
+    }
+
     /// Every tensor name in the checkpoint, sorted.
     pub fn names(&self) -> &[String] {
         &self.names

@@ -1,0 +1,261 @@
+//! `helixlab model check` and `helixlab model run`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use helixlab_model::{
+    parse_device, parse_dtype, DType, ForwardRequest, HookPoint, LoadOptions, Logits, Model,
+    Positions, Tensor, Tokenizer,
+};
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Load a model directory and report its architecture, sizes, hooks and the range of
+    /// numbers that are single tokens.
+    Check(CheckArgs),
+    /// Run one prompt and save its token ids, logits and hook activations to a
+    /// .safetensors file (for quick looks and comparisons with other tools).
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct Load {
+    /// The model directory (config.json, model.safetensors or pytorch_model.bin, tokenizer).
+    pub dir: PathBuf,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Device: cpu, cuda, cuda:N or metal (GPU builds need the cuda/metal feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl Load {
+    fn open(&self) -> Result<Model> {
+        let opts = LoadOptions {
+            dtype: parse_dtype(&self.dtype)?,
+            device: parse_device(&self.device)?,
+        };
+        Model::load(&self.dir, &opts).with_context(|| format!("loading {}", self.dir.display()))
+    }
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub load: Load,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub load: Load,
+    /// The prompt text (use $'...' in bash for newlines).
+    #[arg(long)]
+    pub prompt: String,
+    /// A hook to save, TransformerLens name (e.g. blocks.3.hook_resid_post); repeatable.
+    #[arg(long = "hook")]
+    pub hooks: Vec<String>,
+    /// Where to write the .safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Do not add the tokenizer's special tokens (Llama 3's BOS).
+    #[arg(long)]
+    pub no_special_tokens: bool,
+}
+
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Check(a) => check(&a),
+        ModelCommand::Run(a) => run_prompt(&a),
+    }
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "other",
+    }
+}
+
+fn check(a: &CheckArgs) -> Result<()> {
+    let model = a.load.open()?;
+    let c = model.config();
+    let tok = Tokenizer::from_dir(&a.load.dir);
+    let (tokenizer, numbers, plus_eq) = match &tok {
+        Ok(t) => (
+            Some(t.source.display().to_string()),
+            t.single_token_numbers(100_000)?,
+            Some(t.single_token("+")?.is_some() && t.single_token("=")?.is_some()),
+        ),
+        Err(_) => (None, None, None),
+    };
+    let hooks = model.hooks();
+    let rotary = c.rotary.map(|r| {
+        serde_json::json!({"dim": r.dim, "theta": r.theta, "style": format!("{:?}", r.style),
+            "llama3_scaling": r.llama3.is_some()})
+    });
+    let report = serde_json::json!({
+        "dir": model.dir().display().to_string(),
+        "architecture": c.arch.model_type(),
+        "layers": c.n_layers,
+        "d_model": c.d_model,
+        "heads": c.n_heads,
+        "kv_heads": c.n_kv_heads,
+        "d_head": c.d_head,
+        "d_mlp": c.d_mlp,
+        "vocab_size": c.vocab_size,
+        "parameters": model.parameter_count(),
+        "parallel_block": c.parallel_block,
+        "gated_mlp": c.gated_mlp,
+        "rotary": rotary,
+        "dtype": dtype_name(model.dtype()),
+        "device": format!("{:?}", model.device()),
+        "weight_files": model.weight_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "tokenizer": tokenizer,
+        "single_token_numbers": numbers.map(|n| format!("0..={n}")),
+        "plus_and_equals_single_tokens": plus_eq,
+        "hooks_per_block": HookPoint::block_hooks(0).iter().filter(|h| hooks.contains(h))
+            .map(|h| h.to_string().trim_start_matches("blocks.0.").to_string()).collect::<Vec<_>>(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("{}", model.dir().display());
+    println!(
+        "  architecture  {} ({} layers, d_model {}, {} heads{} x {}, d_mlp {}, vocab {})",
+        c.arch.model_type(),
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        if c.n_kv_heads != c.n_heads {
+            format!(" / {} kv", c.n_kv_heads)
+        } else {
+            String::new()
+        },
+        c.d_head,
+        c.d_mlp,
+        c.vocab_size
+    );
+    println!("  parameters    {}", model.parameter_count());
+    println!(
+        "  blocks        {}{}",
+        if c.parallel_block { "parallel attention + MLP" } else { "sequential" },
+        if c.gated_mlp { ", gated MLP" } else { "" }
+    );
+    if let Some(r) = c.rotary {
+        println!(
+            "  rotary        {} of {} dims, theta {}, {:?}{}",
+            r.dim,
+            c.d_head,
+            r.theta,
+            r.style,
+            if r.llama3.is_some() { ", llama3 scaling" } else { "" }
+        );
+    }
+    println!("  dtype/device  {} on {:?}", dtype_name(model.dtype()), model.device());
+    for f in model.weight_files() {
+        println!("  weights       {}", f.display());
+    }
+    match &tok {
+        Ok(t) => {
+            println!("  tokenizer     {}", t.source.display());
+            match numbers {
+                Some(n) => println!("  numbers       0..={n} are single tokens"),
+                None => println!("  numbers       0 is not a single token"),
+            }
+        }
+        Err(e) => println!("  tokenizer     none ({e})"),
+    }
+    println!("  hooks         {}", report["hooks_per_block"].as_array().map_or(0, |h| h.len()));
+    for h in report["hooks_per_block"].as_array().into_iter().flatten() {
+        println!("                blocks.{{l}}.{}", h.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn run_prompt(a: &RunArgs) -> Result<()> {
+    let model = a.load.open()?;
+    let tok = Tokenizer::from_dir(&a.load.dir)?;
+    let ids = tok.encode(&a.prompt, !a.no_special_tokens)?;
+    if ids.is_empty() {
+        bail!("the prompt {:?} has no tokens", a.prompt);
+    }
+    let hooks = a
+        .hooks
+        .iter()
+        .map(|h| {
+            let hook: HookPoint = h.parse()?;
+            model.check_hook(hook)?;
+            Ok(hook)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let causal = model.config().arch.is_causal_lm();
+    let mut req = ForwardRequest::new().logits(if causal { Logits::All } else { Logits::None });
+    for h in &hooks {
+        req = req.capture(*h, Positions::All);
+    }
+    let batch = model.batch(std::slice::from_ref(&ids))?;
+    let out = model.forward(&batch, &req)?;
+
+    let t = ids.len();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    tensors.insert("input_ids".into(), Tensor::from_vec(ids.clone(), t, &helixlab_model::Device::Cpu)?);
+    let to_cpu = |x: &Tensor| -> Result<Tensor> {
+        Ok(x.squeeze(0)?.to_dtype(DType::F32)?.to_device(&helixlab_model::Device::Cpu)?)
+    };
+    if let Some(l) = &out.logits {
+        tensors.insert("logits".into(), to_cpu(l)?);
+    }
+    for (h, x) in hooks.iter().zip(&out.captures) {
+        tensors.insert(h.to_string(), to_cpu(x)?);
+    }
+    let tokens: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.decode(&[i]).unwrap_or_default())
+        .collect();
+    let meta = HashMap::from([
+        ("model_dir".to_string(), model.dir().display().to_string()),
+        ("architecture".to_string(), model.config().arch.model_type().to_string()),
+        ("dtype".to_string(), dtype_name(model.dtype()).to_string()),
+        ("device".to_string(), format!("{:?}", model.device())),
+        ("prompt".to_string(), a.prompt.clone()),
+        ("tokens".to_string(), serde_json::to_string(&tokens)?),
+        ("layout".to_string(), "activations are (position, per-token shape...), f32".to_string()),
+        ("helixlab_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+    ]);
+    save(&tensors, meta, &a.out)?;
+
+    println!("{} tokens:", t);
+    for (i, (id, s)) in ids.iter().zip(&tokens).enumerate() {
+        println!("  {:>4} {:>4}  {:>7}  {:?}", i, i as i64 - t as i64, id, s);
+    }
+    if let Some(l) = &out.logits {
+        let last = l.squeeze(0)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut order: Vec<usize> = (0..last.len()).collect();
+        order.sort_by(|&x, &y| last[y].total_cmp(&last[x]));
+        println!("next token (top 5 logits):");
+        for &i in order.iter().take(5) {
+            println!("  {:>7}  {:>10.4}  {:?}", i, last[i], tok.decode(&[i as u32]).unwrap_or_default());
+        }
+    }
+    println!("wrote {} ({} tensors)", a.out.display(), tensors.len());
+    Ok(())
+}
+
+/// Writes safetensors with metadata; the library writes a temp file and renames it.
+fn save(tensors: &HashMap<String, Tensor>, meta: HashMap<String, String>, out: &Path) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    safetensors::serialize_to_file(tensors.iter(), Some(meta), out)
+        .with_context(|| format!("writing {}", out.display()))
+}

@@ -1,0 +1,132 @@
+//! End-to-end tests of `helixlab model check` and `helixlab model run` on the committed tiny
+//! GPT-2 fixture, whose logits for the prompt "37+45=" were recorded with HF transformers
+//! (tools/make_parity_fixtures.py).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+fn fixture(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/parity")
+        .join(case)
+}
+
+fn helixlab(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_architecture_and_single_token_numbers() {
+    let dir = fixture("gpt2_tied");
+    let (ok, stdout, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["architecture"], "gpt2");
+    assert_eq!(v["layers"], 2);
+    assert_eq!(v["d_model"], 32);
+    assert_eq!(v["single_token_numbers"], "0..=119");
+    assert_eq!(v["plus_and_equals_single_tokens"], true);
+    assert!(v["hooks_per_block"]
+        .as_array()
+        .unwrap()
+        .contains(&"hook_resid_mid".into()));
+
+    let dir = fixture("gptj_rotary_partial");
+    let (ok, stdout, _) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["architecture"], "gptj");
+    assert_eq!(v["rotary"]["dim"], 4);
+    assert!(!v["hooks_per_block"]
+        .as_array()
+        .unwrap()
+        .contains(&"hook_resid_mid".into()));
+}
+
+#[test]
+fn run_saves_ids_logits_and_hooks_equal_to_hf() {
+    let dir = fixture("gpt2_tied");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sub/run.safetensors");
+    let (ok, stdout, stderr) = helixlab(&[
+        "model",
+        "run",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "37+45=",
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--hook",
+        "blocks.0.attn.hook_z",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("next token"), "{stdout}");
+    let saved = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let hf = candle_core::safetensors::load(dir.join("hf_prompt.safetensors"), &Device::Cpu).unwrap();
+    let ids: Vec<u32> = saved["input_ids"].to_vec1().unwrap();
+    let hf_ids: Vec<u32> = hf["input_ids"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    assert_eq!(ids, hf_ids);
+    assert_eq!(ids, vec![37, 120, 45, 121]);
+    let diff = (&saved["logits"] - &hf["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 1e-4, "logits differ from HF by {diff}");
+    assert_eq!(saved["blocks.1.hook_resid_post"].dims(), &[4, 32]);
+    assert_eq!(saved["blocks.0.attn.hook_z"].dims(), &[4, 4, 8]);
+    let _: &Tensor = &saved["logits"];
+}
+
+#[test]
+fn bad_input_fails_with_a_message_and_no_output() {
+    let dir = fixture("gpt2_tied");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run.safetensors");
+    let (ok, _, stderr) = helixlab(&[
+        "model",
+        "run",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "1+2=",
+        "--hook",
+        "blocks.7.hook_resid_pre",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("blocks.7.hook_resid_pre") && stderr.contains("does not exist"), "{stderr}");
+    assert!(!out.exists());
+    let (ok, _, stderr) = helixlab(&["model", "check", "/nonexistent/model"]);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/model"), "{stderr}");
+    let (ok, _, stderr) = helixlab(&[
+        "model",
+        "check",
+        dir.to_str().unwrap(),
+        "--dtype",
+        "f64",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("f64"), "{stderr}");
+}
