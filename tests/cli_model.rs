@@ -74,7 +74,8 @@ fn run_saves_ids_logits_and_hooks_equal_to_hf() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("next token"), "{stdout}");
     let saved = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    let hf = candle_core::safetensors::load(dir.join("hf_prompt.safetensors"), &Device::Cpu).unwrap();
+    let hf =
+        candle_core::safetensors::load(dir.join("hf_prompt.safetensors"), &Device::Cpu).unwrap();
     let ids: Vec<u32> = saved["input_ids"].to_vec1().unwrap();
     let hf_ids: Vec<u32> = hf["input_ids"]
         .to_vec1::<i64>()
@@ -115,18 +116,15 @@ fn bad_input_fails_with_a_message_and_no_output() {
         out.to_str().unwrap(),
     ]);
     assert!(!ok);
-    assert!(stderr.contains("blocks.7.hook_resid_pre") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("blocks.7.hook_resid_pre") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
     assert!(!out.exists());
     let (ok, _, stderr) = helixlab(&["model", "check", "/nonexistent/model"]);
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
-    let (ok, _, stderr) = helixlab(&[
-        "model",
-        "check",
-        dir.to_str().unwrap(),
-        "--dtype",
-        "f64",
-    ]);
+    let (ok, _, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--dtype", "f64"]);
     assert!(!ok);
     assert!(stderr.contains("f64"), "{stderr}");
 }

@@ -148,7 +148,11 @@ fn check(a: &CheckArgs) -> Result<()> {
     println!("  parameters    {}", model.parameter_count());
     println!(
         "  blocks        {}{}",
-        if c.parallel_block { "parallel attention + MLP" } else { "sequential" },
+        if c.parallel_block {
+            "parallel attention + MLP"
+        } else {
+            "sequential"
+        },
         if c.gated_mlp { ", gated MLP" } else { "" }
     );
     if let Some(r) = c.rotary {
@@ -158,10 +162,18 @@ fn check(a: &CheckArgs) -> Result<()> {
             c.d_head,
             r.theta,
             r.style,
-            if r.llama3.is_some() { ", llama3 scaling" } else { "" }
+            if r.llama3.is_some() {
+                ", llama3 scaling"
+            } else {
+                ""
+            }
         );
     }
-    println!("  dtype/device  {} on {:?}", dtype_name(model.dtype()), model.device());
+    println!(
+        "  dtype/device  {} on {:?}",
+        dtype_name(model.dtype()),
+        model.device()
+    );
     for f in model.weight_files() {
         println!("  weights       {}", f.display());
     }
@@ -175,9 +187,15 @@ fn check(a: &CheckArgs) -> Result<()> {
         }
         Err(e) => println!("  tokenizer     none ({e})"),
     }
-    println!("  hooks         {}", report["hooks_per_block"].as_array().map_or(0, |h| h.len()));
+    println!(
+        "  hooks         {}",
+        report["hooks_per_block"].as_array().map_or(0, |h| h.len())
+    );
     for h in report["hooks_per_block"].as_array().into_iter().flatten() {
-        println!("                blocks.{{l}}.{}", h.as_str().unwrap_or_default());
+        println!(
+            "                blocks.{{l}}.{}",
+            h.as_str().unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -208,9 +226,14 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
 
     let t = ids.len();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    tensors.insert("input_ids".into(), Tensor::from_vec(ids.clone(), t, &helixlab_model::Device::Cpu)?);
+    tensors.insert(
+        "input_ids".into(),
+        Tensor::from_vec(ids.clone(), t, &helixlab_model::Device::Cpu)?,
+    );
     let to_cpu = |x: &Tensor| -> Result<Tensor> {
-        Ok(x.squeeze(0)?.to_dtype(DType::F32)?.to_device(&helixlab_model::Device::Cpu)?)
+        Ok(x.squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_device(&helixlab_model::Device::Cpu)?)
     };
     if let Some(l) = &out.logits {
         tensors.insert("logits".into(), to_cpu(l)?);
@@ -224,13 +247,22 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
         .collect();
     let meta = HashMap::from([
         ("model_dir".to_string(), model.dir().display().to_string()),
-        ("architecture".to_string(), model.config().arch.model_type().to_string()),
+        (
+            "architecture".to_string(),
+            model.config().arch.model_type().to_string(),
+        ),
         ("dtype".to_string(), dtype_name(model.dtype()).to_string()),
         ("device".to_string(), format!("{:?}", model.device())),
         ("prompt".to_string(), a.prompt.clone()),
         ("tokens".to_string(), serde_json::to_string(&tokens)?),
-        ("layout".to_string(), "activations are (position, per-token shape...), f32".to_string()),
-        ("helixlab_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "layout".to_string(),
+            "activations are (position, per-token shape...), f32".to_string(),
+        ),
+        (
+            "helixlab_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
     ]);
     save(&tensors, meta, &a.out)?;
 
@@ -239,12 +271,21 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
         println!("  {:>4} {:>4}  {:>7}  {:?}", i, i as i64 - t as i64, id, s);
     }
     if let Some(l) = &out.logits {
-        let last = l.squeeze(0)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let last = l
+            .squeeze(0)?
+            .get(t - 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         let mut order: Vec<usize> = (0..last.len()).collect();
         order.sort_by(|&x, &y| last[y].total_cmp(&last[x]));
         println!("next token (top 5 logits):");
         for &i in order.iter().take(5) {
-            println!("  {:>7}  {:>10.4}  {:?}", i, last[i], tok.decode(&[i as u32]).unwrap_or_default());
+            println!(
+                "  {:>7}  {:>10.4}  {:?}",
+                i,
+                last[i],
+                tok.decode(&[i as u32]).unwrap_or_default()
+            );
         }
     }
     println!("wrote {} ({} tensors)", a.out.display(), tensors.len());
@@ -252,7 +293,11 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
 }
 
 /// Writes safetensors with metadata; the library writes a temp file and renames it.
-fn save(tensors: &HashMap<String, Tensor>, meta: HashMap<String, String>, out: &Path) -> Result<()> {
+fn save(
+    tensors: &HashMap<String, Tensor>,
+    meta: HashMap<String, String>,
+    out: &Path,
+) -> Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -16,6 +16,8 @@ use helixlab_model::{
 
 const TOL: f32 = 1e-4;
 
+type Metric = Box<dyn Fn(&ForwardOutput) -> candle_core::Result<Tensor>>;
+
 fn metric_weights(r: &HashMap<String, Tensor>, vocab: usize) -> Tensor {
     let t = r["metric_targets"].to_vec2::<i64>().unwrap();
     let mut w = vec![0f32; t.len() * vocab];
@@ -95,7 +97,7 @@ fn check_case(case: &str) {
         .collect();
     assert!(!targets.is_empty());
     let cfg = model.config().clone();
-    let metric: Box<dyn Fn(&ForwardOutput) -> candle_core::Result<Tensor>> = if causal {
+    let metric: Metric = if causal {
         let w = metric_weights(&r, cfg.vocab_size);
         Box::new(move |o: &ForwardOutput| (o.logits.as_ref().unwrap() * &w)?.sum_all())
     } else {
@@ -210,6 +212,16 @@ fn fixtures_cover_every_architecture_and_weight_format() {
 /// involved; the test allows 5 % of the largest |logit|.
 #[test]
 fn bf16_is_close_to_hf_f32() {
+    half_precision_is_close_to_hf_f32(DType::BF16, 0.05);
+}
+
+/// f16 keeps 11 bits of mantissa (0.05 %), 8x finer than bf16: 1 % of the largest |logit|.
+#[test]
+fn f16_is_close_to_hf_f32() {
+    half_precision_is_close_to_hf_f32(DType::F16, 0.01);
+}
+
+fn half_precision_is_close_to_hf_f32(dtype: DType, rel_tol: f32) {
     for case in [
         "gpt2_tied",
         "llama_gqa_llama3",
@@ -219,7 +231,7 @@ fn bf16_is_close_to_hf_f32() {
         let model = Model::load(
             &fixture(case),
             &LoadOptions {
-                dtype: DType::BF16,
+                dtype,
                 ..Default::default()
             },
         )
@@ -230,13 +242,13 @@ fn bf16_is_close_to_hf_f32() {
             .forward(&batch, &ForwardRequest::new().logits(Logits::All))
             .unwrap();
         let logits = out.logits.unwrap();
-        assert_eq!(logits.dtype(), DType::BF16);
+        assert_eq!(logits.dtype(), dtype);
         let d = max_diff_real(&logits, &r["logits"], &r["attention_mask"]);
         let scale = max_abs(&r["logits"]);
-        eprintln!("{case} bf16: max |diff| {d:.4} against max |logit| {scale:.2}");
+        eprintln!("{case} {dtype:?}: max |diff| {d:.4} against max |logit| {scale:.2}");
         assert!(
-            d <= 0.05 * scale,
-            "{case}: bf16 logits off by {d} (scale {scale})"
+            d <= rel_tol * scale,
+            "{case}: {dtype:?} logits off by {d} (scale {scale})"
         );
     }
 }

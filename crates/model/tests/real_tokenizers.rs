@@ -86,3 +86,18 @@ fn llama31_known_ids_bos_and_paper_prompt() {
     // Llama 3 splits digits in groups of three: 0..=999 are single tokens, 1000 is not.
     assert_eq!(tok.single_token_numbers(5000).unwrap(), Some(999));
 }
+
+/// A model directory with GPT-2's files under their HF names (vocab.json, merges.txt) loads
+/// through `Tokenizer::from_dir` and tokenises like the BPE files themselves.
+#[test]
+fn vocab_json_and_merges_txt_in_a_model_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(external("gpt2/encoder.json"), tmp.path().join("vocab.json")).unwrap();
+    std::fs::copy(external("gpt2/vocab.bpe"), tmp.path().join("merges.txt")).unwrap();
+    let tok = Tokenizer::from_dir(tmp.path()).unwrap();
+    let text = "Output ONLY a number.\n37+45=";
+    assert_eq!(
+        tok.encode(text, false).unwrap(),
+        gpt2().encode(text, false).unwrap()
+    );
+}
