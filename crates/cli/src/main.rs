@@ -2,6 +2,7 @@
 //! progress and reports errors; the work happens in the library crates.
 
 mod model_cmd;
+mod stage_cmd;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -27,6 +28,16 @@ enum Command {
     /// Inspect and run a model directory (HF format: config.json, weights, tokenizer).
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Run every prompt of the study's task; write problems.parquet (answer, prediction,
+    /// correctness, answer logit and rank).
+    Accuracy(stage_cmd::StageArgs),
+    /// Write activations at the study's sites, layers and positions to Parquet partitions
+    /// (only those missing or stale).
+    Extract(stage_cmd::StageArgs),
+    /// Write the HTML report with figures from the study's tables.
+    Report(stage_cmd::StageArgs),
+    /// Show a table's schema, size, provenance and first rows.
+    Inspect(stage_cmd::InspectArgs),
     /// Train a toy adder (a small GPT-2 that adds) and export it as an HF checkpoint.
     Train(train_cmd::TrainArgs),
 }
@@ -36,6 +47,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(&args),
+        Command::Accuracy(args) => stage_cmd::accuracy(&args),
+        Command::Extract(args) => stage_cmd::extract(&args),
+        Command::Report(args) => stage_cmd::report_stage(&args),
+        Command::Inspect(args) => stage_cmd::inspect(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

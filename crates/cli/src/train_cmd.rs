@@ -46,15 +46,17 @@ fn git_revision() -> Option<String> {
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let recipe = Recipe::named(&a.recipe)
+    let mut recipe = Recipe::named(&a.recipe)
         .ok_or_else(|| anyhow!("unknown recipe `{}` (recipes: {})", a.recipe, Recipe::NAMES))?;
+    // The manifest records the steps actually run.
+    recipe.steps = a.steps.unwrap_or(recipe.steps);
     if a.out.exists() && !a.force {
         return Err(anyhow!(
             "{} exists (use --force to replace it)",
             a.out.display()
         ));
     }
-    let steps = a.steps.unwrap_or(recipe.steps);
+    let steps = recipe.steps;
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {

@@ -73,6 +73,25 @@ impl Tokenizer {
             .to_vec())
     }
 
+    /// Token ids of `text` with the byte span of `text` each covers (special tokens added by
+    /// the post-processor have an empty span).
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        special: bool,
+    ) -> Result<Vec<(u32, (usize, usize))>> {
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| ModelError::Tokenizer(format!("cannot encode {text:?}: {e}")))?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .copied()
+            .zip(enc.get_offsets().iter().copied())
+            .collect())
+    }
+
     /// The text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -81,14 +81,19 @@ pub fn addition_accuracy(model: &TinyGpt2, pairs: &[(u32, u32)]) -> candle_core:
 }
 
 /// Trains `recipe` from `seed`, calling `on_step` after every step (for progress display).
-/// Deterministic for a seed on a given machine and thread count.
+/// `steps` overrides the recipe's step count (the schedule stretches to it). Deterministic
+/// for a seed on a given machine and thread count.
 pub fn train(
     recipe: &Recipe,
     seed: u64,
     steps: Option<usize>,
     mut on_step: impl FnMut(&StepLog),
 ) -> candle_core::Result<Trained> {
-    let steps = steps.unwrap_or(recipe.steps);
+    let recipe = &Recipe {
+        steps: steps.unwrap_or(recipe.steps),
+        ..recipe.clone()
+    };
+    let steps = recipe.steps;
     let mut rng = StdRng::seed_from_u64(seed);
     let split = Split::new(&mut rng, recipe.train_fraction);
     let model = TinyGpt2::init(recipe.shape, &mut rng)?;

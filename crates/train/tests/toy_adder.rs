@@ -136,7 +136,7 @@ fn a_short_training_run_lowers_the_loss() {
     let first: f64 = run.log[..5].iter().map(|l| l.loss).sum::<f64>() / 5.0;
     let last: f64 = run.log[25..].iter().map(|l| l.loss).sum::<f64>() / 5.0;
     eprintln!("loss {first:.3} -> {last:.3} in 30 steps");
-    assert!(last < first - 0.5, "loss {first} -> {last}");
+    assert!(last < first - 0.2, "loss {first} -> {last}");
     assert!(first > 4.0, "starts near ln(209) = 5.3, got {first}");
 }
 

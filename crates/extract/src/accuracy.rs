@@ -1,0 +1,95 @@
+//! `helixlab accuracy`: every prompt of the task through the model; one row per prompt with
+//! the predicted token, whether it is the answer, the answer's logit and rank.
+
+use std::time::Instant;
+
+use helixlab_model::{ForwardRequest, Logits};
+use helixlab_pipeline::Pipeline;
+use helixlab_store::manifest::now_unix;
+use helixlab_store::problems::{self, ProblemRow};
+use helixlab_store::Manifest;
+
+use crate::prompts::encode_task;
+use crate::{command_line, load_model, model_identity, resolve_sites, Outcome, Progress, Result};
+
+/// The table this stage writes.
+pub fn output(p: &Pipeline) -> std::path::PathBuf {
+    p.run_dir().join("problems.parquet")
+}
+
+/// Runs the accuracy sweep unless problems.parquet is current (or `force`).
+pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let (model, tok) = load_model(p)?;
+    let encoded = encode_task(p, &tok)?;
+    resolve_sites(p, &model)?;
+    let path = output(p);
+    let mut manifest = Manifest {
+        stage: "accuracy".into(),
+        settings: serde_json::json!({ "task": p.task }),
+        inputs: Default::default(),
+        model: Some(model_identity(p, &model)?),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        command: command_line(),
+        completed_unix: 0,
+        rows: 0,
+        wall_s: 0.0,
+    };
+    if !force && manifest.is_fresh(&path) {
+        return Ok(Outcome::UpToDate);
+    }
+    let start = Instant::now();
+    let mut rows = Vec::with_capacity(encoded.len());
+    progress.start("accuracy", encoded.len() as u64);
+    for chunk in encoded.chunks(p.extract.batch_size) {
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
+        let batch = model.batch(&seqs)?;
+        let logits = model
+            .forward(&batch, &ForwardRequest::new().logits(Logits::Last))?
+            .logits
+            .expect("logits were asked for")
+            .to_dtype(helixlab_model::DType::F32)
+            .map_err(helixlab_model::ModelError::from)?
+            .to_vec2::<f32>()
+            .map_err(helixlab_model::ModelError::from)?;
+        for (e, l) in chunk.iter().zip(logits) {
+            let (pred, top) =
+                l.iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 {
+                            (i, v)
+                        } else {
+                            best
+                        }
+                    });
+            let pred_text = tok.decode(&[pred as u32])?;
+            let answer_logit = e.answer_token.map(|t| l[t as usize]);
+            rows.push(ProblemRow {
+                prompt_id: e.problem.prompt_id,
+                a: e.problem.a,
+                b: e.problem.b,
+                answer: e.problem.answer,
+                prompt: e.problem.prompt.clone(),
+                answer_token: e.answer_token,
+                pred_token: pred as u32,
+                pred_value: pred_text.trim().parse().ok(),
+                pred_text,
+                correct: e.answer_token.map(|t| t == pred as u32),
+                answer_logit,
+                answer_rank: answer_logit.map(|al| l.iter().filter(|&&v| v > al).count() as u32),
+                top_logit: top,
+            });
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    manifest.rows = rows.len() as u64;
+    manifest.completed_unix = now_unix();
+    manifest.wall_s = start.elapsed().as_secs_f64();
+    problems::write(&path, &rows, &manifest)?;
+    Ok(Outcome::Wrote {
+        tables: vec![path],
+        rows: rows.len() as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

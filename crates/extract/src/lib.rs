@@ -1,0 +1,150 @@
+//! The first two stages of a study: `accuracy` (every prompt of the task through the model,
+//! what it answers -> problems.parquet) and `extract` (activations at the pipeline's sites,
+//! layers and named positions -> hive-partitioned Parquet).
+//!
+//! Reads a [`helixlab_pipeline::Pipeline`] and a model directory; writes through
+//! `helixlab-store`. A key design decision is that both stages check the whole task against
+//! the tokenizer first ([`prompts::encode_task`]): every operand and answer must be one token
+//! and every named position must resolve, or the stage stops before loading weights into a
+//! forward, naming the offending number. Extraction then runs each batch once, capturing
+//! every missing (site, layer) together, and stops the forward after the deepest layer needed.
+//!
+//! Not here: analysis of the activations (spectral, fit stages).
+#![deny(missing_docs)]
+
+pub mod accuracy;
+pub mod extraction;
+pub mod prompts;
+
+use std::path::PathBuf;
+
+use helixlab_model::{parse_device, parse_dtype, HookPoint, LoadOptions, Model, Tokenizer};
+use helixlab_pipeline::{Pipeline, Site};
+use helixlab_store::manifest::sha256_file;
+use helixlab_store::ModelIdentity;
+
+/// Errors of the stages.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The model or tokenizer failed.
+    #[error(transparent)]
+    Model(#[from] helixlab_model::ModelError),
+    /// Reading or writing a table failed.
+    #[error(transparent)]
+    Store(#[from] helixlab_store::StoreError),
+    /// The task does not fit the tokenizer (a number is not one token, a position does not
+    /// resolve).
+    #[error("{pipeline}: {message}")]
+    Task {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// What is wrong, naming the number or position.
+        message: String,
+    },
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, ExtractError>;
+
+/// Progress reporting, implemented by the CLI (a progress bar) or by nothing.
+pub trait Progress {
+    /// A loop of `total` units starts.
+    fn start(&self, label: &str, total: u64);
+    /// `n` more units are done.
+    fn advance(&self, n: u64);
+    /// The loop ended.
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// What a stage did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Outputs were current; nothing was done.
+    UpToDate,
+    /// Outputs written: tables, rows, seconds.
+    Wrote {
+        /// Tables (or partitions) written.
+        tables: Vec<PathBuf>,
+        /// Rows written.
+        rows: u64,
+        /// Wall time, seconds.
+        seconds: f64,
+    },
+}
+
+/// Loads the pipeline's model and its tokenizer.
+pub fn load_model(p: &Pipeline) -> Result<(Model, Tokenizer)> {
+    let dir = p.model_dir();
+    let opts = LoadOptions {
+        dtype: parse_dtype(&p.model.dtype)?,
+        device: parse_device(&p.model.device)?,
+    };
+    let tok = Tokenizer::from_dir(&dir)?;
+    let model = Model::load(&dir, &opts)?;
+    Ok((model, tok))
+}
+
+/// The identity of the pipeline's model, as recorded in manifests.
+pub fn model_identity(p: &Pipeline, model: &Model) -> Result<ModelIdentity> {
+    let dir = p.model_dir();
+    let weights = model
+        .weight_files()
+        .iter()
+        .map(|f| {
+            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            (name, size)
+        })
+        .collect();
+    Ok(ModelIdentity {
+        dir: p.model.dir.clone(),
+        architecture: model.config().arch.model_type().to_string(),
+        config_sha256: sha256_file(&dir.join("config.json"))?,
+        weights,
+        dtype: p.model.dtype.clone(),
+        device: p.model.device.clone(),
+    })
+}
+
+/// Every (site, layer, hook) the pipeline extracts, checked against the model (layers that
+/// exist, hooks the architecture has). Every stage calls it, so a bad site fails before any
+/// work, whichever stage runs first.
+pub fn resolve_sites(p: &Pipeline, model: &Model) -> Result<Vec<(Site, usize, HookPoint)>> {
+    let layers = p
+        .extract
+        .layers
+        .resolve(model.config().n_layers)
+        .map_err(|message| ExtractError::Task {
+            pipeline: p.path.clone(),
+            message: format!("extract.layers: {message}"),
+        })?;
+    let mut out = Vec::new();
+    for site in &p.extract.sites {
+        for &layer in &layers {
+            let hook = site.at(layer);
+            model.check_hook(hook).map_err(|e| ExtractError::Task {
+                pipeline: p.path.clone(),
+                message: format!("extract.sites: {e}"),
+            })?;
+            out.push((site.clone(), layer, hook));
+        }
+    }
+    Ok(out)
+}
+
+/// The command line, for manifests.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,114 @@
+//! Problems to token ids, with every operand located as one token and every answer checked to
+//! be one token: the check that runs before any heavy work.
+
+use std::collections::BTreeMap;
+
+use helixlab_model::Tokenizer;
+use helixlab_pipeline::{Pipeline, Problem};
+
+use crate::{ExtractError, Result};
+
+/// A problem with its tokens.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    /// The problem.
+    pub problem: Problem,
+    /// Token ids of the prompt (with special tokens if the task asks for them).
+    pub ids: Vec<u32>,
+    /// Named positions (`a`, `b`, `x`, `last`), counted from the end (-1 = last token).
+    pub positions: BTreeMap<String, i64>,
+    /// The answer as one token (the bare number, no special tokens).
+    pub answer_token: Option<u32>,
+}
+
+/// Encodes every problem of the pipeline's task; fails on the first number that is not a
+/// single token or a position that does not resolve, naming it.
+pub fn encode_task(p: &Pipeline, tok: &Tokenizer) -> Result<Vec<Encoded>> {
+    let task = &p.task;
+    let err = |message: String| ExtractError::Task {
+        pipeline: p.path.clone(),
+        message,
+    };
+    let mut out = Vec::new();
+    for problem in task.problems() {
+        let toks = tok.encode_with_offsets(&problem.prompt, task.special_tokens)?;
+        let n = toks.len() as i64;
+        let mut positions = BTreeMap::new();
+        for (name, span) in task.operand_spans(&problem) {
+            // The token must cover exactly the number, or the number with the whitespace
+            // before it (GPT-NeoX's " 37" after "number.").
+            let idx = toks
+                .iter()
+                .position(|(_, (s, e))| {
+                    *e == span.end
+                        && *s <= span.start
+                        && problem.prompt[*s..span.start]
+                            .chars()
+                            .all(char::is_whitespace)
+                })
+                .ok_or_else(|| {
+                    let pieces: Vec<String> = toks
+                        .iter()
+                        .map(|(_, (s, e))| format!("{:?}", &problem.prompt[*s..*e]))
+                        .collect();
+                    err(format!(
+                        "operand {name} = {:?} of prompt {:?} is not a single token (tokens: {})",
+                        &problem.prompt[span.clone()],
+                        problem.prompt,
+                        pieces.join(" ")
+                    ))
+                })?;
+            // An unknown-word token can span the number too: the token must read back as it.
+            let text = &problem.prompt[span.clone()];
+            if tok.decode(&[toks[idx].0])?.trim() != text {
+                return Err(err(format!(
+                    "operand {name} = {text:?} of prompt {:?} is not in the vocabulary as one token",
+                    problem.prompt
+                )));
+            }
+            positions.insert(name.to_string(), idx as i64 - n);
+        }
+        positions.insert("last".to_string(), -1);
+        let answer_token = match problem.answer {
+            None => None,
+            Some(ans) => Some(tok.single_token(&ans.to_string())?.ok_or_else(|| {
+                err(format!(
+                    "the answer {ans} (of prompt {:?}) is not a single token",
+                    problem.prompt
+                ))
+            })?),
+        };
+        out.push(Encoded {
+            problem,
+            ids: toks.into_iter().map(|(id, _)| id).collect(),
+            positions,
+            answer_token,
+        });
+    }
+    if out.is_empty() {
+        return Err(err("the task has no problems".into()));
+    }
+    Ok(out)
+}
+
+/// The pipeline's named extraction positions as offsets from the end, which must be the same
+/// for every problem (they are when every number is one token).
+pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Result<Vec<(String, i64)>> {
+    let first = &encoded[0];
+    let mut out = Vec::new();
+    for name in &p.extract.positions {
+        let off = first.positions[name];
+        if let Some(e) = encoded.iter().find(|e| e.positions[name] != off) {
+            return Err(ExtractError::Task {
+                pipeline: p.path.clone(),
+                message: format!(
+                    "position `{name}` is {off} from the end in {:?} but {} in {:?}; \
+                     extraction needs one offset for the whole task",
+                    first.problem.prompt, e.positions[name], e.problem.prompt
+                ),
+            });
+        }
+        out.push((name.clone(), off));
+    }
+    Ok(out)
+}

@@ -1,0 +1,331 @@
+//! The pipeline file: parsing, `${VAR}` expansion, validation with errors that name the file
+//! and the field.
+
+use std::path::{Path, PathBuf};
+
+use helixlab_model::HookPoint;
+use serde::{Deserialize, Serialize};
+
+use crate::task::Task;
+
+/// Errors in a pipeline file.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown field, a missing field or a wrong type (toml's message names
+    /// the field and the line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A field with a value that parses but cannot be used.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, dotted (`extract.sites`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[model]`: which checkpoint, how to run it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The HF model directory; `${VAR}` is replaced by the environment variable.
+    pub dir: String,
+    /// f32 (default), bf16 or f16.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// cpu (default), cuda, cuda:N, metal.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_batch() -> usize {
+    256
+}
+
+/// A block hook to extract, named as after `blocks.{l}.` (e.g. `hook_resid_pre`,
+/// `attn.hook_z`, `mlp.hook_post`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Site(String);
+
+impl Site {
+    /// The hook of this site at `layer`.
+    pub fn at(&self, layer: usize) -> HookPoint {
+        format!("blocks.{layer}.{}", self.0)
+            .parse()
+            .expect("validated when the site was made")
+    }
+
+    /// The suffix (`hook_resid_pre`).
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Site {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        format!("blocks.0.{s}")
+            .parse::<HookPoint>()
+            .map(|_| Site(s))
+            .map_err(|e| e.to_string().replace("blocks.0.", ""))
+    }
+}
+
+impl From<Site> for String {
+    fn from(s: Site) -> String {
+        s.0
+    }
+}
+
+/// Which layers: `"all"` or a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Layers {
+    /// Every layer of the model (`"all"`).
+    All(String),
+    /// These layers.
+    List(Vec<usize>),
+}
+
+impl Layers {
+    /// The layers for a model with `n` of them.
+    pub fn resolve(&self, n: usize) -> Result<Vec<usize>, String> {
+        match self {
+            Layers::All(s) if s == "all" => Ok((0..n).collect()),
+            Layers::All(s) => Err(format!("`{s}`: write \"all\" or a list such as [0, 5, 10]")),
+            Layers::List(v) => {
+                if let Some(l) = v.iter().find(|&&l| l >= n) {
+                    return Err(format!(
+                        "layer {l} does not exist (the model has {n} layers)"
+                    ));
+                }
+                let mut v = v.clone();
+                v.sort();
+                v.dedup();
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// `[extract]`: which activations to write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSection {
+    /// Block hooks.
+    pub sites: Vec<Site>,
+    /// Layers.
+    pub layers: Layers,
+    /// Named positions: operands of the task (`a`, `b`, `x`) and `last`.
+    pub positions: Vec<String>,
+    /// Prompts per forward pass.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+/// `[output]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// The run directory; `${VAR}` expanded.
+    pub dir: String,
+}
+
+/// A study.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// A name for reports; defaults to the file stem.
+    #[serde(default)]
+    pub name: String,
+    /// The model.
+    pub model: ModelSection,
+    /// The task.
+    pub task: Task,
+    /// Activation extraction.
+    pub extract: ExtractSection,
+    /// Where outputs go.
+    pub output: OutputSection,
+    /// The file it was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn expand(value: &str, field: &str, path: &Path) -> Result<String, PipelineError> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').ok_or_else(|| PipelineError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message: format!("unclosed ${{ in {value:?}"),
+        })?;
+        let var = &rest[i + 2..i + end];
+        let v = std::env::var(var).map_err(|_| PipelineError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message: format!("environment variable {var} is not set (used in {value:?})"),
+        })?;
+        out.push_str(&v);
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Pipeline {
+    /// Reads, expands and validates a pipeline file.
+    pub fn from_file(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses pipeline text; `path` names it in errors and gives the default name.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, PipelineError> {
+        let mut p: Pipeline = toml::from_str(text).map_err(|e| PipelineError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        p.path = path.to_path_buf();
+        if p.name.is_empty() {
+            p.name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+        }
+        p.model.dir = expand(&p.model.dir, "model.dir", path)?;
+        p.output.dir = expand(&p.output.dir, "output.dir", path)?;
+        let invalid = |field: &str, message: String| PipelineError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message,
+        };
+        p.task.validate().map_err(|m| invalid("task", m))?;
+        if p.extract.sites.is_empty() {
+            return Err(invalid("extract.sites", "no sites".into()));
+        }
+        if p.extract.batch_size == 0 {
+            return Err(invalid("extract.batch_size", "must be at least 1".into()));
+        }
+        for pos in &p.extract.positions {
+            if pos != "last" && !p.task.kind.operands().contains(&pos.as_str()) {
+                return Err(invalid(
+                    "extract.positions",
+                    format!(
+                        "`{pos}` is not a position of this task (positions: {}, last)",
+                        p.task.kind.operands().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The model directory.
+    pub fn model_dir(&self) -> PathBuf {
+        PathBuf::from(&self.model.dir)
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from(&self.output.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[model]
+dir = "data/models/toy-adder"
+
+[task]
+kind = "addition"
+template = "{a}+{b}="
+a = [0, 99]
+b = [0, 99]
+
+[extract]
+sites = ["hook_resid_pre", "attn.hook_z"]
+layers = "all"
+positions = ["a", "b", "last"]
+
+[output]
+dir = "data/runs/toy-adder"
+"#;
+
+    fn parse(text: &str) -> Result<Pipeline, PipelineError> {
+        Pipeline::from_toml(text, Path::new("pipelines/test.toml"))
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "test");
+        assert_eq!(p.model.dtype, "f32");
+        assert_eq!(p.extract.batch_size, 256);
+        assert_eq!(p.extract.layers.resolve(2).unwrap(), vec![0, 1]);
+        assert_eq!(p.extract.sites[1].at(3), HookPoint::AttnZ(3));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let e = parse(&GOOD.replace("[output]", "[output]\nformat = \"csv\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pipelines/test.toml") && e.contains("format"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("hook_resid_pre", "hook_resid_middle"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hook_resid_middle"), "{e}");
+        let e = parse(&GOOD.replace("\"a\", \"b\", \"last\"", "\"c\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extract.positions") && e.contains("`c`"), "{e}");
+        let e = parse(&GOOD.replace("data/models/toy-adder", "${HELIXLAB_NOT_SET_12345}/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.dir") && e.contains("HELIXLAB_NOT_SET_12345"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("kind = \"addition\"", "kind = \"division\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("division"), "{e}");
+        assert!(parse(GOOD).unwrap().extract.layers.resolve(1).is_ok());
+        let p = parse(&GOOD.replace("layers = \"all\"", "layers = [0, 7]")).unwrap();
+        assert!(p.extract.layers.resolve(2).unwrap_err().contains("layer 7"));
+    }
+}

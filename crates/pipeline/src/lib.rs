@@ -1,0 +1,20 @@
+//! Study files: a pipeline TOML names a model, a task, the sites to extract, sample sizes,
+//! seeds and the output directory. Every stage reads the same file, so one file describes one
+//! study from accuracy to report.
+//!
+//! The main type is [`Pipeline`] ([`Pipeline::from_file`]); [`Task`] turns the task section
+//! into concrete [`Problem`]s and their prompts.
+//!
+//! A key design decision is that positions are named (`a`, `b`, `x`, `last`) and resolved by
+//! tokenizing each prompt, not written as fixed offsets: the same pipeline then works for
+//! tokenizers that split the prefix differently, and a number that is not a single token is
+//! caught before any heavy work, with the offending number named.
+//!
+//! Not here: running anything. The stages (accuracy, extract, ...) read a [`Pipeline`].
+#![deny(missing_docs)]
+
+mod file;
+mod task;
+
+pub use file::{ExtractSection, ModelSection, OutputSection, Pipeline, PipelineError, Site};
+pub use task::{Problem, Task, TaskKind};

@@ -1,0 +1,155 @@
+//! The study report: figures (PNG) and an `index.html` read from a run's Parquet tables.
+//!
+//! Reads `problems.parquet` (and, as later stages land, their tables); writes
+//! `<run>/report/`. Figures so far: correctness over the (a, b) grid and the histogram of
+//! errors (answer - truth) of the wrong answers.
+//!
+//! A key design decision is that text is drawn with a font committed in the crate
+//! (DejaVu Sans, assets/), registered with plotters' ab_glyph backend: the report renders
+//! the same on a machine with no system fonts, and the bitmap backend never panics for want
+//! of one.
+#![deny(missing_docs)]
+
+mod figures;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use helixlab_pipeline::Pipeline;
+use helixlab_store::{atomic, read, Manifest};
+use polars::prelude::*;
+
+pub use figures::{accuracy_heatmap, error_histogram};
+
+/// Errors of the report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Reading a table failed.
+    #[error(transparent)]
+    Store(#[from] helixlab_store::StoreError),
+    /// Drawing a figure failed.
+    #[error("{path}: {message}")]
+    Figure {
+        /// The figure file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A column had an unexpected type.
+    #[error("{table}: {source}")]
+    Table {
+        /// The table.
+        table: PathBuf,
+        /// The cause.
+        source: PolarsError,
+    },
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, ReportError>;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("the committed font parses"));
+    });
+}
+
+/// Correctness of every problem, by (a, b), read from problems.parquet.
+pub struct Correctness {
+    /// (a, b, correct, predicted value - answer).
+    pub rows: Vec<(i64, i64, bool, Option<i64>)>,
+}
+
+fn correctness(run_dir: &Path) -> Result<Correctness> {
+    let table = run_dir.join("problems.parquet");
+    let df = read::problems(run_dir)?;
+    let err = |source| ReportError::Table {
+        table: table.clone(),
+        source,
+    };
+    let a = df.column("a").and_then(|c| c.i64().cloned()).map_err(err)?;
+    let b = df.column("b").and_then(|c| c.i64().cloned()).map_err(err)?;
+    let correct = df
+        .column("correct")
+        .and_then(|c| c.bool().cloned())
+        .map_err(err)?;
+    let pred = df
+        .column("pred_value")
+        .and_then(|c| c.i64().cloned())
+        .map_err(err)?;
+    let answer = df
+        .column("answer")
+        .and_then(|c| c.i64().cloned())
+        .map_err(err)?;
+    let rows = (0..df.height())
+        .filter_map(|i| {
+            let (a, b, ok) = (a.get(i)?, b.get(i)?, correct.get(i)?);
+            let error = match (pred.get(i), answer.get(i)) {
+                (Some(p), Some(t)) => Some(p - t),
+                _ => None,
+            };
+            Some((a, b, ok, error))
+        })
+        .collect();
+    Ok(Correctness { rows })
+}
+
+/// Writes `<run>/report/` for the pipeline: figures, then index.html (last, atomically).
+pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
+    register_font();
+    let run = p.run_dir();
+    let out = run.join("report");
+    std::fs::create_dir_all(&out).map_err(|e| ReportError::Figure {
+        path: out.clone(),
+        message: e.to_string(),
+    })?;
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>helixlab: {name}</title>\
+         <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} \
+         img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}</style>\
+         </head><body>\n<h1>helixlab study: {name}</h1>\n<p>Model <code>{model}</code> \
+         ({dtype}, {device}); task <code>{kind:?}</code>, template <code>{template:?}</code>.</p>\n",
+        name = p.name,
+        model = p.model.dir,
+        dtype = p.model.dtype,
+        device = p.model.device,
+        kind = p.task.kind,
+        template = p.task.template,
+    );
+    let problems_path = run.join("problems.parquet");
+    if Manifest::read_for(&problems_path).is_some() {
+        let c = correctness(&run)?;
+        let n = c.rows.len();
+        let ok = c.rows.iter().filter(|r| r.2).count();
+        let heat = out.join("accuracy_heatmap.png");
+        accuracy_heatmap(&c, &heat)?;
+        let hist = out.join("error_histogram.png");
+        let wrong_numeric = error_histogram(&c, &hist)?;
+        let _ = write!(
+            html,
+            "<h2>Accuracy</h2>\n<p>{ok} of {n} problems correct ({:.1} %); {wrong_numeric} wrong \
+             answers are numbers.</p>\n<img src=\"accuracy_heatmap.png\" alt=\"correctness over a and b\">\n\
+             <img src=\"error_histogram.png\" alt=\"histogram of answer minus truth\">\n",
+            100.0 * ok as f64 / n.max(1) as f64
+        );
+        if let Some(m) = Manifest::read_for(&problems_path) {
+            let _ = write!(
+                html,
+                "<details><summary>How problems.parquet was made</summary><pre>{}</pre></details>\n",
+                serde_json::to_string_pretty(&m).unwrap_or_default().replace('<', "&lt;")
+            );
+        }
+    } else {
+        html.push_str("<p>No problems.parquet yet: run <code>helixlab accuracy</code>.</p>\n");
+    }
+    html.push_str("</body></html>\n");
+    let index = out.join("index.html");
+    atomic::write(&index, html.as_bytes())?;
+    Ok(index)
+}

@@ -1,0 +1,74 @@
+//! The Parquet side of helixlab: table schemas, streaming writers (arrow + parquet), readers
+//! (polars), run manifests and atomic writes. Stages meet only through what this crate writes.
+//!
+//! Tables: `problems.parquet` ([`problems`]) and activation partitions
+//! `activations/site=<hook>/layer=<l>/part-0.parquet` ([`activations`]). Every table carries
+//! its [`Manifest`] (stage, settings, input hashes, model identity, tool version) both as a
+//! `helixlab.manifest` key-value entry in the Parquet footer and as a JSON file beside it.
+//!
+//! A key design decision is that completeness is marked by the manifest file, written last:
+//! data goes to a temporary file that is renamed into place, then the manifest is written
+//! (also by rename). A stage killed midway leaves at most a data file without a manifest,
+//! which every reader and every rerun treats as absent. A stage whose manifest matches its
+//! current settings and inputs does nothing, which is what makes reruns free.
+//!
+//! Not here: computing anything. Schemas and I/O only.
+#![deny(missing_docs)]
+
+pub mod activations;
+pub mod atomic;
+pub mod inspect;
+pub mod manifest;
+pub mod problems;
+pub mod read;
+
+use std::path::PathBuf;
+
+pub use manifest::{Manifest, ModelIdentity};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// File system error at a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A table that should exist does not (or is incomplete: no manifest).
+    #[error("{path}: missing or incomplete ({hint})")]
+    Missing {
+        /// The table.
+        path: PathBuf,
+        /// How to make it.
+        hint: String,
+    },
+    /// Parquet or arrow failed on a file.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// polars failed on a file.
+    #[error("{path}: {source}")]
+    Polars {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: polars::error::PolarsError,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,114 @@
+//! Run manifests: what produced a table, enough to rebuild the command and to know whether a
+//! rerun would change anything.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{atomic, io, Result};
+
+/// Which model produced a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// The model directory as given.
+    pub dir: String,
+    /// Architecture (`model_type`).
+    pub architecture: String,
+    /// sha256 of config.json.
+    pub config_sha256: String,
+    /// Weight files with their sizes in bytes (hashing multi-GB checkpoints on every run would
+    /// cost more than the run; name + size catches a swapped checkpoint).
+    pub weights: BTreeMap<String, u64>,
+    /// Compute dtype.
+    pub dtype: String,
+    /// Device.
+    pub device: String,
+}
+
+/// The provenance of one table (or one partition).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The stage (`accuracy`, `extract`, ...).
+    pub stage: String,
+    /// The settings of the stage that shaped this output (pipeline sections, partition).
+    pub settings: serde_json::Value,
+    /// Inputs by path, with their sha256.
+    pub inputs: BTreeMap<String, String>,
+    /// The model, for stages that run one.
+    pub model: Option<ModelIdentity>,
+    /// helixlab version.
+    pub tool_version: String,
+    /// The command line.
+    pub command: String,
+    /// Unix time of completion (not compared by [`Manifest::same_work`]).
+    pub completed_unix: u64,
+    /// Rows written.
+    pub rows: u64,
+    /// Wall time of the stage for this output, seconds (not compared).
+    pub wall_s: f64,
+}
+
+impl Manifest {
+    /// Whether `other` describes the same work: stage, settings, inputs, model and tool
+    /// version (time, rows, command and duration aside).
+    pub fn same_work(&self, other: &Manifest) -> bool {
+        self.stage == other.stage
+            && self.settings == other.settings
+            && self.inputs == other.inputs
+            && self.model == other.model
+            && self.tool_version == other.tool_version
+    }
+
+    /// The manifest file of a table: `problems.parquet` -> `problems.manifest.json`; a
+    /// partition directory -> `<dir>/_manifest.json`.
+    pub fn path_for(table: &Path) -> PathBuf {
+        if table.extension().is_some_and(|e| e == "parquet") {
+            table.with_extension("manifest.json")
+        } else {
+            table.join("_manifest.json")
+        }
+    }
+
+    /// Reads the manifest of `table`, `None` if it has none (absent or incomplete table).
+    pub fn read_for(table: &Path) -> Option<Manifest> {
+        let text = std::fs::read_to_string(Self::path_for(table)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes the manifest of `table`, atomically; call after the data is in place.
+    pub fn write_for(&self, table: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("manifests serialise");
+        atomic::write(&Self::path_for(table), (text + "\n").as_bytes())
+    }
+
+    /// Whether `table` is complete and was made by the same work as `self`.
+    pub fn is_fresh(&self, table: &Path) -> bool {
+        Self::read_for(table).is_some_and(|m| m.same_work(self))
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

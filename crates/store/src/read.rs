@@ -1,0 +1,126 @@
+//! Readers, on polars: lazy scans of any table and the matrix of one (site, layer, position)
+//! with its number labels, the form every analysis stage starts from.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::activations::{partition_dir, partition_file};
+use crate::manifest::Manifest;
+use crate::{Result, StoreError};
+
+fn pl(path: &Path) -> impl FnOnce(PolarsError) -> StoreError + '_ {
+    move |source| StoreError::Polars {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A lazy scan of one Parquet file, or of a directory of hive partitions
+/// (`activations/` gives `site` and `layer` columns).
+pub fn scan(path: &Path) -> Result<LazyFrame> {
+    let args = ScanArgsParquet {
+        hive_options: HiveOptions {
+            enabled: Some(path.is_dir()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = if path.is_dir() {
+        path.join("**/*.parquet")
+    } else {
+        path.to_path_buf()
+    };
+    LazyFrame::scan_parquet(PlRefPath::new(p.to_string_lossy().as_ref()), args).map_err(pl(path))
+}
+
+/// problems.parquet of a run, checked complete.
+pub fn problems(run_dir: &Path) -> Result<DataFrame> {
+    let path = run_dir.join("problems.parquet");
+    if Manifest::read_for(&path).is_none() {
+        return Err(StoreError::Missing {
+            path,
+            hint: "run `helixlab accuracy` first".into(),
+        });
+    }
+    scan(&path)?.collect().map_err(pl(&path))
+}
+
+/// Activations of one (site, layer, position) as a row-major matrix with labels.
+#[derive(Clone, Debug)]
+pub struct ActivationMatrix {
+    /// Prompt ids, one per row.
+    pub prompt_id: Vec<u32>,
+    /// First operand per row.
+    pub a: Vec<i64>,
+    /// Second operand per row.
+    pub b: Vec<Option<i64>>,
+    /// Answer per row.
+    pub answer: Vec<Option<i64>>,
+    /// Width.
+    pub d: usize,
+    /// `rows x d` values.
+    pub values: Vec<f32>,
+}
+
+impl ActivationMatrix {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.prompt_id.len()
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.d..(i + 1) * self.d]
+    }
+}
+
+/// Loads `site`/`layer` at the named position, ordered by prompt id.
+pub fn activations(
+    run_dir: &Path,
+    site: &str,
+    layer: usize,
+    position: &str,
+) -> Result<ActivationMatrix> {
+    let dir = partition_dir(run_dir, site, layer);
+    if Manifest::read_for(&dir).is_none() {
+        return Err(StoreError::Missing {
+            path: dir,
+            hint: format!("run `helixlab extract` with site {site} and layer {layer}"),
+        });
+    }
+    let file: PathBuf = partition_file(&dir);
+    let df = scan(&file)?
+        .filter(col("position_name").eq(lit(position)))
+        .sort(["prompt_id"], Default::default())
+        .collect()
+        .map_err(pl(&file))?;
+    if df.height() == 0 {
+        return Err(StoreError::Format {
+            path: file,
+            message: format!("no rows at position `{position}`"),
+        });
+    }
+    let err = pl(&file);
+    let get = |name: &str| df.column(name).map(|c| c.as_materialized_series().clone());
+    let out = (|| -> PolarsResult<ActivationMatrix> {
+        let prompt_id: Vec<u32> = get("prompt_id")?.u32()?.into_no_null_iter().collect();
+        let a: Vec<i64> = get("a")?.i64()?.into_no_null_iter().collect();
+        let b: Vec<Option<i64>> = get("b")?.i64()?.iter().collect();
+        let answer: Vec<Option<i64>> = get("answer")?.i64()?.iter().collect();
+        let act = get("activation")?;
+        let arr = act.array()?;
+        let d = arr.width();
+        let inner = arr.get_inner();
+        let values: Vec<f32> = inner.f32()?.into_no_null_iter().collect();
+        Ok(ActivationMatrix {
+            prompt_id,
+            a,
+            b,
+            answer,
+            d,
+            values,
+        })
+    })();
+    out.map_err(err)
+}

@@ -1,0 +1,226 @@
+//! End-to-end tests of the study spine on the shipped toy adder, through the real CLI:
+//! accuracy, extract, report and inspect; reruns that do nothing; incremental extraction;
+//! an interrupted extraction; bad pipeline files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn helixlab(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_helixlab"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A pipeline on the toy adder over a 50 x 50 grid, writing under `dir`.
+fn pipeline(dir: &Path, layers: &str, extra_task: &str) -> PathBuf {
+    let model = root().join("data/models/toy-adder");
+    let text = format!(
+        r#"
+[model]
+dir = "{model}"
+
+[task]
+kind = "addition"
+template = "{{a}}+{{b}}="
+a = [0, 49]
+b = [0, 49]
+{extra_task}
+
+[extract]
+sites = ["hook_resid_pre", "hook_resid_post"]
+layers = {layers}
+positions = ["a", "b", "last"]
+batch_size = 400
+
+[output]
+dir = "{run}"
+"#,
+        model = model.display(),
+        run = dir.join("run").display()
+    );
+    let p = dir.join("study.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = helixlab(args, &[]);
+    assert!(ok, "helixlab {args:?} failed:\n{stderr}");
+    stdout
+}
+
+#[test]
+fn a_study_runs_and_a_rerun_does_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), "\"all\"", "");
+    let ps = p.to_str().unwrap();
+    let out = run_ok(&["accuracy", "--pipeline", ps]);
+    assert!(out.contains("2500 rows"), "{out}");
+    let out = run_ok(&["extract", "--pipeline", ps]);
+    assert!(out.contains("wrote 4 table(s), 30000 rows"), "{out}");
+    let run = tmp.path().join("run");
+    let before = snapshot(&run);
+    assert!(before
+        .keys()
+        .any(|k| k.ends_with("activations/site=hook_resid_post/layer=1/part-0.parquet")));
+    let out = run_ok(&["accuracy", "--pipeline", ps]);
+    assert!(out.contains("up to date"), "{out}");
+    let out = run_ok(&["extract", "--pipeline", ps]);
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(before, snapshot(&run), "a rerun changed files");
+
+    // The report draws from the tables.
+    let out = run_ok(&["report", "--pipeline", ps]);
+    assert!(out.contains("index.html"), "{out}");
+    let html = std::fs::read_to_string(run.join("report/index.html")).unwrap();
+    assert!(html.contains("problems correct"), "{html}");
+    for fig in ["accuracy_heatmap.png", "error_histogram.png"] {
+        let bytes = std::fs::read(run.join("report").join(fig)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 2000, "{fig}");
+    }
+
+    // inspect shows schema, provenance and rows.
+    let out = run_ok(&["inspect", run.join("problems.parquet").to_str().unwrap()]);
+    assert!(
+        out.contains("rows: 2500")
+            && out.contains("helixlab.manifest")
+            && out.contains("answer_rank"),
+        "{out}"
+    );
+    let part = run.join("activations/site=hook_resid_pre/layer=0");
+    let out = run_ok(&["inspect", part.to_str().unwrap()]);
+    assert!(
+        out.contains("rows: 7500") && out.contains("array[f32, 128]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn adding_a_layer_extracts_only_that_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), "[0]", "");
+    run_ok(&["extract", "--pipeline", p.to_str().unwrap()]);
+    let run = tmp.path().join("run");
+    let layer0 = snapshot(&run.join("activations/site=hook_resid_pre/layer=0"));
+    let p = pipeline(tmp.path(), "[0, 1]", "");
+    let out = run_ok(&["extract", "--pipeline", p.to_str().unwrap()]);
+    assert!(out.contains("wrote 2 table(s)"), "{out}");
+    assert!(out.contains("layer=1") && !out.contains("layer=0"), "{out}");
+    assert_eq!(
+        layer0,
+        snapshot(&run.join("activations/site=hook_resid_pre/layer=0"))
+    );
+    assert!(run
+        .join("activations/site=hook_resid_post/layer=1/_manifest.json")
+        .exists());
+}
+
+#[test]
+fn an_interrupted_extraction_leaves_nothing_complete_and_a_rerun_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), "\"all\"", "");
+    let ps = p.to_str().unwrap();
+    let (ok, _, _) = helixlab(
+        &["extract", "--pipeline", ps],
+        &[("HELIXLAB_ABORT_AFTER_BATCHES", "3")],
+    );
+    assert!(!ok, "the aborted run must fail");
+    let run = tmp.path().join("run");
+    let files = snapshot(&run);
+    assert!(!files.is_empty(), "the aborted run had started writing");
+    assert!(
+        !files
+            .keys()
+            .any(|k| k.ends_with("_manifest.json") || k.ends_with("part-0.parquet")),
+        "an interrupted run left a table that looks complete: {:?}",
+        files.keys().collect::<Vec<_>>()
+    );
+    let (ok, _, stderr) = helixlab(
+        &[
+            "inspect",
+            run.join("activations/site=hook_resid_pre/layer=0")
+                .to_str()
+                .unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok && stderr.contains("part-0.parquet"), "{stderr}");
+    let out = run_ok(&["extract", "--pipeline", ps]);
+    assert!(out.contains("wrote 4 table(s), 30000 rows"), "{out}");
+}
+
+#[test]
+fn bad_pipeline_files_fail_with_clear_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fail = |text: &str, expect: &[&str]| {
+        let p = tmp.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        for stage in ["accuracy", "extract"] {
+            let (ok, _, stderr) = helixlab(&[stage, "--pipeline", p.to_str().unwrap()], &[]);
+            assert!(!ok, "{stage} accepted {text}");
+            for e in expect {
+                assert!(stderr.contains(e), "{stage}: expected {e:?} in:\n{stderr}");
+            }
+        }
+    };
+    let good = std::fs::read_to_string(pipeline(tmp.path(), "\"all\"", "")).unwrap();
+    fail(
+        &good.replace("[output]", "[output]\ncolour = \"red\""),
+        &["bad.toml", "colour"],
+    );
+    fail(
+        &good.replace("toy-adder", "no-such-model"),
+        &["no-such-model"],
+    );
+    fail(
+        &good.replace("a = [0, 49]", "a = [200, 210]"),
+        &["\"200\"", "not in the vocabulary"],
+    );
+    fail(
+        &good.replace("a = [0, 49]", "a = [150, 199]"),
+        &["answer 200", "not a single token"],
+    );
+    fail(
+        &good.replace("hook_resid_post", "hook_resid_middle"),
+        &["bad.toml", "hook_resid_middle"],
+    );
+    fail(
+        &good.replace("hook_resid_post", "mlp.hook_pre_linear"),
+        &["gated"],
+    );
+    let (ok, _, stderr) = helixlab(&["accuracy", "--pipeline", "/nonexistent/study.toml"], &[]);
+    assert!(
+        !ok && stderr.contains("/nonexistent/study.toml"),
+        "{stderr}"
+    );
+}
