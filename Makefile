@@ -20,6 +20,8 @@ PIPE_FILE := pipelines/$(PIPELINE).toml
 # The shipped pipelines write to data/runs/<name>; set RUN if yours writes elsewhere.
 RUN ?= data/runs/$(PIPELINE)
 HELIXLAB ?= target/release/helixlab
+# What builds HELIXLAB; tests that bring their own binary set it empty.
+BUILD_BINARY ?= build
 FORCE_FLAG := $(if $(FORCE),--force,)
 
 EXTERNAL := data/external
@@ -40,7 +42,7 @@ build:
 	$(CARGO) build --release -p helixlab-cli
 
 # cargo decides whether the binary is stale; its mtime only moves when it is rebuilt.
-$(HELIXLAB): build
+$(HELIXLAB): $(BUILD_BINARY)
 
 accuracy: $(RUN)/problems.manifest.json
 extract: $(RUN)/activations/.extracted

@@ -224,3 +224,39 @@ fn bad_pipeline_files_fail_with_clear_messages() {
         "{stderr}"
     );
 }
+
+/// The Makefile's stage targets on a study: the first `make` runs every stage, a second one
+/// has nothing to do (`make -q` says so) and leaves every file as it was.
+#[test]
+fn a_second_make_does_no_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), "[1]", "");
+    let run = tmp.path().join("run");
+    let vars = [
+        format!("PIPE_FILE={}", p.display()),
+        format!("RUN={}", run.display()),
+        format!("HELIXLAB={}", env!("CARGO_BIN_EXE_helixlab")),
+        "BUILD_BINARY=".to_string(),
+    ];
+    let make = |extra: &[&str]| {
+        let out = Command::new("make")
+            .current_dir(root())
+            .args(extra)
+            .args(&vars)
+            .arg("report")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stdout, stderr) = make(&[]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("helixlab") && stdout.contains("report"), "{stdout}");
+    assert!(run.join("report/index.html").exists());
+    let before = snapshot(&run);
+    let (code, stdout, _) = make(&["-q"]);
+    assert_eq!(code, Some(0), "make -q: targets are not up to date\n{stdout}");
+    let (code, stdout, stderr) = make(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains("--pipeline"), "the second make ran a stage:\n{stdout}");
+    assert_eq!(before, snapshot(&run));
+}

@@ -41,7 +41,7 @@ def main(run, readme):
         check(manifest["model"]["architecture"] == "gpt2", f"{f}: manifest names the model")
         df = pl.read_parquet(f)
         check(df.height == t.num_rows > 0, f"{f}: polars and pyarrow read {t.num_rows} rows")
-        n = duckdb.sql(f"SELECT count(*) FROM '{f}'").fetchone()[0]
+        n = duckdb.sql(f"SELECT count(*) FROM '{f}'").fetchall()[0][0]
         check(n == t.num_rows, f"{f}: DuckDB reads {n} rows")
 
     problems = pl.read_parquet(run / "problems.parquet")

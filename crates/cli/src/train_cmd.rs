@@ -27,6 +27,12 @@ pub struct TrainArgs {
     /// Override the recipe's number of steps (e.g. for a quick check).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Override the recipe's peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override the recipe's AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
     /// Replace an existing output directory.
     #[arg(long)]
     pub force: bool,
@@ -50,6 +56,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("unknown recipe `{}` (recipes: {})", a.recipe, Recipe::NAMES))?;
     // The manifest records the steps actually run.
     recipe.steps = a.steps.unwrap_or(recipe.steps);
+    recipe.lr = a.lr.unwrap_or(recipe.lr);
+    recipe.weight_decay = a.weight_decay.unwrap_or(recipe.weight_decay);
     if a.out.exists() && !a.force {
         return Err(anyhow!(
             "{} exists (use --force to replace it)",
