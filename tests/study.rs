@@ -246,17 +246,31 @@ fn a_second_make_does_no_work() {
             .arg("report")
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, stdout, stderr) = make(&[]);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("helixlab") && stdout.contains("report"), "{stdout}");
+    assert!(
+        stdout.contains("helixlab") && stdout.contains("report"),
+        "{stdout}"
+    );
     assert!(run.join("report/index.html").exists());
     let before = snapshot(&run);
     let (code, stdout, _) = make(&["-q"]);
-    assert_eq!(code, Some(0), "make -q: targets are not up to date\n{stdout}");
+    assert_eq!(
+        code,
+        Some(0),
+        "make -q: targets are not up to date\n{stdout}"
+    );
     let (code, stdout, stderr) = make(&[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stdout.contains("--pipeline"), "the second make ran a stage:\n{stdout}");
+    assert!(
+        !stdout.contains("--pipeline"),
+        "the second make ran a stage:\n{stdout}"
+    );
     assert_eq!(before, snapshot(&run));
 }

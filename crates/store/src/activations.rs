@@ -22,7 +22,7 @@ use crate::manifest::Manifest;
 use crate::{atomic, io, Result, StoreError};
 
 /// Buffered bytes after which a partition writes a row group.
-pub const ROW_GROUP_BYTES: usize = 16 << 20;
+pub const ROW_GROUP_BYTES: usize = 4 << 20;
 
 /// The directory of one (site, layer) partition under a run directory.
 pub fn partition_dir(run_dir: &Path, site: &str, layer: usize) -> PathBuf {
