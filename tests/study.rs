@@ -274,3 +274,41 @@ fn a_second_make_does_no_work() {
     );
     assert_eq!(before, snapshot(&run));
 }
+
+/// The store's matrix reader returns one (site, layer, position) ordered by prompt, with its
+/// labels, and its rows equal a direct capture through the runtime.
+#[test]
+fn the_matrix_reader_matches_a_direct_capture() {
+    use helixlab_model::{ForwardRequest, HookPoint, LoadOptions, Model, Positions, Tokenizer};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), "[1]", "");
+    run_ok(&["extract", "--pipeline", p.to_str().unwrap()]);
+    let m = helixlab_store::read::activations(&tmp.path().join("run"), "hook_resid_pre", 1, "a")
+        .unwrap();
+    assert_eq!((m.rows(), m.d), (2500, 128));
+    assert_eq!((m.a[0], m.b[0], m.answer[0]), (0, Some(0), Some(0)));
+    assert_eq!((m.a[1234], m.b[1234]), (24, Some(34)));
+    let dir = root().join("data/models/toy-adder");
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let ids = tok.encode("24+34=", false).unwrap();
+    let batch = model.batch(&[ids]).unwrap();
+    let req = ForwardRequest::new().capture(HookPoint::ResidPre(1), Positions::At(vec![-4]));
+    let direct: Vec<f32> = model.forward(&batch, &req).unwrap().captures[0]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let max = direct
+        .iter()
+        .zip(m.row(1234))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max < 1e-5,
+        "stored activation differs from a direct capture by {max}"
+    );
+    let missing =
+        helixlab_store::read::activations(&tmp.path().join("run"), "hook_resid_pre", 0, "a");
+    assert!(missing.unwrap_err().to_string().contains("layer 0"));
+}

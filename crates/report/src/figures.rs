@@ -91,6 +91,7 @@ pub fn error_histogram(c: &Correctness, path: &Path) -> Result<usize> {
     chart
         .draw_series(
             Histogram::vertical(&chart)
+                .margin(1)
                 .style(RGBColor(30, 90, 160).filled())
                 .data(errors.iter().map(|&e| (e, 1u32))),
         )

@@ -139,7 +139,8 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
             100.0 * ok as f64 / n.max(1) as f64
         );
         if let Some(m) = Manifest::read_for(&problems_path) {
-            let _ = writeln!(
+            let _ =
+                writeln!(
                 html,
                 "<details><summary>How problems.parquet was made</summary><pre>{}</pre></details>",
                 serde_json::to_string_pretty(&m).unwrap_or_default().replace('<', "&lt;")
