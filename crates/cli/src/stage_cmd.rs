@@ -41,11 +41,18 @@ impl Progress for Bar {
         self.0.set_length(total);
         self.0.set_style(
             ProgressStyle::with_template(
-                "{prefix:>9} {bar:30} {pos}/{len} prompts [{elapsed} < {eta}]",
+                "{prefix:>9} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
             )
             .expect("valid template"),
         );
         self.0.set_prefix(label.to_string());
+        // Model stages count prompts; analysis stages count (site, layer) partitions.
+        let unit = if matches!(label, "spectral" | "fit") {
+            "partitions"
+        } else {
+            "prompts"
+        };
+        self.0.set_message(unit);
     }
     fn advance(&self, n: u64) {
         self.0.inc(n);
@@ -92,6 +99,24 @@ pub fn extract(a: &StageArgs) -> Result<()> {
     let out = helixlab_extract::extraction::run(&p, a.force, &Bar::new())
         .with_context(|| format!("extract stage of {}", a.pipeline.display()))?;
     report("extract", &p, out);
+    Ok(())
+}
+
+/// `helixlab spectral`.
+pub fn spectral(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_spectral::stage::run(&p, a.force, &Bar::new())
+        .with_context(|| format!("spectral stage of {}", a.pipeline.display()))?;
+    report("spectral", &p, out);
+    Ok(())
+}
+
+/// `helixlab fit`.
+pub fn fit(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_fit::stage::run(&p, a.force, &Bar::new())
+        .with_context(|| format!("fit stage of {}", a.pipeline.display()))?;
+    report("fit", &p, out);
     Ok(())
 }
 

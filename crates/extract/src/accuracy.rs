@@ -39,8 +39,28 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     }
     let start = Instant::now();
     let mut rows = Vec::with_capacity(encoded.len());
+    // A task without answers (bare numbers) has nothing to score: its problems are listed
+    // without running the model (an encoder such as BERT has no head to run).
+    let scored = encoded.iter().any(|e| e.answer_token.is_some());
+    if !scored {
+        rows.extend(encoded.iter().map(|e| ProblemRow {
+            prompt_id: e.problem.prompt_id,
+            a: e.problem.a,
+            b: e.problem.b,
+            answer: e.problem.answer,
+            prompt: e.problem.prompt.clone(),
+            answer_token: None,
+            pred_token: None,
+            pred_text: None,
+            pred_value: None,
+            correct: None,
+            answer_logit: None,
+            answer_rank: None,
+            top_logit: None,
+        }));
+    }
     progress.start("accuracy", encoded.len() as u64);
-    for chunk in encoded.chunks(p.extract.batch_size) {
+    for chunk in encoded.chunks(p.extract.batch_size).filter(|_| scored) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let batch = model.batch(&seqs)?;
         let logits = model
@@ -71,13 +91,13 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 answer: e.problem.answer,
                 prompt: e.problem.prompt.clone(),
                 answer_token: e.answer_token,
-                pred_token: pred as u32,
+                pred_token: Some(pred as u32),
                 pred_value: pred_text.trim().parse().ok(),
-                pred_text,
+                pred_text: Some(pred_text),
                 correct: e.answer_token.map(|t| t == pred as u32),
                 answer_logit,
                 answer_rank: answer_logit.map(|al| l.iter().filter(|&&v| v > al).count() as u32),
-                top_logit: top,
+                top_logit: Some(top),
             });
         }
         progress.advance(chunk.len() as u64);

@@ -46,40 +46,7 @@ pub enum ExtractError {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, ExtractError>;
 
-/// Progress reporting, implemented by the CLI (a progress bar) or by nothing.
-pub trait Progress {
-    /// A loop of `total` units starts.
-    fn start(&self, label: &str, total: u64);
-    /// `n` more units are done.
-    fn advance(&self, n: u64);
-    /// The loop ended.
-    fn finish(&self);
-}
-
-/// Reports nothing.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn finish(&self) {}
-}
-
-/// What a stage did.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// Outputs were current; nothing was done.
-    UpToDate,
-    /// Outputs written: tables, rows, seconds.
-    Wrote {
-        /// Tables (or partitions) written.
-        tables: Vec<PathBuf>,
-        /// Rows written.
-        rows: u64,
-        /// Wall time, seconds.
-        seconds: f64,
-    },
-}
+pub use helixlab_store::stage::{NoProgress, Outcome, Progress};
 
 /// Loads the pipeline's model and its tokenizer.
 pub fn load_model(p: &Pipeline) -> Result<(Model, Tokenizer)> {

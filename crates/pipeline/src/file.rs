@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use helixlab_model::HookPoint;
 use serde::{Deserialize, Serialize};
 
-use crate::task::Task;
+use crate::analysis::{AnalysisSection, AnalysisTarget, FitSection, SpectralSection};
+use crate::task::{Task, TaskKind};
 
 /// Errors in a pipeline file.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +170,15 @@ pub struct Pipeline {
     pub extract: ExtractSection,
     /// Where outputs go.
     pub output: OutputSection,
+    /// What the analysis stages read.
+    #[serde(default)]
+    pub analysis: AnalysisSection,
+    /// Settings of `spectral`.
+    #[serde(default)]
+    pub spectral: SpectralSection,
+    /// Settings of `fit`.
+    #[serde(default)]
+    pub fit: FitSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -245,7 +255,101 @@ impl Pipeline {
                 ));
             }
         }
+        p.analysis_target().map_err(|(f, m)| invalid(f, m))?;
+        let fit = &p.fit;
+        if fit.periods.iter().any(|&t| t <= 0.0) || fit.holdout <= 0.0 || fit.holdout >= 1.0 {
+            return Err(invalid(
+                "fit",
+                "periods must be positive and holdout in (0, 1)".into(),
+            ));
+        }
+        let sp = &p.spectral;
+        if sp.probe_holdout <= 0.0 || sp.probe_holdout >= 1.0 || sp.probe_periods.contains(&0) {
+            return Err(invalid(
+                "spectral",
+                "probe_holdout must be in (0, 1) and probe periods at least 1".into(),
+            ));
+        }
+        for r in sp.ranges.iter().flatten() {
+            if r[1] - r[0] < 3 {
+                return Err(invalid(
+                    "spectral.ranges",
+                    format!("{r:?} holds fewer than 4 numbers"),
+                ));
+            }
+        }
         Ok(p)
+    }
+
+    /// The analysis selection with defaults applied; errors name the field.
+    pub fn analysis_target(&self) -> Result<AnalysisTarget, (&'static str, String)> {
+        let a = &self.analysis;
+        let ops = self.task.kind.operands();
+        let position = a.position.clone().unwrap_or_else(|| ops[0].to_string());
+        if !self.extract.positions.contains(&position) {
+            return Err((
+                "analysis.position",
+                format!(
+                    "`{position}` is not extracted (extract.positions: {})",
+                    self.extract.positions.join(", ")
+                ),
+            ));
+        }
+        let number = a.number.clone().unwrap_or_else(|| {
+            if position == "last" {
+                "answer".to_string()
+            } else {
+                position.clone()
+            }
+        });
+        let (number_column, default_range) = match number.as_str() {
+            "a" | "x" if ops.contains(&number.as_str()) => ("a", Some(self.task.a)),
+            "b" if ops.contains(&"b") => ("b", self.task.b),
+            "answer" if self.task.kind != TaskKind::Numbers => ("answer", None),
+            _ => {
+                return Err((
+                    "analysis.number",
+                    format!(
+                        "`{number}` does not label this task's rows (use {} or answer)",
+                        ops.join(", ")
+                    ),
+                ))
+            }
+        };
+        let range = match (a.range, default_range) {
+            (Some(r), _) | (None, Some(r)) => r,
+            (None, None) => {
+                return Err((
+                    "analysis.range",
+                    format!("give the range of `{number}` to analyse"),
+                ))
+            }
+        };
+        if range[1] - range[0] < 3 {
+            return Err((
+                "analysis.range",
+                format!("{range:?} holds fewer than 4 numbers"),
+            ));
+        }
+        let sites = match &a.sites {
+            None => self.extract.sites.clone(),
+            Some(s) => {
+                if let Some(bad) = s.iter().find(|s| !self.extract.sites.contains(s)) {
+                    return Err((
+                        "analysis.sites",
+                        format!("`{}` is not an extracted site", bad.name()),
+                    ));
+                }
+                s.clone()
+            }
+        };
+        Ok(AnalysisTarget {
+            sites,
+            position,
+            number_column: number_column.to_string(),
+            number,
+            range,
+        })
     }
 
     /// The model directory.
@@ -294,6 +398,11 @@ dir = "data/runs/toy-adder"
         assert_eq!(p.extract.batch_size, 256);
         assert_eq!(p.extract.layers.resolve(2).unwrap(), vec![0, 1]);
         assert_eq!(p.extract.sites[1].at(3), HookPoint::AttnZ(3));
+        let t = p.analysis_target().unwrap();
+        assert_eq!((t.position.as_str(), t.number_column.as_str()), ("a", "a"));
+        assert_eq!((t.range, t.sites.len()), ([0, 99], 2));
+        assert_eq!(p.fit.periods, vec![2.0, 5.0, 10.0, 100.0]);
+        assert_eq!(p.spectral.probe_periods.len(), 14);
     }
 
     #[test]
@@ -325,6 +434,16 @@ dir = "data/runs/toy-adder"
             .to_string();
         assert!(e.contains("division"), "{e}");
         assert!(parse(GOOD).unwrap().extract.layers.resolve(1).is_ok());
+        let e = parse(&format!(
+            "{GOOD}\n[analysis]\nposition = \"b\"\nnumber = \"x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("analysis.number") && e.contains("`x`"), "{e}");
+        let e = parse(&format!("{GOOD}\n[analysis]\nsites = [\"hook_mlp_out\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("analysis.sites"), "{e}");
         let p = parse(&GOOD.replace("layers = \"all\"", "layers = [0, 7]")).unwrap();
         assert!(p.extract.layers.resolve(2).unwrap_err().contains("layer 7"));
     }

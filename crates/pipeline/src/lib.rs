@@ -13,8 +13,10 @@
 //! Not here: running anything. The stages (accuracy, extract, ...) read a [`Pipeline`].
 #![deny(missing_docs)]
 
+mod analysis;
 mod file;
 mod task;
 
+pub use analysis::{AnalysisSection, AnalysisTarget, FitSection, SpectralSection};
 pub use file::{ExtractSection, ModelSection, OutputSection, Pipeline, PipelineError, Site};
 pub use task::{Problem, Task, TaskKind};

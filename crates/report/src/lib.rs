@@ -123,8 +123,12 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         template = p.task.template,
     );
     let problems_path = run.join("problems.parquet");
-    if Manifest::read_for(&problems_path).is_some() {
-        let c = correctness(&run)?;
+    let scored = if Manifest::read_for(&problems_path).is_some() {
+        Some(correctness(&run)?).filter(|c| !c.rows.is_empty())
+    } else {
+        None
+    };
+    if let Some(c) = scored {
         let n = c.rows.len();
         let ok = c.rows.iter().filter(|r| r.2).count();
         let heat = out.join("accuracy_heatmap.png");
@@ -146,6 +150,8 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
                 serde_json::to_string_pretty(&m).unwrap_or_default().replace('<', "&lt;")
             );
         }
+    } else if Manifest::read_for(&problems_path).is_some() {
+        html.push_str("<p>The task has no answers to score (bare numbers).</p>\n");
     } else {
         html.push_str("<p>No problems.parquet yet: run <code>helixlab accuracy</code>.</p>\n");
     }

@@ -21,6 +21,8 @@ pub mod inspect;
 pub mod manifest;
 pub mod problems;
 pub mod read;
+pub mod stage;
+pub mod table;
 
 use std::path::PathBuf;
 

@@ -27,10 +27,10 @@ pub struct ProblemRow {
     pub prompt: String,
     /// The token of the answer (the bare number, no special tokens).
     pub answer_token: Option<u32>,
-    /// Argmax token at the last position.
-    pub pred_token: u32,
+    /// Argmax token at the last position (`None` for tasks without answers, which are not run).
+    pub pred_token: Option<u32>,
     /// Its text.
-    pub pred_text: String,
+    pub pred_text: Option<String>,
     /// The predicted token read as a number, when it is one.
     pub pred_value: Option<i64>,
     /// pred_token == answer_token.
@@ -40,7 +40,7 @@ pub struct ProblemRow {
     /// Rank of the answer token among all tokens (0 = top).
     pub answer_rank: Option<u32>,
     /// The largest logit.
-    pub top_logit: f32,
+    pub top_logit: Option<f32>,
 }
 
 /// The arrow schema of problems.parquet.
@@ -52,13 +52,13 @@ pub fn schema() -> Schema {
         Field::new("answer", DataType::Int64, true),
         Field::new("prompt", DataType::Utf8, false),
         Field::new("answer_token", DataType::UInt32, true),
-        Field::new("pred_token", DataType::UInt32, false),
-        Field::new("pred_text", DataType::Utf8, false),
+        Field::new("pred_token", DataType::UInt32, true),
+        Field::new("pred_text", DataType::Utf8, true),
         Field::new("pred_value", DataType::Int64, true),
         Field::new("correct", DataType::Boolean, true),
         Field::new("answer_logit", DataType::Float32, true),
         Field::new("answer_rank", DataType::UInt32, true),
-        Field::new("top_logit", DataType::Float32, false),
+        Field::new("top_logit", DataType::Float32, true),
     ])
 }
 
@@ -74,19 +74,15 @@ fn batch(rows: &[ProblemRow]) -> std::result::Result<RecordBatch, arrow::error::
             rows.iter().map(|r| &r.prompt),
         )),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.answer_token))),
-        Arc::new(UInt32Array::from_iter_values(
-            rows.iter().map(|r| r.pred_token),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| &r.pred_text),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.pred_token))),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.pred_text.as_deref()),
         )),
         Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.pred_value))),
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.correct))),
         Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.answer_logit))),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.answer_rank))),
-        Arc::new(Float32Array::from_iter_values(
-            rows.iter().map(|r| r.top_logit),
-        )),
+        Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.top_logit))),
     ];
     RecordBatch::try_new(Arc::new(schema()), cols)
 }

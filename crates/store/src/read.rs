@@ -124,3 +124,97 @@ pub fn activations(
     })();
     out.map_err(err)
 }
+
+/// Activations averaged per number: one row per label value, ascending.
+#[derive(Clone, Debug)]
+pub struct NumberRows {
+    /// The numbers, ascending.
+    pub numbers: Vec<i64>,
+    /// How many activation rows each number averages.
+    pub counts: Vec<u32>,
+    /// Width.
+    pub d: usize,
+    /// `numbers.len() x d` means, row-major.
+    pub values: Vec<f64>,
+}
+
+impl ActivationMatrix {
+    /// Averages rows by the label `column` (`a`, `b` or `answer`), keeping labels in
+    /// `range` (inclusive). Rows without the label are skipped.
+    pub fn mean_by(
+        &self,
+        column: &str,
+        range: [i64; 2],
+    ) -> std::result::Result<NumberRows, String> {
+        let label = |i: usize| -> Option<i64> {
+            match column {
+                "a" => Some(self.a[i]),
+                "b" => self.b[i],
+                "answer" => self.answer[i],
+                _ => None,
+            }
+        };
+        if !matches!(column, "a" | "b" | "answer") {
+            return Err(format!("unknown label column `{column}`"));
+        }
+        let mut sums: std::collections::BTreeMap<i64, (u32, Vec<f64>)> = Default::default();
+        for i in 0..self.rows() {
+            let Some(x) = label(i).filter(|x| (range[0]..=range[1]).contains(x)) else {
+                continue;
+            };
+            let e = sums.entry(x).or_insert_with(|| (0, vec![0.0; self.d]));
+            e.0 += 1;
+            for (s, &v) in e.1.iter_mut().zip(self.row(i)) {
+                *s += v as f64;
+            }
+        }
+        let mut out = NumberRows {
+            numbers: Vec::with_capacity(sums.len()),
+            counts: Vec::with_capacity(sums.len()),
+            d: self.d,
+            values: Vec::with_capacity(sums.len() * self.d),
+        };
+        for (x, (n, s)) in sums {
+            out.numbers.push(x);
+            out.counts.push(n);
+            out.values.extend(s.iter().map(|v| v / n as f64));
+        }
+        Ok(out)
+    }
+}
+
+/// The complete (manifested) layers extracted for `site` in a run, ascending, with the sha256
+/// of each partition's manifest (what a downstream stage records as its input).
+pub fn extracted_layers(run_dir: &Path, site: &str) -> Result<Vec<(usize, PathBuf, String)>> {
+    let dir = run_dir.join("activations").join(format!("site={site}"));
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(_) => {
+            return Err(StoreError::Missing {
+                path: dir,
+                hint: format!("run `helixlab extract` with site {site}"),
+            })
+        }
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(layer) = name.strip_prefix("layer=").and_then(|l| l.parse().ok()) else {
+            continue;
+        };
+        let part = e.path();
+        let manifest = Manifest::path_for(&part);
+        if manifest.exists() {
+            let sha = crate::manifest::sha256_file(&manifest)?;
+            out.push((layer, part, sha));
+        }
+    }
+    out.sort_by_key(|x| x.0);
+    if out.is_empty() {
+        return Err(StoreError::Missing {
+            path: dir,
+            hint: format!("run `helixlab extract` with site {site}"),
+        });
+    }
+    Ok(out)
+}

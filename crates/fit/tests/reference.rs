@@ -1,0 +1,58 @@
+//! The helix fit of method.md E3 (PCA to k, least squares, C = coef . components) against the
+//! same computation in numpy / scikit-learn (tools/make_numeric_reference.py).
+
+use helixlab_fit::basis::{Basis, BasisKind};
+use helixlab_fit::linear_fit::LinearFit;
+use helixlab_numeric::stats::r2;
+use ndarray::Array2;
+use serde_json::Value;
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../numeric/tests/fixtures/reference.json"
+    ))
+    .expect("reference fixture");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn matrix(v: &Value) -> Array2<f64> {
+    let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
+    let (n, d) = (rows.len(), rows[0].len());
+    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).unwrap()
+}
+
+#[test]
+fn the_helix_fit_matches_numpy() {
+    let r = reference();
+    let x = matrix(&r["X"]);
+    let xs: Vec<f64> = serde_json::from_value(r["xs"].clone()).unwrap();
+    let want = &r["helix_fit"];
+    let basis = Basis::for_sample(
+        BasisKind::Helix {
+            periods: vec![2.0, 5.0, 10.0, 100.0],
+            linear: true,
+        },
+        &xs,
+    );
+    // The reference builds its design matrix independently; ours must equal it.
+    let design = matrix(&r["lstsq"]["A"]);
+    assert!((basis.eval(&xs) - &design).iter().all(|v| v.abs() < 1e-12));
+    let k = want["pca_dim"].as_u64().unwrap() as usize;
+    let f = LinearFit::fit(basis, &xs, x.view(), k).unwrap();
+    let c = matrix(&want["C"]);
+    let diff = (&f.c - &c).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(diff < 1e-8, "C differs by {diff}");
+    let pred = f.predict(&xs);
+    let row7: Vec<f64> = serde_json::from_value(want["prediction_row_7"].clone()).unwrap();
+    assert!(pred
+        .row(7)
+        .iter()
+        .zip(&row7)
+        .all(|(a, b)| (a - b).abs() < 1e-8));
+    let got_r2 = r2(x.view(), pred.view());
+    assert!(
+        (got_r2 - want["r2"].as_f64().unwrap()).abs() < 1e-9,
+        "R^2 {got_r2}"
+    );
+}
