@@ -31,7 +31,17 @@ impl LinearFit {
         x: ArrayView2<f64>,
         pca_dim: usize,
     ) -> Result<LinearFit, NumericError> {
-        let pca = Pca::fit(x, pca_dim)?;
+        Self::fit_in(basis, xs, x, Pca::fit(x, pca_dim)?)
+    }
+
+    /// Fits in a PCA already fitted to the same rows `x` (a study fits many bases to one
+    /// sample; the PCA is the expensive part and does not depend on the basis).
+    pub fn fit_in(
+        basis: Basis,
+        xs: &[f64],
+        x: ArrayView2<f64>,
+        pca: Pca,
+    ) -> Result<LinearFit, NumericError> {
         let z = pca.transform(x);
         let b = basis.eval(xs);
         let coef = lstsq(b.view(), z.view())?;

@@ -241,13 +241,14 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             cfg.continuity_digit,
         );
         let xs: Vec<f64> = numbers.iter().map(|&v| v as f64).collect();
+        let samples = Samples::new(&numbers, x.view(), &held_out, cfg)?;
         for v in &list {
             let s = score(
                 &v.method,
+                &samples,
                 &numbers,
                 &xs,
                 x.view(),
-                &held_out,
                 cfg,
                 &mut |d| {
                     record_detail(
@@ -453,31 +454,69 @@ fn rows_where(mask: &[bool], keep: bool) -> Vec<usize> {
     (0..mask.len()).filter(|&i| mask[i] == keep).collect()
 }
 
+/// The three samples every variant fits (all numbers, the training split, all but the
+/// continuity digit) with their PCAs, computed once per (site, layer).
+struct Samples {
+    pca_all: Pca,
+    tr: Vec<usize>,
+    te: Vec<usize>,
+    pca_tr: Pca,
+    keep: Vec<usize>,
+    gone: Vec<usize>,
+    pca_keep: Pca,
+}
+
+impl Samples {
+    fn new(
+        numbers: &[i64],
+        x: ArrayView2<f64>,
+        held_out: &[bool],
+        cfg: &helixlab_pipeline::FitSection,
+    ) -> Result<Samples> {
+        let tr = rows_where(held_out, false);
+        let te = rows_where(held_out, true);
+        let left_out: Vec<bool> = numbers
+            .iter()
+            .map(|v| v.rem_euclid(10) == cfg.continuity_digit)
+            .collect();
+        let keep = rows_where(&left_out, false);
+        let gone = rows_where(&left_out, true);
+        Ok(Samples {
+            pca_all: Pca::fit(x, cfg.pca_dim)?,
+            pca_tr: Pca::fit(x.select(Axis(0), &tr).view(), cfg.pca_dim)?,
+            pca_keep: Pca::fit(x.select(Axis(0), &keep).view(), cfg.pca_dim)?,
+            tr,
+            te,
+            keep,
+            gone,
+        })
+    }
+}
+
 fn score(
     method: &Method,
+    samples: &Samples,
     numbers: &[i64],
     xs: &[f64],
     x: ArrayView2<f64>,
-    held_out: &[bool],
     cfg: &helixlab_pipeline::FitSection,
     detail: &mut dyn FnMut(Detail) -> Result<()>,
 ) -> Result<Scores> {
-    let tr = rows_where(held_out, false);
-    let te = rows_where(held_out, true);
+    let (tr, te) = (&samples.tr, &samples.te);
     let pick = |idx: &[usize]| -> (Vec<f64>, Array2<f64>) {
         (idx.iter().map(|&i| xs[i]).collect(), x.select(Axis(0), idx))
     };
-    let (xs_tr, x_tr) = pick(&tr);
-    let (xs_te, x_te) = pick(&te);
-    let fit = |kind: &BasisKind, xs: &[f64], x: ArrayView2<f64>| {
-        LinearFit::fit(Basis::for_sample(kind.clone(), xs), xs, x, cfg.pca_dim)
+    let (xs_tr, x_tr) = pick(tr);
+    let (xs_te, x_te) = pick(te);
+    let fit = |kind: &BasisKind, xs: &[f64], x: ArrayView2<f64>, pca: &Pca| {
+        LinearFit::fit_in(Basis::for_sample(kind.clone(), xs), xs, x, pca.clone())
     };
     Ok(match method {
         Method::Basis(kind) => {
-            let all = fit(kind, xs, x)?;
+            let all = fit(kind, xs, x, &samples.pca_all)?;
             let pred = all.predict(xs);
             detail(Detail::Fit(&all))?;
-            let part = fit(kind, &xs_tr, x_tr.view())?;
+            let part = fit(kind, &xs_tr, x_tr.view(), &samples.pca_tr)?;
             let pred_te = part.predict(&xs_te);
             Scores {
                 r2_in: r2(x, pred.view()),
@@ -491,12 +530,12 @@ fn score(
         Method::Shuffled(kind) => {
             let perm = split::permutation(xs.len(), cfg.seed.wrapping_add(29));
             let shuffled: Vec<f64> = perm.iter().map(|&i| xs[i]).collect();
-            let all = fit(kind, &shuffled, x)?;
+            let all = fit(kind, &shuffled, x, &samples.pca_all)?;
             let pred = all.predict(&shuffled);
             // Train rows get shuffled numbers; held-out rows are predicted from their own.
             let perm_tr = split::permutation(tr.len(), cfg.seed.wrapping_add(31));
             let xs_tr_shuf: Vec<f64> = perm_tr.iter().map(|&i| xs_tr[i]).collect();
-            let part = fit(kind, &xs_tr_shuf, x_tr.view())?;
+            let part = fit(kind, &xs_tr_shuf, x_tr.view(), &samples.pca_tr)?;
             let pred_te = part.predict(&xs_te);
             Scores {
                 r2_in: r2(x, pred.view()),
@@ -508,15 +547,10 @@ fn score(
             }
         }
         Method::Continuity(kind) => {
-            let left_out: Vec<bool> = numbers
-                .iter()
-                .map(|v| v.rem_euclid(10) == cfg.continuity_digit)
-                .collect();
-            let keep = rows_where(&left_out, false);
-            let gone = rows_where(&left_out, true);
-            let (xs_k, x_k) = pick(&keep);
-            let (xs_g, x_g) = pick(&gone);
-            let part = fit(kind, &xs_k, x_k.view())?;
+            let (keep, gone) = (&samples.keep, &samples.gone);
+            let (xs_k, x_k) = pick(keep);
+            let (xs_g, x_g) = pick(gone);
+            let part = fit(kind, &xs_k, x_k.view(), &samples.pca_keep)?;
             let pred_k = part.predict(&xs_k);
             let pred_g = part.predict(&xs_g);
             let (lo, hi) = (xs[0], xs[xs.len() - 1]);
@@ -542,10 +576,9 @@ fn score(
             }
         }
         Method::Pca(k) => {
-            let all = Pca::fit(x, *k)?;
-            let rec = all.reconstruct(x, *k);
-            let part = Pca::fit(x_tr.view(), *k)?;
-            let rec_te = part.reconstruct(x_te.view(), *k);
+            // The first k components of a larger PCA are the PCA with k components.
+            let rec = samples.pca_all.reconstruct(x, *k);
+            let rec_te = samples.pca_tr.reconstruct(x_te.view(), *k);
             Scores {
                 r2_in: r2(x, rec.view()),
                 mse_in: mse(x, rec.view()),

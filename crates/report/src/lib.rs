@@ -1,8 +1,11 @@
 //! The study report: figures (PNG) and an `index.html` read from a run's Parquet tables.
 //!
-//! Reads `problems.parquet` (and, as later stages land, their tables); writes
-//! `<run>/report/`. Figures so far: correctness over the (a, b) grid and the histogram of
-//! errors (answer - truth) of the wrong answers.
+//! Reads `problems.parquet`, the spectral tables and the fit tables; writes `<run>/report/`.
+//! Figures: correctness over the (a, b) grid and the histogram of errors (answer - truth);
+//! the Fourier spectrum with the paper's periods marked, PC1 against the number, cosine
+//! similarity between numbers, mod-T separability (paper Figs 2, 13, 15); fit quality per
+//! layer, the helix subspace as one circle per period, the norms and cosine similarities of C,
+//! and the continuity test (Figs 3, 16, 17, 18).
 //!
 //! A key design decision is that text is drawn with a font committed in the crate
 //! (DejaVu Sans, assets/), registered with plotters' ab_glyph backend: the report renders
@@ -10,6 +13,8 @@
 //! of one.
 #![deny(missing_docs)]
 
+mod analysis;
+pub mod charts;
 mod figures;
 
 use std::fmt::Write as _;
@@ -154,6 +159,20 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         html.push_str("<p>The task has no answers to score (bare numbers).</p>\n");
     } else {
         html.push_str("<p>No problems.parquet yet: run <code>helixlab accuracy</code>.</p>\n");
+    }
+    html.push_str(&analysis::spectral_section(&run, &out, &p.fit.periods)?);
+    html.push_str(&analysis::fit_section(&run, &out)?);
+    for (stage, table) in [
+        ("spectral", "spectral/periods.parquet"),
+        ("fit", "fit/fits.parquet"),
+    ] {
+        if let Some(m) = Manifest::read_for(&run.join(table)) {
+            let _ = writeln!(
+                html,
+                "<details><summary>How the {stage} tables were made</summary><pre>{}</pre></details>",
+                serde_json::to_string_pretty(&m).unwrap_or_default().replace('<', "&lt;")
+            );
+        }
     }
     html.push_str("</body></html>\n");
     let index = out.join("index.html");

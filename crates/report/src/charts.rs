@@ -1,0 +1,230 @@
+//! Generic charts the analysis figures are made of: grids of line/dot panels and of heatmaps.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::{ReportError, Result};
+
+/// How a series is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mark {
+    /// Connected line.
+    Line,
+    /// Dots.
+    Dots,
+}
+
+/// One series of a panel.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label (empty: not in the legend).
+    pub label: String,
+    /// Points.
+    pub points: Vec<(f64, f64)>,
+    /// Line or dots.
+    pub mark: Mark,
+    /// Colour.
+    pub color: RGBColor,
+}
+
+/// One panel.
+#[derive(Clone, Debug, Default)]
+pub struct Panel {
+    /// Title above the panel.
+    pub title: String,
+    /// x axis label.
+    pub x_desc: String,
+    /// y axis label.
+    pub y_desc: String,
+    /// Series.
+    pub series: Vec<Series>,
+    /// Vertical reference lines (e.g. the paper's periods).
+    pub vlines: Vec<f64>,
+}
+
+/// The n-th colour of a qualitative palette.
+pub fn palette(i: usize) -> RGBColor {
+    const P: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    P[i % P.len()]
+}
+
+/// A colour on the hue circle, for classes such as x mod T.
+pub fn hue(i: usize, n: usize) -> RGBColor {
+    let h = i as f64 / n.max(1) as f64;
+    let (r, g, b) = HSLColor(h, 0.75, 0.45).rgb();
+    RGBColor(r, g, b)
+}
+
+fn err(path: &Path) -> impl Fn(String) -> ReportError + '_ {
+    move |message| ReportError::Figure {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+/// Panels in a grid of `cols` columns, each `w x h` pixels, with an overall title.
+pub fn panels(
+    path: &Path,
+    title: &str,
+    panels: &[Panel],
+    cols: usize,
+    w: u32,
+    h: u32,
+) -> Result<()> {
+    let e = err(path);
+    let cols = cols.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(cols).max(1);
+    let root =
+        BitMapBackend::new(path, (w * cols as u32, h * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|x| e(x.to_string()))?;
+    for (area, p) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        let (x0, x1) = bounds(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
+        let (y0, y1) = bounds(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1)));
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(34)
+            .y_label_area_size(52)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE.mix(0.0))
+            .x_desc(&p.x_desc)
+            .y_desc(&p.y_desc)
+            .x_labels(6)
+            .y_labels(6)
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        for &v in &p.vlines {
+            if v >= x0 && v <= x1 {
+                chart
+                    .draw_series(LineSeries::new(
+                        [(v, y0), (v, y1)],
+                        RGBColor(235, 140, 140).stroke_width(1),
+                    ))
+                    .map_err(|x| e(x.to_string()))?;
+            }
+        }
+        let mut legend = false;
+        for s in &p.series {
+            let color = s.color;
+            let drawn = match s.mark {
+                Mark::Line => chart
+                    .draw_series(LineSeries::new(
+                        s.points.iter().copied().filter(|q| q.1.is_finite()),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|x| e(x.to_string()))?,
+                Mark::Dots => chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .filter(|q| q.1.is_finite())
+                            .map(|&q| Circle::new(q, 3, color.filled())),
+                    )
+                    .map_err(|x| e(x.to_string()))?,
+            };
+            if !s.label.is_empty() {
+                legend = true;
+                drawn.label(&s.label).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 4), (x + 12, y + 4)], color.filled())
+                });
+            }
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(180, 180, 180))
+                .label_font(("sans-serif", 11))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+    }
+    root.present().map_err(|x| e(x.to_string()))
+}
+
+/// One heatmap: a square matrix over labels `lo..=lo + n - 1`, values mapped from `range`.
+#[derive(Clone, Debug)]
+pub struct Heatmap {
+    /// Title.
+    pub title: String,
+    /// The first label.
+    pub lo: i64,
+    /// `n x n` values.
+    pub values: Vec<Vec<f64>>,
+    /// Value range mapped to the colour scale.
+    pub range: (f64, f64),
+}
+
+/// Heatmaps in a grid of `cols` columns.
+pub fn heatmaps(path: &Path, title: &str, maps: &[Heatmap], cols: usize, side: u32) -> Result<()> {
+    let e = err(path);
+    let cols = cols.clamp(1, maps.len().max(1));
+    let rows = maps.len().div_ceil(cols).max(1);
+    let root =
+        BitMapBackend::new(path, (side * cols as u32, side * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|x| e(x.to_string()))?;
+    for (area, m) in root.split_evenly((rows, cols)).iter().zip(maps) {
+        let n = m.values.len() as i64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&m.title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(m.lo..m.lo + n, m.lo..m.lo + n)
+            .map_err(|x| e(x.to_string()))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        let (lo, hi) = m.range;
+        chart
+            .draw_series(m.values.iter().enumerate().flat_map(|(i, row)| {
+                row.iter().enumerate().map(move |(j, &v)| {
+                    let t = ((v - lo) / (hi - lo).max(1e-12)).clamp(0.0, 1.0);
+                    let c = ViridisRGB::get_color(t);
+                    let (x, y) = (m.lo + i as i64, m.lo + j as i64);
+                    Rectangle::new([(x, y), (x + 1, y + 1)], c.filled())
+                })
+            }))
+            .map_err(|x| e(x.to_string()))?;
+    }
+    root.present().map_err(|x| e(x.to_string()))
+}
