@@ -37,8 +37,12 @@ def main(run, readme):
         t = pq.read_table(f)
         meta = pq.read_metadata(f).metadata or {}
         manifest = json.loads(meta[b"helixlab.manifest"])
-        check(manifest["stage"] in ("accuracy", "extract"), f"{f}: manifest names its stage")
-        check(manifest["model"]["architecture"] == "gpt2", f"{f}: manifest names the model")
+        stage = manifest["stage"]
+        check(stage in ("accuracy", "extract", "spectral", "fit"), f"{f}: manifest names its stage")
+        if stage in ("accuracy", "extract"):
+            check(manifest["model"]["architecture"] == "gpt2", f"{f}: manifest names the model")
+        else:
+            check(len(manifest["inputs"]) > 0, f"{f}: manifest lists the partitions it read")
         df = pl.read_parquet(f)
         check(df.height == t.num_rows > 0, f"{f}: polars and pyarrow read {t.num_rows} rows")
         n = duckdb.sql(f"SELECT count(*) FROM '{f}'").fetchall()[0][0]
@@ -57,6 +61,18 @@ def main(run, readme):
     check(x.shape == (10_000, 128), f"a-token matrix shape {x.shape}")
     dataset = ds.dataset(run / "activations", format="parquet", partitioning="hive")
     check(dataset.count_rows() == 2 * 2 * 3 * 10_000, "pyarrow dataset sees every partition")
+
+    # The analysis tables: tidy rows with list and vector columns numpy can take.
+    fits = pl.read_parquet(run / "fit" / "fits.parquet")
+    check({"helix", "helix_discovered", "pca9", "helix_shuffled"} <= set(fits["variant"]),
+          "fits.parquet has the helix, discovered, PCA and shuffled variants")
+    coef = pl.read_parquet(run / "fit" / "coefficients.parquet").filter(
+        (pl.col("variant") == "helix") & (pl.col("layer") == 0) & (pl.col("site") == "hook_resid_pre"))
+    c = coef["coefficient"].to_numpy()
+    check(c.shape == (11, 128), f"helix C plus the mean as a matrix {c.shape}")
+    periods = duckdb.sql(f"SELECT period FROM '{run}/spectral/periods.parquet' "
+                         "WHERE site = 'hook_resid_pre' AND layer = 0").fetchall()
+    check(any(abs(p[0] - 10) < 0.05 for p in periods), f"DuckDB reads period 10 ({periods})")
 
     text = pathlib.Path(readme).read_text()
     section = text.split("## Query the outputs", 1)[1].split("\n## ", 1)[0]

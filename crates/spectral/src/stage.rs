@@ -30,23 +30,24 @@ pub fn table_path(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join("spectral").join(format!("{name}.parquet"))
 }
 
-/// The rows of one (site, layer) as a matrix over consecutive numbers; errors on gaps.
+/// The rows of one (site, layer), one per number in `span`, as a matrix.
 pub(crate) fn number_matrix(
     run_dir: &Path,
     target: &AnalysisTarget,
+    span: [i64; 2],
     site: &str,
     layer: usize,
 ) -> Result<(NumberRows, Array2<f64>)> {
     let m = read::activations(run_dir, site, layer, &target.position)?;
     let rows = m
-        .mean_by(&target.number_column, target.range)
+        .mean_by(&target.number_column, span)
         .map_err(SpectralError::Input)?;
     if rows.numbers.len() < 4 {
         return Err(SpectralError::Input(format!(
             "site {site} layer {layer}: {} numbers of `{}` in {:?} at position `{}` (need 4)",
             rows.numbers.len(),
             target.number,
-            target.range,
+            span,
             target.position
         )));
     }
@@ -102,6 +103,9 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         .ranges
         .clone()
         .unwrap_or_else(|| vec![target.range]);
+    let span = ranges
+        .iter()
+        .fold(target.range, |s, r| [s[0].min(r[0]), s[1].max(r[1])]);
     let mut manifest = Manifest {
         stage: "spectral".into(),
         settings: serde_json::json!({ "analysis": target, "spectral": p.spectral, "ranges": ranges }),
@@ -137,7 +141,8 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
 
     progress.start("spectral", work.len() as u64);
     for (site, layer) in &work {
-        let (rows, x) = number_matrix(&run_dir, &target, site, *layer)?;
+        // Spectra may look at windows wider than the analysis range (the paper's 0..=360).
+        let (rows, x) = number_matrix(&run_dir, &target, span, site, *layer)?;
         let what = format!("site {site} layer {layer}");
         for r in &ranges {
             let idx: Vec<usize> = (0..rows.numbers.len())
@@ -195,9 +200,15 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 }
             }
         }
+        // Similarity, probes and periods: the analysis range only.
+        let keep: Vec<usize> = (0..rows.numbers.len())
+            .filter(|&i| (target.range[0]..=target.range[1]).contains(&rows.numbers[i]))
+            .collect();
+        let numbers: Vec<i64> = keep.iter().map(|&i| rows.numbers[i]).collect();
+        let x = x.select(ndarray::Axis(0), &keep);
         let (dist, cos) = geometry::similarity(x.view());
-        for (i, &xi) in rows.numbers.iter().enumerate() {
-            for (j, &yj) in rows.numbers.iter().enumerate() {
+        for (i, &xi) in numbers.iter().enumerate() {
+            for (j, &yj) in numbers.iter().enumerate() {
                 simk.push(site, *layer);
                 sim_x.push(xi);
                 sim_y.push(yj);
@@ -207,7 +218,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         }
         let sp = &p.spectral;
         for s in separability::separability(
-            &rows.numbers,
+            &numbers,
             x.view(),
             &sp.probe_periods,
             sp.probe_holdout,
@@ -223,7 +234,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             sep_te.push(s.n_test as u32);
         }
         let coords = pca_coordinates(x.view(), 100)?;
-        let xf: Vec<f64> = rows.numbers.iter().map(|&v| v as f64).collect();
+        let xf: Vec<f64> = numbers.iter().map(|&v| v as f64).collect();
         let d = periods::discover(&xf, coords.view(), sp.discover);
         for found in &d.periods {
             perk.push(site, *layer);
