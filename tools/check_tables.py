@@ -38,8 +38,9 @@ def main(run, readme):
         meta = pq.read_metadata(f).metadata or {}
         manifest = json.loads(meta[b"helixlab.manifest"])
         stage = manifest["stage"]
-        check(stage in ("accuracy", "extract", "spectral", "fit"), f"{f}: manifest names its stage")
-        if stage in ("accuracy", "extract"):
+        check(stage in ("accuracy", "extract", "spectral", "fit", "pairs", "patch"),
+              f"{f}: manifest names its stage")
+        if stage in ("accuracy", "extract", "patch"):
             check(manifest["model"]["architecture"] == "gpt2", f"{f}: manifest names the model")
         else:
             check(len(manifest["inputs"]) > 0, f"{f}: manifest lists the partitions it read")
@@ -73,6 +74,12 @@ def main(run, readme):
     periods = duckdb.sql(f"SELECT period FROM '{run}/spectral/periods.parquet' "
                          "WHERE site = 'hook_resid_pre' AND layer = 0").fetchall()
     check(any(abs(p[0] - 10) < 0.05 for p in periods), f"DuckDB reads period 10 ({periods})")
+
+    patching = pl.read_parquet(run / "patch" / "patching.parquet")
+    layer0 = patching.filter((pl.col("site") == "hook_resid_pre") & (pl.col("layer") == 0)
+                             & (pl.col("kind") == "layer"))
+    check(layer0.height == 100 and layer0["correct"].mean() > 0.9,
+          "layer patching at the a token before layer 0 moves the answer")
 
     text = pathlib.Path(readme).read_text()
     section = text.split("## Query the outputs", 1)[1].split("\n## ", 1)[0]

@@ -40,6 +40,13 @@ enum Command {
     /// Helix fits of the number representation, with baselines (circle, polynomials, PCA-k)
     /// and controls (held-out numbers, shuffled numbers, random periods, continuity).
     Fit(stage_cmd::StageArgs),
+    /// Draw clean/corrupt pairs of correct problems for patching (same other operand,
+    /// different answer), seeded; writes patch/pairs.parquet.
+    Pairs(stage_cmd::StageArgs),
+    /// Activation patching at the analysed operand's token, every layer: the corrupt
+    /// activation, its PCA-k projections, every stored fit's prediction, and a mean ablation;
+    /// logit difference, accuracy and normalised effect per pair.
+    Patch(stage_cmd::StageArgs),
     /// Write the HTML report with figures from the study's tables.
     Report(stage_cmd::StageArgs),
     /// Show a table's schema, size, provenance and first rows.
@@ -57,6 +64,8 @@ fn main() -> ExitCode {
         Command::Extract(args) => stage_cmd::extract(&args),
         Command::Spectral(args) => stage_cmd::spectral(&args),
         Command::Fit(args) => stage_cmd::fit(&args),
+        Command::Pairs(args) => stage_cmd::pairs(&args),
+        Command::Patch(args) => stage_cmd::patch(&args),
         Command::Report(args) => stage_cmd::report_stage(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
     };

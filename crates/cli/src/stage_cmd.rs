@@ -47,10 +47,10 @@ impl Progress for Bar {
         );
         self.0.set_prefix(label.to_string());
         // Model stages count prompts; analysis stages count (site, layer) partitions.
-        let unit = if matches!(label, "spectral" | "fit") {
-            "partitions"
-        } else {
-            "prompts"
+        let unit = match label {
+            "spectral" | "fit" => "partitions",
+            "patch" => "pair patches",
+            _ => "prompts",
         };
         self.0.set_message(unit);
     }
@@ -117,6 +117,24 @@ pub fn fit(a: &StageArgs) -> Result<()> {
     let out = helixlab_fit::stage::run(&p, a.force, &Bar::new())
         .with_context(|| format!("fit stage of {}", a.pipeline.display()))?;
     report("fit", &p, out);
+    Ok(())
+}
+
+/// `helixlab pairs`.
+pub fn pairs(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_patch::stage::run_pairs(&p, a.force)
+        .with_context(|| format!("pairs stage of {}", a.pipeline.display()))?;
+    report("pairs", &p, out);
+    Ok(())
+}
+
+/// `helixlab patch`.
+pub fn patch(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_patch::stage::run_patch(&p, a.force, &Bar::new())
+        .with_context(|| format!("patch stage of {}", a.pipeline.display()))?;
+    report("patch", &p, out);
     Ok(())
 }
 

@@ -134,3 +134,31 @@ pub struct AnalysisTarget {
     /// Inclusive label range.
     pub range: [i64; 2],
 }
+
+fn hundred_pairs() -> usize {
+    100
+}
+fn forty_two() -> u64 {
+    42
+}
+
+/// `[patch]`: settings of `helixlab pairs` and `helixlab patch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSection {
+    /// Clean/corrupt pairs per experiment.
+    #[serde(default = "hundred_pairs")]
+    pub pairs: usize,
+    /// Seed of the pair sample (the paper's code used 42).
+    #[serde(default = "forty_two")]
+    pub seed: u64,
+    /// k of the PCA-k patches.
+    #[serde(default = "odd_degrees")]
+    pub pca_ks: Vec<usize>,
+}
+
+impl Default for PatchSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use helixlab_model::HookPoint;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{AnalysisSection, AnalysisTarget, FitSection, SpectralSection};
+use crate::analysis::{AnalysisSection, AnalysisTarget, FitSection, PatchSection, SpectralSection};
 use crate::task::{Task, TaskKind};
 
 /// Errors in a pipeline file.
@@ -179,6 +179,9 @@ pub struct Pipeline {
     /// Settings of `fit`.
     #[serde(default)]
     pub fit: FitSection,
+    /// Settings of `pairs` and `patch`.
+    #[serde(default)]
+    pub patch: PatchSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -269,6 +272,9 @@ impl Pipeline {
                 "spectral",
                 "probe_holdout must be in (0, 1) and probe periods at least 1".into(),
             ));
+        }
+        if p.patch.pairs == 0 {
+            return Err(invalid("patch.pairs", "must be at least 1".into()));
         }
         for r in sp.ranges.iter().flatten() {
             if r[1] - r[0] < 3 {

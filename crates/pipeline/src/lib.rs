@@ -17,6 +17,6 @@ mod analysis;
 mod file;
 mod task;
 
-pub use analysis::{AnalysisSection, AnalysisTarget, FitSection, SpectralSection};
+pub use analysis::{AnalysisSection, AnalysisTarget, FitSection, PatchSection, SpectralSection};
 pub use file::{ExtractSection, ModelSection, OutputSection, Pipeline, PipelineError, Site};
 pub use task::{Problem, Task, TaskKind};

@@ -83,7 +83,12 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    let pad = ((hi - lo) * 0.05).max(1e-9);
+    // A flat series gets a visible span rather than a degenerate axis.
+    let pad = if hi - lo < 1e-12 {
+        (hi.abs() * 0.1).max(0.5)
+    } else {
+        (hi - lo) * 0.05
+    };
     (lo - pad, hi + pad)
 }
 

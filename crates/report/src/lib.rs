@@ -162,9 +162,11 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
     }
     html.push_str(&analysis::spectral_section(&run, &out, &p.fit.periods)?);
     html.push_str(&analysis::fit_section(&run, &out)?);
+    html.push_str(&analysis::patch_section(&run, &out)?);
     for (stage, table) in [
         ("spectral", "spectral/periods.parquet"),
         ("fit", "fit/fits.parquet"),
+        ("patch", "patch/patching.parquet"),
     ] {
         if let Some(m) = Manifest::read_for(&run.join(table)) {
             let _ = writeln!(

@@ -218,3 +218,23 @@ pub fn extracted_layers(run_dir: &Path, site: &str) -> Result<Vec<(usize, PathBu
     }
     Ok(out)
 }
+
+/// The offset from the end (-1 = last token) of the named position in a partition.
+pub fn position_offset(run_dir: &Path, site: &str, layer: usize, position: &str) -> Result<i64> {
+    let dir = partition_dir(run_dir, site, layer);
+    let file = partition_file(&dir);
+    let df = scan(&file)?
+        .filter(col("position_name").eq(lit(position)))
+        .select([col("position")])
+        .limit(1)
+        .collect()
+        .map_err(pl(&file))?;
+    let v = df
+        .column("position")
+        .and_then(|c| c.i32().map(|c| c.get(0)))
+        .map_err(pl(&file))?;
+    v.map(i64::from).ok_or_else(|| StoreError::Format {
+        path: file,
+        message: format!("no rows at position `{position}`"),
+    })
+}

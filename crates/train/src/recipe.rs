@@ -29,6 +29,9 @@ pub struct Recipe {
     pub betas: (f64, f64),
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
+    /// Decay vectors (biases, layer-norm parameters) too, not only matrices.
+    #[serde(default = "yes")]
+    pub decay_vectors: bool,
     /// Linear warm-up steps.
     pub warmup_steps: usize,
     /// Cosine decay ends at this fraction of the peak rate.
@@ -37,6 +40,10 @@ pub struct Recipe {
     pub grad_clip: f64,
     /// Evaluate every this many steps.
     pub eval_every: usize,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Recipe {
@@ -62,6 +69,7 @@ impl Recipe {
             lr: 1e-3,
             betas: (0.9, 0.98),
             weight_decay: 1.0,
+            decay_vectors: true,
             warmup_steps: 100,
             final_lr_fraction: 0.1,
             grad_clip: 1.0,
@@ -78,6 +86,7 @@ impl Recipe {
                 auxiliary_tasks: false,
                 steps: 4000,
                 lr: 3e-3,
+                decay_vectors: std::env::var("HELIXLAB_EXP_DECAY_VECTORS").is_ok(),
                 ..base
             }),
             _ => None,

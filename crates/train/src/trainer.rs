@@ -99,22 +99,27 @@ pub fn train(
     let model = TinyGpt2::init(recipe.shape, &mut rng)?;
     let sampler = Sampler::new(&split, recipe.auxiliary_tasks);
     let vars = model.vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: recipe.lr,
-            beta1: recipe.betas.0,
-            beta2: recipe.betas.1,
-            eps: 1e-8,
-            weight_decay: recipe.weight_decay,
-        },
-    )?;
+    let params = |weight_decay| ParamsAdamW {
+        lr: recipe.lr,
+        beta1: recipe.betas.0,
+        beta2: recipe.betas.1,
+        eps: 1e-8,
+        weight_decay,
+    };
+    // Vectors (biases, layer-norm gains and shifts) optionally escape the decay.
+    let (matrices, vectors): (Vec<_>, Vec<_>) = vars
+        .iter()
+        .cloned()
+        .partition(|v| recipe.decay_vectors || v.rank() >= 2);
+    let mut opt = AdamW::new(matrices, params(recipe.weight_decay))?;
+    let mut opt_vectors = AdamW::new(vectors, params(0.0))?;
     let (train_pairs, held_pairs) = (split.training(), split.held_out());
     let start = Instant::now();
     let mut log = Vec::with_capacity(steps);
     for step in 0..steps {
         let lr = recipe.lr_at(step);
         opt.set_learning_rate(lr);
+        opt_vectors.set_learning_rate(lr);
         let batch = sampler.batch(&mut rng, recipe.batch_addition, recipe.batch_auxiliary);
         let (ids, targets) = to_tensors(&batch)?;
         let logits = model.forward_last(&ids)?;
@@ -136,6 +141,7 @@ pub fn train(
             }
         }
         opt.step(&grads)?;
+        opt_vectors.step(&grads)?;
         let evaluate = (step + 1) % recipe.eval_every == 0 || step + 1 == steps;
         let (train_accuracy, heldout_accuracy) = if evaluate {
             (

@@ -1,0 +1,183 @@
+//! Clean/corrupt pairs (method.md E3): for the operand `a`, a correct clean problem a + b and
+//! a correct corrupt problem a' + b with the same b and a' != a (so a different answer); for
+//! `b`, symmetrically. Drawn from problems.parquet with a stored seed, one row per pair.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use helixlab_numeric::split;
+use helixlab_store::read;
+
+use crate::{PatchError, Result};
+
+/// One problem as the patch stage needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProblemInfo {
+    /// Row id.
+    pub prompt_id: u32,
+    /// Operands.
+    pub a: i64,
+    /// Second operand.
+    pub b: Option<i64>,
+    /// Answer.
+    pub answer: i64,
+    /// Prompt text.
+    pub prompt: String,
+    /// Answer token.
+    pub answer_token: u32,
+    /// The logit of its answer in its own run.
+    pub answer_logit: f32,
+}
+
+/// A clean/corrupt pair.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pair {
+    /// 0-based within the experiment.
+    pub pair_id: u32,
+    /// The prompt that is run.
+    pub clean: ProblemInfo,
+    /// The prompt whose number is patched in.
+    pub corrupt: ProblemInfo,
+}
+
+/// The correct problems of a run (problems.parquet), by prompt id.
+pub fn correct_problems(run_dir: &Path) -> Result<Vec<ProblemInfo>> {
+    let df = read::problems(run_dir)?;
+    let table = run_dir.join("problems.parquet");
+    let e = |source| {
+        PatchError::Store(helixlab_store::StoreError::Polars {
+            path: table.clone(),
+            source,
+        })
+    };
+    let col = |n: &str| df.column(n).map(|c| c.as_materialized_series().clone());
+    let id = col("prompt_id").map_err(e)?;
+    let a = col("a").map_err(e)?;
+    let b = col("b").map_err(e)?;
+    let answer = col("answer").map_err(e)?;
+    let prompt = col("prompt").map_err(e)?;
+    let token = col("answer_token").map_err(e)?;
+    let correct = col("correct").map_err(e)?;
+    let logit = col("answer_logit").map_err(e)?;
+    let (id, a, b, answer, prompt, token, correct, logit) = (
+        id.u32().map_err(e)?,
+        a.i64().map_err(e)?,
+        b.i64().map_err(e)?,
+        answer.i64().map_err(e)?,
+        prompt.str().map_err(e)?,
+        token.u32().map_err(e)?,
+        correct.bool().map_err(e)?,
+        logit.f32().map_err(e)?,
+    );
+    let mut out = Vec::new();
+    for i in 0..df.height() {
+        if correct.get(i) != Some(true) {
+            continue;
+        }
+        let (Some(pid), Some(av), Some(ans), Some(pr), Some(tok), Some(lg)) = (
+            id.get(i),
+            a.get(i),
+            answer.get(i),
+            prompt.get(i),
+            token.get(i),
+            logit.get(i),
+        ) else {
+            continue;
+        };
+        out.push(ProblemInfo {
+            prompt_id: pid,
+            a: av,
+            b: b.get(i),
+            answer: ans,
+            prompt: pr.to_string(),
+            answer_token: tok,
+            answer_logit: lg,
+        });
+    }
+    Ok(out)
+}
+
+/// `n` pairs in which `operand` (`a` or `b`) differs and the other operand is the same, drawn
+/// with `seed` from `problems` (correct ones). Fewer when fewer exist.
+pub fn draw(problems: &[ProblemInfo], operand: &str, n: usize, seed: u64) -> Result<Vec<Pair>> {
+    let key = |p: &ProblemInfo| -> (Option<i64>, i64) {
+        // Group by the operand that stays fixed.
+        if operand == "b" {
+            (Some(p.a), p.b.unwrap_or(0))
+        } else {
+            (p.b, 0)
+        }
+    };
+    if operand != "a" && operand != "b" && operand != "x" {
+        return Err(PatchError::Input(format!(
+            "pairs vary an operand (a or b), not `{operand}`"
+        )));
+    }
+    let mut groups: BTreeMap<(Option<i64>, i64), Vec<usize>> = BTreeMap::new();
+    for (i, p) in problems.iter().enumerate() {
+        groups.entry(key(p)).or_default().push(i);
+    }
+    let order = split::permutation(problems.len(), seed);
+    let mut out = Vec::new();
+    for (k, &ci) in order.iter().enumerate() {
+        if out.len() == n {
+            break;
+        }
+        let clean = &problems[ci];
+        let candidates: Vec<usize> = groups[&key(clean)]
+            .iter()
+            .copied()
+            .filter(|&j| problems[j].answer != clean.answer)
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let pick = split::permutation(candidates.len(), seed ^ (k as u64 + 1) << 20)[0];
+        out.push(Pair {
+            pair_id: out.len() as u32,
+            clean: clean.clone(),
+            corrupt: problems[candidates[pick]].clone(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid() -> Vec<ProblemInfo> {
+        let mut v = Vec::new();
+        for a in 0..10 {
+            for b in 0..10 {
+                v.push(ProblemInfo {
+                    prompt_id: (a * 10 + b) as u32,
+                    a,
+                    b: Some(b),
+                    answer: a + b,
+                    prompt: format!("{a}+{b}="),
+                    answer_token: (a + b) as u32,
+                    answer_logit: 1.0,
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn a_pairs_share_b_and_differ_in_the_answer() {
+        let g = grid();
+        let p = draw(&g, "a", 30, 42).unwrap();
+        assert_eq!(p.len(), 30);
+        for pair in &p {
+            assert_eq!(pair.clean.b, pair.corrupt.b);
+            assert_ne!(pair.clean.a, pair.corrupt.a);
+        }
+        assert_eq!(p, draw(&g, "a", 30, 42).unwrap());
+        assert_ne!(p, draw(&g, "a", 30, 43).unwrap());
+        let q = draw(&g, "b", 10, 1).unwrap();
+        assert!(q
+            .iter()
+            .all(|x| x.clean.a == x.corrupt.a && x.clean.b != x.corrupt.b));
+    }
+}

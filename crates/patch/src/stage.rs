@@ -1,0 +1,488 @@
+//! `helixlab pairs` (-> `<run>/patch/pairs.parquet`) and `helixlab patch`
+//! (-> `<run>/patch/patching.parquet`, one row per pair x site x layer x patch kind, and
+//! `patching_summary.parquet`, the means the figures plot).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use helixlab_model::{parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
+use helixlab_model::{Model, Positions, Tokenizer};
+use helixlab_pipeline::{AnalysisTarget, Pipeline};
+use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::read;
+use helixlab_store::stage::{Outcome, Progress};
+use helixlab_store::table::{Table, Values};
+use helixlab_store::{Manifest, ModelIdentity};
+
+use crate::pairs::{correct_problems, draw, Pair};
+use crate::patches::{fit_predictors, Kind, NumberActivations};
+use crate::{PatchError, Result};
+
+/// Where the stages write table `name`.
+pub fn table_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join("patch").join(format!("{name}.parquet"))
+}
+
+fn target(p: &Pipeline) -> Result<AnalysisTarget> {
+    let t = p.analysis_target().map_err(|(field, message)| {
+        PatchError::Input(format!("{}: {field}: {message}", p.path.display()))
+    })?;
+    if t.position != "a" && t.position != "b" {
+        return Err(PatchError::Input(format!(
+            "{}: analysis.position: patching varies an operand at its own token (a or b), \
+             not `{}`",
+            p.path.display(),
+            t.position
+        )));
+    }
+    Ok(t)
+}
+
+fn manifest(p: &Pipeline, stage: &str, settings: serde_json::Value) -> Manifest {
+    Manifest {
+        stage: stage.into(),
+        settings,
+        inputs: Default::default(),
+        model: None,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        completed_unix: 0,
+        rows: 0,
+        wall_s: 0.0,
+    }
+    .with_pipeline(p)
+}
+
+trait WithPipeline {
+    fn with_pipeline(self, p: &Pipeline) -> Self;
+}
+
+impl WithPipeline for Manifest {
+    fn with_pipeline(mut self, p: &Pipeline) -> Self {
+        if let serde_json::Value::Object(m) = &mut self.settings {
+            m.insert("pipeline".into(), serde_json::json!(p.name));
+        }
+        self
+    }
+}
+
+/// `helixlab pairs`: draws the pairs unless pairs.parquet is current (or `force`).
+pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
+    let t = target(p)?;
+    let run = p.run_dir();
+    let problems_path = run.join("problems.parquet");
+    let mut m = manifest(
+        p,
+        "pairs",
+        serde_json::json!({ "operand": t.position, "patch": p.patch }),
+    );
+    m.inputs.insert(
+        problems_path.display().to_string(),
+        sha256_file(&Manifest::path_for(&problems_path)).map_err(|_| {
+            PatchError::Store(helixlab_store::StoreError::Missing {
+                path: problems_path.clone(),
+                hint: "run `helixlab accuracy` first".into(),
+            })
+        })?,
+    );
+    let path = table_path(&run, "pairs");
+    if !force && m.is_fresh(&path) {
+        return Ok(Outcome::UpToDate);
+    }
+    let start = Instant::now();
+    let problems = correct_problems(&run)?;
+    let pairs = draw(&problems, &t.position, p.patch.pairs, p.patch.seed)?;
+    if pairs.is_empty() {
+        return Err(PatchError::Input(format!(
+            "{}: no clean/corrupt pairs: the model gets too few problems right",
+            problems_path.display()
+        )));
+    }
+    let col_u32 = |f: &dyn Fn(&Pair) -> u32| Values::U32(pairs.iter().map(f).collect());
+    let col_i64 = |f: &dyn Fn(&Pair) -> i64| Values::I64(pairs.iter().map(f).collect());
+    let table = Table::new()
+        .column(
+            "operand",
+            Values::Str(vec![t.position.clone(); pairs.len()]),
+        )
+        .column("pair_id", col_u32(&|x| x.pair_id))
+        .column("clean_prompt_id", col_u32(&|x| x.clean.prompt_id))
+        .column("corrupt_prompt_id", col_u32(&|x| x.corrupt.prompt_id))
+        .column("clean_a", col_i64(&|x| x.clean.a))
+        .column("clean_b", col_i64(&|x| x.clean.b.unwrap_or(-1)))
+        .column("corrupt_a", col_i64(&|x| x.corrupt.a))
+        .column("corrupt_b", col_i64(&|x| x.corrupt.b.unwrap_or(-1)))
+        .column("clean_answer", col_i64(&|x| x.clean.answer))
+        .column("corrupt_answer", col_i64(&|x| x.corrupt.answer));
+    m.completed_unix = now_unix();
+    m.wall_s = start.elapsed().as_secs_f64();
+    table.write(&path, &m)?;
+    Ok(Outcome::Wrote {
+        tables: vec![path],
+        rows: pairs.len() as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The pairs of pairs.parquet, joined with their problems.
+fn read_pairs(run: &Path) -> Result<Vec<Pair>> {
+    let path = table_path(run, "pairs");
+    if Manifest::read_for(&path).is_none() {
+        return Err(PatchError::Store(helixlab_store::StoreError::Missing {
+            path,
+            hint: "run `helixlab pairs` first".into(),
+        }));
+    }
+    let e = |source| {
+        PatchError::Store(helixlab_store::StoreError::Polars {
+            path: path.clone(),
+            source,
+        })
+    };
+    let df = read::scan(&path)?.collect().map_err(e)?;
+    let ids = |c: &str| -> Result<Vec<u32>> {
+        Ok(df
+            .column(c)
+            .map_err(e)?
+            .u32()
+            .map_err(e)?
+            .into_no_null_iter()
+            .collect())
+    };
+    let (pid, clean, corrupt) = (
+        ids("pair_id")?,
+        ids("clean_prompt_id")?,
+        ids("corrupt_prompt_id")?,
+    );
+    let by_id: BTreeMap<u32, _> = correct_problems(run)?
+        .into_iter()
+        .map(|p| (p.prompt_id, p))
+        .collect();
+    let get = |id: u32| {
+        by_id.get(&id).cloned().ok_or_else(|| {
+            PatchError::Input(format!(
+                "{}: prompt {id} is not a correct problem any more; rerun `helixlab pairs`",
+                path.display()
+            ))
+        })
+    };
+    (0..pid.len())
+        .map(|i| {
+            Ok(Pair {
+                pair_id: pid[i],
+                clean: get(clean[i])?,
+                corrupt: get(corrupt[i])?,
+            })
+        })
+        .collect()
+}
+
+fn model_identity(p: &Pipeline, model: &Model) -> Result<ModelIdentity> {
+    let weights = model
+        .weight_files()
+        .iter()
+        .map(|f| {
+            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            (name, size)
+        })
+        .collect();
+    Ok(ModelIdentity {
+        dir: p.model.dir.clone(),
+        architecture: model.config().arch.model_type().to_string(),
+        config_sha256: sha256_file(&p.model_dir().join("config.json"))?,
+        weights,
+        dtype: p.model.dtype.clone(),
+        device: p.model.device.clone(),
+    })
+}
+
+/// Per-row results, column-wise.
+#[derive(Default)]
+struct Rows {
+    site: Vec<String>,
+    layer: Vec<u32>,
+    kind: Vec<String>,
+    pair_id: Vec<u32>,
+    clean_number: Vec<i64>,
+    corrupt_number: Vec<i64>,
+    clean_logit: Vec<f64>,
+    patched_logit: Vec<f64>,
+    corrupt_logit: Vec<f64>,
+    logit_diff: Vec<f64>,
+    normalized: Vec<f64>,
+    correct: Vec<bool>,
+}
+
+/// What the patch stage measured about its own speed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PatchTiming {
+    /// Forwards run (batches), including the clean ones.
+    pub forwards: usize,
+    /// Blocks run over all forwards (a resumed forward runs only the blocks after the patch).
+    pub blocks_run: usize,
+    /// Blocks a full forward per patch would have run.
+    pub blocks_full: usize,
+}
+
+/// `helixlab patch`: patches the analysed operand's token, every analysed site and layer,
+/// every kind, for every pair.
+pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let t = target(p)?;
+    let run = p.run_dir();
+    let opts = LoadOptions {
+        dtype: parse_dtype(&p.model.dtype)?,
+        device: parse_device(&p.model.device)?,
+    };
+    let model = Model::load(&p.model_dir(), &opts)?;
+    let tok = Tokenizer::from_dir(&p.model_dir())?;
+    let mut m = manifest(
+        p,
+        "patch",
+        serde_json::json!({ "analysis": t, "patch": p.patch, "batch_size": p.extract.batch_size }),
+    );
+    m.model = Some(model_identity(p, &model)?);
+    let mut work = Vec::new();
+    for site in &t.sites {
+        for (layer, part, sha) in read::extracted_layers(&run, site.name())? {
+            m.inputs.insert(part.display().to_string(), sha);
+            work.push((site.clone(), layer));
+        }
+    }
+    for table in ["patch/pairs.parquet", "fit/coefficients.parquet"] {
+        let path = run.join(table);
+        let sha = sha256_file(&Manifest::path_for(&path)).map_err(|_| {
+            PatchError::Store(helixlab_store::StoreError::Missing {
+                path: path.clone(),
+                hint: "run `helixlab pairs` and `helixlab fit` first".into(),
+            })
+        })?;
+        m.inputs.insert(path.display().to_string(), sha);
+    }
+    let out_path = table_path(&run, "patching");
+    let summary_path = table_path(&run, "patching_summary");
+    if !force && m.is_fresh(&out_path) && m.is_fresh(&summary_path) {
+        return Ok(Outcome::UpToDate);
+    }
+    let start = Instant::now();
+    let pairs = read_pairs(&run)?;
+    let operand = |pair: &Pair, clean: bool| -> i64 {
+        let pr = if clean { &pair.clean } else { &pair.corrupt };
+        if t.position == "b" {
+            pr.b.unwrap_or(0)
+        } else {
+            pr.a
+        }
+    };
+    // Patch values per (site, layer): from the tables.
+    let max_k = p.patch.pca_ks.iter().copied().max().unwrap_or(1);
+    let mut plans = Vec::new();
+    for (site, layer) in &work {
+        let acts = NumberActivations::load(
+            &run,
+            site.name(),
+            *layer,
+            &t.position,
+            &t.number_column,
+            t.range,
+            max_k,
+        )?;
+        let fits = fit_predictors(&run, site.name(), *layer)?;
+        let mut kinds = vec![Kind::Layer];
+        kinds.extend(p.patch.pca_ks.iter().map(|&k| Kind::Pca(k)));
+        kinds.extend(fits.iter().map(|f| Kind::Fit(f.variant.clone())));
+        kinds.push(Kind::Mean);
+        let offset = read::position_offset(&run, site.name(), *layer, &t.position)?;
+        plans.push((site.clone(), *layer, acts, fits, kinds, offset));
+    }
+    let n_layers = model.config().n_layers;
+    let total: usize = plans.iter().map(|x| x.4.len()).sum::<usize>() * pairs.len();
+    progress.start("patch", total as u64);
+    let mut rows = Rows::default();
+    let mut timing = PatchTiming {
+        forwards: 0,
+        blocks_run: 0,
+        blocks_full: 0,
+    };
+    let f32s =
+        |t: Tensor| -> Result<Vec<Vec<f32>>> { Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?) };
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = model.batch(&seqs)?;
+        // One clean forward: its logits and the residual stream entering every block.
+        let mut req = ForwardRequest::new().logits(Logits::Last);
+        for l in 0..n_layers {
+            req = req.capture(HookPoint::ResidPre(l), Positions::All);
+        }
+        let clean = model.forward(&batch, &req)?;
+        timing.forwards += 1;
+        timing.blocks_run += n_layers;
+        let clean_logits = f32s(clean.logits.expect("asked for logits"))?;
+        for (site, layer, acts, fits, kinds, offset) in &plans {
+            let hook = site.at(*layer);
+            for kind in kinds {
+                let mut values = Vec::with_capacity(chunk.len() * acts.x.ncols());
+                for pair in chunk {
+                    let v = acts.patch(kind, operand(pair, false), fits)?;
+                    values.extend(v.iter().map(|&x| x as f32));
+                }
+                let d = acts.x.ncols();
+                let value = Tensor::from_vec(values, (chunk.len(), 1, d), model.device())?
+                    .to_dtype(model.dtype())?;
+                let mut req = ForwardRequest::new().logits(Logits::Last).replace(
+                    hook,
+                    Positions::At(vec![*offset]),
+                    value,
+                );
+                // Resume at the patched block from the clean residual stream when the hook
+                // is that block's input: the blocks before it would compute the same thing.
+                if let HookPoint::ResidPre(l) = hook {
+                    req = req.resume(l, clean.captures[l].clone());
+                    timing.blocks_run += n_layers - l;
+                } else {
+                    timing.blocks_run += n_layers;
+                }
+                timing.blocks_full += n_layers;
+                timing.forwards += 1;
+                let out = model.forward(&batch, &req)?;
+                let logits = f32s(out.logits.expect("asked for logits"))?;
+                for (i, pair) in chunk.iter().enumerate() {
+                    let target = pair.corrupt.answer_token as usize;
+                    let clean_l = clean_logits[i][target] as f64;
+                    let patched = logits[i][target] as f64;
+                    let corrupt = pair.corrupt.answer_logit as f64;
+                    let argmax = logits[i]
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                        )
+                        .0;
+                    rows.site.push(site.name().to_string());
+                    rows.layer.push(*layer as u32);
+                    rows.kind.push(kind.name());
+                    rows.pair_id.push(pair.pair_id);
+                    rows.clean_number.push(operand(pair, true));
+                    rows.corrupt_number.push(operand(pair, false));
+                    rows.clean_logit.push(clean_l);
+                    rows.patched_logit.push(patched);
+                    rows.corrupt_logit.push(corrupt);
+                    rows.logit_diff.push(patched - clean_l);
+                    rows.normalized.push(if corrupt != clean_l {
+                        (patched - clean_l) / (corrupt - clean_l)
+                    } else {
+                        f64::NAN
+                    });
+                    rows.correct.push(argmax == target);
+                }
+                progress.advance(chunk.len() as u64);
+            }
+        }
+    }
+    progress.finish();
+    // Summary: means per (site, layer, kind), in the order of the rows.
+    let mut groups: Vec<((String, u32, String), Vec<usize>)> = Vec::new();
+    let mut index: BTreeMap<(String, u32, String), usize> = BTreeMap::new();
+    for i in 0..rows.kind.len() {
+        let key = (rows.site[i].clone(), rows.layer[i], rows.kind[i].clone());
+        let g = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    let mean = |idx: &[usize], v: &[f64]| idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64;
+    let summary = Table::new()
+        .column(
+            "site",
+            Values::Str(groups.iter().map(|g| g.0 .0.clone()).collect()),
+        )
+        .column(
+            "layer",
+            Values::U32(groups.iter().map(|g| g.0 .1).collect()),
+        )
+        .column(
+            "kind",
+            Values::Str(groups.iter().map(|g| g.0 .2.clone()).collect()),
+        )
+        .column(
+            "pairs",
+            Values::U32(groups.iter().map(|g| g.1.len() as u32).collect()),
+        )
+        .column(
+            "logit_diff",
+            Values::F64(
+                groups
+                    .iter()
+                    .map(|g| mean(&g.1, &rows.logit_diff))
+                    .collect(),
+            ),
+        )
+        .column(
+            "normalized",
+            Values::F64(
+                groups
+                    .iter()
+                    .map(|g| mean(&g.1, &rows.normalized))
+                    .collect(),
+            ),
+        )
+        .column(
+            "accuracy",
+            Values::F64(
+                groups
+                    .iter()
+                    .map(|g| {
+                        g.1.iter().filter(|&&i| rows.correct[i]).count() as f64 / g.1.len() as f64
+                    })
+                    .collect(),
+            ),
+        );
+    let n = rows.kind.len();
+    let table = Table::new()
+        .column("operand", Values::Str(vec![t.position.clone(); n]))
+        .column("site", Values::Str(rows.site))
+        .column("layer", Values::U32(rows.layer))
+        .column("kind", Values::Str(rows.kind))
+        .column("pair_id", Values::U32(rows.pair_id))
+        .column("run", Values::Str(vec!["clean".into(); n]))
+        .column("patched_from", Values::Str(vec!["corrupt".into(); n]))
+        .column("clean_number", Values::I64(rows.clean_number))
+        .column("corrupt_number", Values::I64(rows.corrupt_number))
+        .column("clean_logit", Values::F64(rows.clean_logit))
+        .column("patched_logit", Values::F64(rows.patched_logit))
+        .column("corrupt_logit", Values::F64(rows.corrupt_logit))
+        .column("logit_diff", Values::F64(rows.logit_diff))
+        .column("normalized", Values::F64(rows.normalized))
+        .column("correct", Values::Bool(rows.correct));
+    m.completed_unix = now_unix();
+    m.wall_s = start.elapsed().as_secs_f64();
+    table.write(&out_path, &m)?;
+    summary.write(&summary_path, &m)?;
+    // How much resuming saved, measured on this run (not part of the manifest, which is
+    // compared on reruns).
+    let timing_json = serde_json::json!({
+        "forwards": timing.forwards,
+        "blocks_run": timing.blocks_run,
+        "blocks_if_one_full_forward_per_patch": timing.blocks_full,
+        "wall_s": start.elapsed().as_secs_f64(),
+    });
+    helixlab_store::atomic::write(
+        &run.join("patch").join("timing.json"),
+        (serde_json::to_string_pretty(&timing_json).expect("json") + "\n").as_bytes(),
+    )?;
+    Ok(Outcome::Wrote {
+        tables: vec![out_path, summary_path],
+        rows: n as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
