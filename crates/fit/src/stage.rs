@@ -19,7 +19,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::basis::{Basis, BasisKind};
 use crate::linear_fit::LinearFit;
-use crate::variants::{variants, Method};
+use crate::variants::{variants, Family, Method};
 use crate::{FitError, Result};
 
 /// The tables this stage writes, in writing order.
@@ -31,6 +31,10 @@ pub const TABLES: [&str; 6] = [
     "continuity",
     "fits",
 ];
+
+/// Suffix of the stored training-split fits (`helix:train`): fitted without the held-out
+/// numbers.
+pub const TRAIN_SUFFIX: &str = ":train";
 
 /// Variants whose per-number predictions and helix coordinates are written.
 pub const DETAILED: [&str; 2] = ["helix", "helix_discovered"];
@@ -245,6 +249,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         for v in &list {
             let s = score(
                 &v.method,
+                v.family,
                 &samples,
                 &numbers,
                 &xs,
@@ -378,8 +383,9 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
 
 /// What a variant leaves behind beyond its scores.
 enum Detail<'a> {
-    /// The in-sample fit (coefficients; predictions and coordinates for [`DETAILED`]).
-    Fit(&'a LinearFit),
+    /// A fit whose coefficients are stored: the in-sample fit (suffix `None`; predictions and
+    /// coordinates too for [`DETAILED`]), or another one stored as `<variant><suffix>`.
+    Fit(&'a LinearFit, Option<&'static str>),
     /// Continuity: the numbers left out and where the fit places them.
     Continuity(&'a [i64], &'a [f64]),
 }
@@ -404,7 +410,8 @@ fn record_detail(
                 out.k_decoded.push(dv);
             }
         }
-        Detail::Fit(f) => {
+        Detail::Fit(f, suffix) => {
+            let stored = format!("{variant}{}", suffix.unwrap_or(""));
             let names = f.basis.names();
             let rows = names
                 .iter()
@@ -413,7 +420,7 @@ fn record_detail(
             for (j, name) in rows.enumerate() {
                 out.c_site.push(site.into());
                 out.c_layer.push(layer as u32);
-                out.c_variant.push(variant.into());
+                out.c_variant.push(stored.clone());
                 out.c_basis.push(name);
                 out.c_index.push(j as u32);
                 out.c_scale.push(f.basis.scale);
@@ -424,7 +431,7 @@ fn record_detail(
                 };
                 out.c_vec.extend(row.iter().map(|&v| v as f32));
             }
-            if DETAILED.contains(&variant) {
+            if suffix.is_none() && DETAILED.contains(&variant) {
                 let xs: Vec<f64> = numbers.iter().map(|&v| v as f64).collect();
                 let pred = f.predict(&xs);
                 let coords = f.coordinates(x)?;
@@ -493,8 +500,10 @@ impl Samples {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn score(
     method: &Method,
+    family: Family,
     samples: &Samples,
     numbers: &[i64],
     xs: &[f64],
@@ -515,8 +524,13 @@ fn score(
         Method::Basis(kind) => {
             let all = fit(kind, xs, x, &samples.pca_all)?;
             let pred = all.predict(xs);
-            detail(Detail::Fit(&all))?;
+            detail(Detail::Fit(&all, None))?;
             let part = fit(kind, &xs_tr, x_tr.view(), &samples.pca_tr)?;
+            // The training-split fits of the main helices are kept, so that patching can
+            // place numbers these fits never saw.
+            if matches!(family, Family::Helix) {
+                detail(Detail::Fit(&part, Some(TRAIN_SUFFIX)))?;
+            }
             let pred_te = part.predict(&xs_te);
             Scores {
                 r2_in: r2(x, pred.view()),
@@ -532,6 +546,8 @@ fn score(
             let shuffled: Vec<f64> = perm.iter().map(|&i| xs[i]).collect();
             let all = fit(kind, &shuffled, x, &samples.pca_all)?;
             let pred = all.predict(&shuffled);
+            // Kept as a patch that must fail: the map from numbers to activations is scrambled.
+            detail(Detail::Fit(&all, None))?;
             // Train rows get shuffled numbers; held-out rows are predicted from their own.
             let perm_tr = split::permutation(tr.len(), cfg.seed.wrapping_add(31));
             let xs_tr_shuf: Vec<f64> = perm_tr.iter().map(|&i| xs_tr[i]).collect();

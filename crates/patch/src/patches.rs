@@ -22,6 +22,9 @@ pub enum Kind {
     Fit(String),
     /// The mean over numbers: an ablation that carries no number.
     Mean,
+    /// The clean activation with a fit's subspace (the span of its C rows, bias aside)
+    /// projected out around the mean: ablates only what the fit describes.
+    AblateFit(String),
 }
 
 impl Kind {
@@ -32,6 +35,7 @@ impl Kind {
             Kind::Pca(k) => format!("pca{k}"),
             Kind::Fit(v) => v.clone(),
             Kind::Mean => "mean_ablation".into(),
+            Kind::AblateFit(v) => format!("{v}_ablation"),
         }
     }
 }
@@ -75,6 +79,29 @@ impl FitPredictor {
                 "unknown basis function `{name}`"
             )));
         })
+    }
+
+    /// An orthonormal basis of the span of C's rows, the bias row aside (Gram-Schmidt).
+    pub fn row_space(&self) -> Vec<Array1<f64>> {
+        let mut q: Vec<Array1<f64>> = Vec::new();
+        for (j, name) in self.basis.iter().enumerate() {
+            if name == "bias" {
+                continue;
+            }
+            let mut v = self.c.row(j).to_owned();
+            let scale = v.dot(&v).sqrt();
+            for _ in 0..2 {
+                for b in &q {
+                    let c = b.dot(&v);
+                    v.scaled_add(-c, b);
+                }
+            }
+            let norm = v.dot(&v).sqrt();
+            if norm > 1e-9 * scale && norm > 0.0 {
+                q.push(v / norm);
+            }
+        }
+        q
     }
 
     /// The predicted activation of number `x`.
@@ -206,20 +233,38 @@ impl NumberActivations {
         Ok(self.x.row(i).to_owned())
     }
 
-    /// The patch of `kind` for number `n` (`fits` supplies fit kinds).
-    pub fn patch(&self, kind: &Kind, n: i64, fits: &[FitPredictor]) -> Result<Array1<f64>> {
+    /// The patch of `kind` for corrupt number `n` on clean number `clean` (`fits` supplies
+    /// fit kinds).
+    pub fn patch(
+        &self,
+        kind: &Kind,
+        n: i64,
+        clean: i64,
+        fits: &[FitPredictor],
+    ) -> Result<Array1<f64>> {
+        let fit = |v: &str| {
+            fits.iter()
+                .find(|f| f.variant == v)
+                .ok_or_else(|| PatchError::Input(format!("no stored fit `{v}`")))
+        };
         match kind {
+            Kind::AblateFit(v) => {
+                let f = fit(v)?;
+                let h = self.row(clean)?;
+                let mut centred = &h - &f.mean;
+                for q in f.row_space() {
+                    let c = q.dot(&centred);
+                    centred.scaled_add(-c, &q);
+                }
+                Ok(centred + &f.mean)
+            }
             Kind::Layer => self.row(n),
             Kind::Pca(k) => {
                 let r = self.row(n)?.insert_axis(ndarray::Axis(0));
                 Ok(self.pca.reconstruct(r.view(), *k).row(0).to_owned())
             }
             Kind::Mean => Ok(self.pca.mean.clone()),
-            Kind::Fit(v) => fits
-                .iter()
-                .find(|f| &f.variant == v)
-                .ok_or_else(|| PatchError::Input(format!("no stored fit `{v}`")))?
-                .predict(n),
+            Kind::Fit(v) => fit(v)?.predict(n),
         }
     }
 }
