@@ -268,7 +268,7 @@ fn summarize(rows: &Rows, paper: &[f64]) -> Table {
             let half = |idx: &[usize], even: bool| -> Vec<usize> {
                 idx.iter()
                     .copied()
-                    .filter(|&i| (rows.pair_id[i] % 2 == 0) == even)
+                    .filter(|&i| rows.pair_id[i].is_multiple_of(2) == even)
                     .collect()
             };
             let score = |kind: &String| -> f64 {
