@@ -9,12 +9,12 @@
 //! moves to the corrupt one ([`stage`]).
 //!
 //! A key design decision is that the patch values come from the tables, not from extra
-//! forwards: at an operand's own token a causal model has not seen the later operands, so the
-//! per-number activation of the extraction is the corrupt prompt's activation exactly, and a
-//! fit's prediction is its coefficients times the basis. One clean forward per batch captures
+//! forwards: the corrupt prompt's own activation is its row in the extraction, and a fit's
+//! prediction is its coefficients times the basis. The operand is the `[analysis]` position:
+//! `a` gives the paper's a-token experiment, `b` the b-token one (with fits at b). One clean forward per batch captures
 //! the residual stream of every layer; each (layer, patch) then resumes at the patched layer.
 //!
-//! Not here yet: the b-token and last-token experiments, component effects (E4, E5).
+//! Not here yet: the last-token experiment and component effects (E4, E5).
 #![deny(missing_docs)]
 
 pub mod pairs;

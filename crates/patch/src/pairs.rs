@@ -103,7 +103,7 @@ pub fn draw(problems: &[ProblemInfo], operand: &str, n: usize, seed: u64) -> Res
     let key = |p: &ProblemInfo| -> (Option<i64>, i64) {
         // Group by the operand that stays fixed.
         if operand == "b" {
-            (Some(p.a), p.b.unwrap_or(0))
+            (Some(p.a), 0)
         } else {
             (p.b, 0)
         }

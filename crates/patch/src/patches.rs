@@ -199,10 +199,15 @@ pub struct NumberActivations {
     pub x: Array2<f64>,
     /// PCA of the rows (as many components as the largest k asked).
     pub pca: Pca,
+    /// The exact activation of each prompt a pair uses, by prompt id (at a later operand's
+    /// token the activation depends on the earlier operands too, so a number's mean is not
+    /// the prompt's own activation).
+    pub prompts: BTreeMap<u32, Array1<f64>>,
 }
 
 impl NumberActivations {
-    /// Loads and averages per number; fits the PCA.
+    /// Loads and averages per number; fits the PCA; keeps the rows of `prompts`.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         run_dir: &Path,
         site: &str,
@@ -211,8 +216,13 @@ impl NumberActivations {
         column: &str,
         range: [i64; 2],
         max_k: usize,
+        prompts: &std::collections::BTreeSet<u32>,
     ) -> Result<Self> {
         let m = read::activations(run_dir, site, layer, position)?;
+        let kept: BTreeMap<u32, Array1<f64>> = (0..m.rows())
+            .filter(|&i| prompts.contains(&m.prompt_id[i]))
+            .map(|i| (m.prompt_id[i], m.row(i).iter().map(|&v| v as f64).collect()))
+            .collect();
         let rows = m.mean_by(column, range).map_err(PatchError::Input)?;
         let x =
             Array2::from_shape_vec((rows.numbers.len(), rows.d), rows.values).expect("numbers x d");
@@ -221,7 +231,16 @@ impl NumberActivations {
             numbers: rows.numbers,
             x,
             pca,
+            prompts: kept,
         })
+    }
+
+    /// The extracted activation of prompt `id`.
+    pub fn prompt(&self, id: u32) -> Result<Array1<f64>> {
+        self.prompts
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| PatchError::Input(format!("prompt {id} has no extracted activation")))
     }
 
     /// The row of number `n`.
@@ -233,13 +252,14 @@ impl NumberActivations {
         Ok(self.x.row(i).to_owned())
     }
 
-    /// The patch of `kind` for corrupt number `n` on clean number `clean` (`fits` supplies
-    /// fit kinds).
+    /// The patch of `kind` for a pair: the corrupt number `n`, the corrupt and clean prompt
+    /// ids (`fits` supplies fit kinds).
     pub fn patch(
         &self,
         kind: &Kind,
         n: i64,
-        clean: i64,
+        corrupt_prompt: u32,
+        clean_prompt: u32,
         fits: &[FitPredictor],
     ) -> Result<Array1<f64>> {
         let fit = |v: &str| {
@@ -250,7 +270,7 @@ impl NumberActivations {
         match kind {
             Kind::AblateFit(v) => {
                 let f = fit(v)?;
-                let h = self.row(clean)?;
+                let h = self.prompt(clean_prompt)?;
                 let mut centred = &h - &f.mean;
                 for q in f.row_space() {
                     let c = q.dot(&centred);
@@ -258,9 +278,9 @@ impl NumberActivations {
                 }
                 Ok(centred + &f.mean)
             }
-            Kind::Layer => self.row(n),
+            Kind::Layer => self.prompt(corrupt_prompt),
             Kind::Pca(k) => {
-                let r = self.row(n)?.insert_axis(ndarray::Axis(0));
+                let r = self.prompt(corrupt_prompt)?.insert_axis(ndarray::Axis(0));
                 Ok(self.pca.reconstruct(r.view(), *k).row(0).to_owned())
             }
             Kind::Mean => Ok(self.pca.mean.clone()),

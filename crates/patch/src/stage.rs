@@ -461,6 +461,10 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
     };
     // Patch values per (site, layer): from the tables.
     let max_k = p.patch.pca_ks.iter().copied().max().unwrap_or(1);
+    let needed: std::collections::BTreeSet<u32> = pairs
+        .iter()
+        .flat_map(|x| [x.clean.prompt_id, x.corrupt.prompt_id])
+        .collect();
     let mut plans = Vec::new();
     for (site, layer) in &work {
         let acts = NumberActivations::load(
@@ -471,6 +475,7 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
             &t.number_column,
             t.range,
             max_k,
+            &needed,
         )?;
         let fits = fit_predictors(&run, site.name(), *layer)?;
         let mut kinds = vec![Kind::Layer];
@@ -522,7 +527,13 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
             for kind in kinds {
                 let mut values = Vec::with_capacity(chunk.len() * acts.x.ncols());
                 for pair in chunk {
-                    let v = acts.patch(kind, operand(pair, false), operand(pair, true), fits)?;
+                    let v = acts.patch(
+                        kind,
+                        operand(pair, false),
+                        pair.corrupt.prompt_id,
+                        pair.clean.prompt_id,
+                        fits,
+                    )?;
                     values.extend(v.iter().map(|&x| x as f32));
                 }
                 let d = acts.x.ncols();
