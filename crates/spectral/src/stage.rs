@@ -144,7 +144,15 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         // Spectra may look at windows wider than the analysis range (the paper's 0..=360).
         let (rows, x) = number_matrix(&run_dir, &target, span, site, *layer)?;
         let what = format!("site {site} layer {layer}");
-        for r in &ranges {
+        // Without configured windows, the window is the numbers there are (a task such as
+        // a - 23 starts at 23; a * 1.5 has even numbers only, which get PCA but no spectrum).
+        let explicit = p.spectral.ranges.is_some();
+        let windows = if explicit {
+            ranges.clone()
+        } else {
+            vec![[rows.numbers[0], rows.numbers[rows.numbers.len() - 1]]]
+        };
+        for r in &windows {
             let idx: Vec<usize> = (0..rows.numbers.len())
                 .filter(|&i| (r[0]..=r[1]).contains(&rows.numbers[i]))
                 .collect();
@@ -156,9 +164,12 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                     rows.numbers[rows.numbers.len() - 1]
                 )));
             }
-            contiguous(&nums, &what)?;
+            let regular = nums.windows(2).all(|w| w[1] == w[0] + 1);
+            if explicit {
+                contiguous(&nums, &what)?;
+            }
             let xr = x.select(ndarray::Axis(0), &idx);
-            for detrend in [false, true] {
+            for detrend in [false, true].into_iter().filter(|_| regular) {
                 for pt in fourier::spectrum(xr.view(), detrend) {
                     sk.push(site, *layer);
                     s_lo.push(r[0]);
