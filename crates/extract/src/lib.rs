@@ -20,7 +20,6 @@ use std::path::PathBuf;
 
 use helixlab_model::{parse_device, parse_dtype, HookPoint, LoadOptions, Model, Tokenizer};
 use helixlab_pipeline::{Pipeline, Site};
-use helixlab_store::manifest::sha256_file;
 use helixlab_store::ModelIdentity;
 
 /// Errors of the stages.
@@ -62,27 +61,14 @@ pub fn load_model(p: &Pipeline) -> Result<(Model, Tokenizer)> {
 
 /// The identity of the pipeline's model, as recorded in manifests.
 pub fn model_identity(p: &Pipeline, model: &Model) -> Result<ModelIdentity> {
-    let dir = p.model_dir();
-    let weights = model
-        .weight_files()
-        .iter()
-        .map(|f| {
-            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            (name, size)
-        })
-        .collect();
-    Ok(ModelIdentity {
-        dir: p.model.dir.clone(),
-        architecture: model.config().arch.model_type().to_string(),
-        config_sha256: sha256_file(&dir.join("config.json"))?,
-        weights,
-        dtype: p.model.dtype.clone(),
-        device: p.model.device.clone(),
-    })
+    Ok(ModelIdentity::describe(
+        &p.model.dir,
+        &p.model_dir(),
+        model.config().arch.model_type(),
+        model.weight_files(),
+        &p.model.dtype,
+        &p.model.device,
+    )?)
 }
 
 /// Every (site, layer, hook) the pipeline extracts, checked against the model (layers that

@@ -2,7 +2,6 @@
 //! discovered periods, when `spectral` ran) and writes
 //! `<run>/fit/{fits,coefficients,predictions,helix_coords,continuity,split}.parquet`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -116,6 +115,24 @@ struct Scores {
     continuity_mae: Option<f64>,
 }
 
+impl Scores {
+    /// R^2 and MSE of `pred` on the fitted rows and of `pred_out` on the rows left out.
+    fn of(
+        fitted: (ArrayView2<f64>, ArrayView2<f64>),
+        left_out: (ArrayView2<f64>, ArrayView2<f64>),
+        n_params: usize,
+    ) -> Scores {
+        Scores {
+            r2_in: r2(fitted.0, fitted.1),
+            mse_in: mse(fitted.0, fitted.1),
+            r2_out: r2(left_out.0, left_out.1),
+            mse_out: mse(left_out.0, left_out.1),
+            n_params,
+            continuity_mae: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Out {
     // fits
@@ -170,14 +187,8 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     })?;
     let run_dir = p.run_dir();
     let cfg = &p.fit;
-    let mut work = Vec::new();
-    let mut inputs = BTreeMap::new();
-    for site in &target.sites {
-        for (layer, part, sha) in read::extracted_layers(&run_dir, site.name())? {
-            inputs.insert(part.display().to_string(), sha);
-            work.push((site.name().to_string(), layer));
-        }
-    }
+    let (work, mut inputs) =
+        read::extracted_partitions(&run_dir, target.sites.iter().map(|s| s.name()))?;
     // The spectral stage's periods, when it ran: a fit of the model's own periods.
     let periods_path = run_dir.join("spectral").join("periods.parquet");
     let discovered = if Manifest::read_for(&periods_path).is_some() {
@@ -532,14 +543,11 @@ fn score(
                 detail(Detail::Fit(&part, Some(TRAIN_SUFFIX)))?;
             }
             let pred_te = part.predict(&xs_te);
-            Scores {
-                r2_in: r2(x, pred.view()),
-                mse_in: mse(x, pred.view()),
-                r2_out: r2(x_te.view(), pred_te.view()),
-                mse_out: mse(x_te.view(), pred_te.view()),
-                n_params: all.basis.n_params(),
-                continuity_mae: None,
-            }
+            Scores::of(
+                (x, pred.view()),
+                (x_te.view(), pred_te.view()),
+                all.basis.n_params(),
+            )
         }
         Method::Shuffled(kind) => {
             let perm = split::permutation(xs.len(), cfg.seed.wrapping_add(29));
@@ -553,14 +561,11 @@ fn score(
             let xs_tr_shuf: Vec<f64> = perm_tr.iter().map(|&i| xs_tr[i]).collect();
             let part = fit(kind, &xs_tr_shuf, x_tr.view(), &samples.pca_tr)?;
             let pred_te = part.predict(&xs_te);
-            Scores {
-                r2_in: r2(x, pred.view()),
-                mse_in: mse(x, pred.view()),
-                r2_out: r2(x_te.view(), pred_te.view()),
-                mse_out: mse(x_te.view(), pred_te.view()),
-                n_params: all.basis.n_params(),
-                continuity_mae: None,
-            }
+            Scores::of(
+                (x, pred.view()),
+                (x_te.view(), pred_te.view()),
+                all.basis.n_params(),
+            )
         }
         Method::Continuity(kind) => {
             let (keep, gone) = (&samples.keep, &samples.gone);
@@ -583,26 +588,19 @@ fn score(
                 .sum::<f64>()
                 / decoded.len().max(1) as f64;
             Scores {
-                r2_in: r2(x_k.view(), pred_k.view()),
-                mse_in: mse(x_k.view(), pred_k.view()),
-                r2_out: r2(x_g.view(), pred_g.view()),
-                mse_out: mse(x_g.view(), pred_g.view()),
-                n_params: part.basis.n_params(),
                 continuity_mae: (!decoded.is_empty()).then_some(mae),
+                ..Scores::of(
+                    (x_k.view(), pred_k.view()),
+                    (x_g.view(), pred_g.view()),
+                    part.basis.n_params(),
+                )
             }
         }
         Method::Pca(k) => {
             // The first k components of a larger PCA are the PCA with k components.
             let rec = samples.pca_all.reconstruct(x, *k);
             let rec_te = samples.pca_tr.reconstruct(x_te.view(), *k);
-            Scores {
-                r2_in: r2(x, rec.view()),
-                mse_in: mse(x, rec.view()),
-                r2_out: r2(x_te.view(), rec_te.view()),
-                mse_out: mse(x_te.view(), rec_te.view()),
-                n_params: *k,
-                continuity_mae: None,
-            }
+            Scores::of((x, rec.view()), (x_te.view(), rec_te.view()), *k)
         }
     })
 }

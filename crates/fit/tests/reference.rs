@@ -4,23 +4,10 @@
 use helixlab_fit::basis::{Basis, BasisKind};
 use helixlab_fit::linear_fit::LinearFit;
 use helixlab_numeric::stats::r2;
-use ndarray::Array2;
-use serde_json::Value;
 
-fn reference() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../numeric/tests/fixtures/reference.json"
-    ))
-    .expect("reference fixture");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn matrix(v: &Value) -> Array2<f64> {
-    let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
-    let (n, d) = (rows.len(), rows[0].len());
-    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).unwrap()
-}
+#[path = "../../numeric/tests/support/mod.rs"]
+mod support;
+use support::{matrix, reference};
 
 #[test]
 fn the_helix_fit_matches_numpy() {

@@ -2,27 +2,10 @@
 //! (tools/make_numeric_reference.py wrote the expected values; `make reference` redoes it).
 
 use helixlab_numeric::{lstsq, Pca, RidgeProbe};
-use ndarray::{Array2, Axis};
-use serde_json::Value;
+use ndarray::Axis;
 
-fn reference() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/reference.json"
-    ))
-    .expect("reference fixture");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn matrix(v: &Value) -> Array2<f64> {
-    let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
-    let (n, d) = (rows.len(), rows[0].len());
-    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).unwrap()
-}
-
-fn vector(v: &Value) -> Vec<f64> {
-    serde_json::from_value(v.clone()).unwrap()
-}
+mod support;
+use support::{matrix, reference, vector};
 
 fn max_diff(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item = f64>) -> f64 {
     a.into_iter()

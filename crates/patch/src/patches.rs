@@ -53,6 +53,8 @@ pub struct FitPredictor {
     pub c: Array2<f64>,
     /// The activation mean.
     pub mean: Array1<f64>,
+    /// An orthonormal basis of the span of C's rows, bias aside (for ablations).
+    pub row_space: Vec<Array1<f64>>,
 }
 
 impl FitPredictor {
@@ -82,13 +84,13 @@ impl FitPredictor {
     }
 
     /// An orthonormal basis of the span of C's rows, the bias row aside (Gram-Schmidt).
-    pub fn row_space(&self) -> Vec<Array1<f64>> {
+    fn span_of_rows(basis: &[String], c: &Array2<f64>) -> Vec<Array1<f64>> {
         let mut q: Vec<Array1<f64>> = Vec::new();
-        for (j, name) in self.basis.iter().enumerate() {
+        for (j, name) in basis.iter().enumerate() {
             if name == "bias" {
                 continue;
             }
-            let mut v = self.c.row(j).to_owned();
+            let mut v = c.row(j).to_owned();
             let scale = v.dot(&v).sqrt();
             for _ in 0..2 {
                 for b in &q {
@@ -180,9 +182,11 @@ pub fn fit_predictors(run_dir: &Path, site: &str, layer: usize) -> Result<Vec<Fi
         for (j, f) in funcs.iter().enumerate() {
             c.row_mut(j).assign(&vec_of(f.2));
         }
+        let basis: Vec<String> = funcs.iter().map(|f| f.0.clone()).collect();
         out.push(FitPredictor {
             variant: v,
-            basis: funcs.iter().map(|f| f.0.clone()).collect(),
+            row_space: FitPredictor::span_of_rows(&basis, &c),
+            basis,
             scale: mean_row.1,
             c,
             mean: vec_of(mean_row.2),
@@ -272,9 +276,9 @@ impl NumberActivations {
                 let f = fit(v)?;
                 let h = self.prompt(clean_prompt)?;
                 let mut centred = &h - &f.mean;
-                for q in f.row_space() {
+                for q in &f.row_space {
                     let c = q.dot(&centred);
-                    centred.scaled_add(-c, &q);
+                    centred.scaled_add(-c, q);
                 }
                 Ok(centred + &f.mean)
             }

@@ -356,29 +356,6 @@ fn held_out_numbers(run: &Path) -> Result<std::collections::BTreeSet<i64>> {
         .collect())
 }
 
-fn model_identity(p: &Pipeline, model: &Model) -> Result<ModelIdentity> {
-    let weights = model
-        .weight_files()
-        .iter()
-        .map(|f| {
-            let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            (name, size)
-        })
-        .collect();
-    Ok(ModelIdentity {
-        dir: p.model.dir.clone(),
-        architecture: model.config().arch.model_type().to_string(),
-        config_sha256: sha256_file(&p.model_dir().join("config.json"))?,
-        weights,
-        dtype: p.model.dtype.clone(),
-        device: p.model.device.clone(),
-    })
-}
-
 /// Per-row results, column-wise.
 #[derive(Default)]
 struct Rows {
@@ -425,14 +402,27 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
         "patch",
         serde_json::json!({ "analysis": t, "patch": p.patch, "batch_size": p.extract.batch_size }),
     );
-    m.model = Some(model_identity(p, &model)?);
-    let mut work = Vec::new();
-    for site in &t.sites {
-        for (layer, part, sha) in read::extracted_layers(&run, site.name())? {
-            m.inputs.insert(part.display().to_string(), sha);
-            work.push((site.clone(), layer));
-        }
-    }
+    m.model = Some(ModelIdentity::describe(
+        &p.model.dir,
+        &p.model_dir(),
+        model.config().arch.model_type(),
+        model.weight_files(),
+        &p.model.dtype,
+        &p.model.device,
+    )?);
+    let (names, inputs) = read::extracted_partitions(&run, t.sites.iter().map(|s| s.name()))?;
+    m.inputs.extend(inputs);
+    let work: Vec<_> = names
+        .into_iter()
+        .map(|(name, layer)| {
+            let site = t
+                .sites
+                .iter()
+                .find(|s| s.name() == name)
+                .expect("from t.sites");
+            (site.clone(), layer)
+        })
+        .collect();
     for table in ["patch/pairs.parquet", "fit/coefficients.parquet"] {
         let path = run.join(table);
         let sha = sha256_file(&Manifest::path_for(&path)).map_err(|_| {

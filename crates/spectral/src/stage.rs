@@ -90,14 +90,8 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         SpectralError::Input(format!("{}: {field}: {message}", p.path.display()))
     })?;
     let run_dir = p.run_dir();
-    let mut work = Vec::new();
-    let mut inputs = std::collections::BTreeMap::new();
-    for site in &target.sites {
-        for (layer, part, sha) in read::extracted_layers(&run_dir, site.name())? {
-            inputs.insert(part.display().to_string(), sha);
-            work.push((site.name().to_string(), layer));
-        }
-    }
+    let (work, inputs) =
+        read::extracted_partitions(&run_dir, target.sites.iter().map(|s| s.name()))?;
     let ranges = p
         .spectral
         .ranges

@@ -3,23 +3,10 @@
 
 use helixlab_spectral::fourier::spectrum;
 use helixlab_spectral::geometry::similarity;
-use ndarray::Array2;
-use serde_json::Value;
 
-fn reference() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../numeric/tests/fixtures/reference.json"
-    ))
-    .expect("reference fixture");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn matrix(v: &Value) -> Array2<f64> {
-    let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
-    let (n, d) = (rows.len(), rows[0].len());
-    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).unwrap()
-}
+#[path = "../../numeric/tests/support/mod.rs"]
+mod support;
+use support::{matrix, reference};
 
 #[test]
 fn the_spectrum_matches_numpy_raw_and_detrended() {

@@ -28,6 +28,39 @@ pub struct ModelIdentity {
     pub device: String,
 }
 
+impl ModelIdentity {
+    /// The identity of a loaded model: `dir` as the study gave it, the directory it resolved
+    /// to (for config.json), its architecture and weight files, dtype and device.
+    pub fn describe(
+        dir: &str,
+        model_dir: &Path,
+        architecture: &str,
+        weight_files: &[PathBuf],
+        dtype: &str,
+        device: &str,
+    ) -> Result<Self> {
+        let weights = weight_files
+            .iter()
+            .map(|f| {
+                let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                (name, size)
+            })
+            .collect();
+        Ok(ModelIdentity {
+            dir: dir.to_string(),
+            architecture: architecture.to_string(),
+            config_sha256: sha256_file(&model_dir.join("config.json"))?,
+            weights,
+            dtype: dtype.to_string(),
+            device: device.to_string(),
+        })
+    }
+}
+
 /// The provenance of one table (or one partition).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {

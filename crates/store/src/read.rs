@@ -238,3 +238,27 @@ pub fn position_offset(run_dir: &Path, site: &str, layer: usize, position: &str)
         message: format!("no rows at position `{position}`"),
     })
 }
+
+/// Every complete (site, layer) partition of `sites`, in site then layer order, and the
+/// sha256 of each one's manifest keyed by its path: the work list and the recorded inputs
+/// of a stage that reads activations.
+pub type Partitions = (
+    Vec<(String, usize)>,
+    std::collections::BTreeMap<String, String>,
+);
+
+/// See [`Partitions`].
+pub fn extracted_partitions<'a>(
+    run_dir: &Path,
+    sites: impl IntoIterator<Item = &'a str>,
+) -> Result<Partitions> {
+    let mut work = Vec::new();
+    let mut inputs = std::collections::BTreeMap::new();
+    for site in sites {
+        for (layer, part, sha) in extracted_layers(run_dir, site)? {
+            inputs.insert(part.display().to_string(), sha);
+            work.push((site.to_string(), layer));
+        }
+    }
+    Ok((work, inputs))
+}
