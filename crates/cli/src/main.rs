@@ -40,13 +40,23 @@ enum Command {
     /// Helix fits of the number representation, with baselines (circle, polynomials, PCA-k)
     /// and controls (held-out numbers, shuffled numbers, random periods, continuity).
     Fit(stage_cmd::StageArgs),
-    /// Draw clean/corrupt pairs of correct problems for patching (same other operand,
-    /// different answer), seeded; writes patch/pairs.parquet.
+    /// Draw clean/corrupt pairs of correct problems for patching, seeded: for the analysed
+    /// operand (same other operand, different answer) and for the last token (any different
+    /// answer); writes patch/pairs.parquet.
     Pairs(stage_cmd::StageArgs),
     /// Activation patching at the analysed operand's token, every layer: the corrupt
     /// activation, its PCA-k projections, every stored fit's prediction, and a mean ablation;
     /// logit difference, accuracy and normalised effect per pair.
     Patch(stage_cmd::StageArgs),
+    /// The last token (hook_resid_post, every layer): fit helix(a+b), helix(a,b) and
+    /// helix(a,b,a+b) over every correct problem and patch their predictions for the corrupt
+    /// problem, against the activation itself and PCA-9/27; writes patch/last_token*.parquet
+    /// and patch/last_fits.parquet.
+    PatchLast(stage_cmd::StageArgs),
+    /// Total and direct effects of every MLP, attention layer and head at the last token;
+    /// top-k joint patches, the MLP circuit, helix fits of heads and MLPs, head types; writes
+    /// patch/components*.parquet and patch/component_roles.parquet.
+    Components(stage_cmd::StageArgs),
     /// Write the HTML report with figures from the study's tables.
     Report(stage_cmd::StageArgs),
     /// Show a table's schema, size, provenance and first rows.
@@ -66,6 +76,8 @@ fn main() -> ExitCode {
         Command::Fit(args) => stage_cmd::fit(&args),
         Command::Pairs(args) => stage_cmd::pairs(&args),
         Command::Patch(args) => stage_cmd::patch(&args),
+        Command::PatchLast(args) => stage_cmd::patch_last(&args),
+        Command::Components(args) => stage_cmd::components(&args),
         Command::Report(args) => stage_cmd::report_stage(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
     };

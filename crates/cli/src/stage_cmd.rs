@@ -138,6 +138,24 @@ pub fn patch(a: &StageArgs) -> Result<()> {
     Ok(())
 }
 
+/// `helixlab patch-last`.
+pub fn patch_last(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_patch::last::run_last(&p, a.force, &Bar::new())
+        .with_context(|| format!("patch-last stage of {}", a.pipeline.display()))?;
+    report("patch-last", &p, out);
+    Ok(())
+}
+
+/// `helixlab components`.
+pub fn components(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_patch::components::run_components(&p, a.force, &Bar::new())
+        .with_context(|| format!("components stage of {}", a.pipeline.display()))?;
+    report("components", &p, out);
+    Ok(())
+}
+
 /// `helixlab report`.
 pub fn report_stage(a: &StageArgs) -> Result<()> {
     let p = a.load()?;

@@ -245,6 +245,33 @@ impl Model {
         Batch::new(sequences, pad, &self.device)
     }
 
+    /// The logits of final residual-stream vectors `(n, d_model)` (the output of the last
+    /// block at one position each): the final norm and the unembedding, nothing else. Direct
+    /// effects use it: a component's change added to the final residual reaches the logits
+    /// only through here.
+    pub fn logits_from_final_residual(&self, resid: &Tensor) -> Result<Tensor> {
+        if !self.cfg.arch.is_causal_lm() {
+            return Err(ModelError::BadRequest(format!(
+                "{} has no LM head: there are no logits",
+                self.cfg.arch.model_type()
+            )));
+        }
+        let (_, d) = resid.dims2()?;
+        if d != self.cfg.d_model {
+            return Err(ModelError::BadRequest(format!(
+                "final residual has width {d}, the model {}",
+                self.cfg.d_model
+            )));
+        }
+        let x = resid.to_dtype(self.dtype)?.unsqueeze(1)?;
+        let n = self.arch.final_norm(&x, false)?.unwrap_or(x);
+        Ok(self
+            .arch
+            .unembed(&n)?
+            .expect("causal LMs have a head")
+            .squeeze(1)?)
+    }
+
     /// Runs `batch` under `req`.
     pub fn forward(&self, batch: &Batch, req: &ForwardRequest) -> Result<ForwardOutput> {
         self.run(batch, req, &req.interventions, false)

@@ -17,6 +17,9 @@
 //! Not here yet: the last-token experiment and component effects (E4, E5).
 #![deny(missing_docs)]
 
+pub mod components;
+pub mod effects;
+pub mod last;
 pub mod pairs;
 pub mod patches;
 pub mod stage;

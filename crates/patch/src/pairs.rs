@@ -1,6 +1,8 @@
-//! Clean/corrupt pairs (method.md E3): for the operand `a`, a correct clean problem a + b and
+//! Clean/corrupt pairs (method.md E3-E5): for the operand `a`, a correct clean problem a + b and
 //! a correct corrupt problem a' + b with the same b and a' != a (so a different answer); for
-//! `b`, symmetrically. Drawn from problems.parquet with a stored seed, one row per pair.
+//! `b`, symmetrically; for `last` (the last-token and component experiments), any two correct
+//! problems with different answers. Drawn from problems.parquet with a stored seed, one row
+//! per pair.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -97,20 +99,21 @@ pub fn correct_problems(run_dir: &Path) -> Result<Vec<ProblemInfo>> {
     Ok(out)
 }
 
-/// `n` pairs in which `operand` (`a` or `b`) differs and the other operand is the same, drawn
-/// with `seed` from `problems` (correct ones). Fewer when fewer exist.
+/// `n` pairs in which `operand` (`a` or `b`) differs and the other operand is the same, or
+/// (`last`) any two problems with different answers, drawn with `seed` from `problems`
+/// (correct ones). Fewer when fewer exist.
 pub fn draw(problems: &[ProblemInfo], operand: &str, n: usize, seed: u64) -> Result<Vec<Pair>> {
     let key = |p: &ProblemInfo| -> (Option<i64>, i64) {
         // Group by the operand that stays fixed.
-        if operand == "b" {
-            (Some(p.a), 0)
-        } else {
-            (p.b, 0)
+        match operand {
+            "b" => (Some(p.a), 0),
+            "last" => (None, 0),
+            _ => (p.b, 0),
         }
     };
-    if operand != "a" && operand != "b" && operand != "x" {
+    if !["a", "b", "x", "last"].contains(&operand) {
         return Err(PatchError::Input(format!(
-            "pairs vary an operand (a or b), not `{operand}`"
+            "pairs vary an operand (a or b) or the whole problem (last), not `{operand}`"
         )));
     }
     let mut groups: BTreeMap<(Option<i64>, i64), Vec<usize>> = BTreeMap::new();
@@ -179,5 +182,12 @@ mod tests {
         assert!(q
             .iter()
             .all(|x| x.clean.a == x.corrupt.a && x.clean.b != x.corrupt.b));
+        let l = draw(&g, "last", 40, 1).unwrap();
+        assert_eq!(l.len(), 40);
+        assert!(l.iter().all(|x| x.clean.answer != x.corrupt.answer));
+        // Not restricted to a shared operand.
+        assert!(l
+            .iter()
+            .any(|x| x.clean.a != x.corrupt.a && x.clean.b != x.corrupt.b));
     }
 }

@@ -15,6 +15,7 @@ use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use helixlab_store::{Manifest, ModelIdentity};
+use polars::prelude::{col, lit};
 
 use crate::pairs::{correct_problems, draw, Pair};
 use crate::patches::{fit_predictors, Kind, NumberActivations};
@@ -40,7 +41,7 @@ fn target(p: &Pipeline) -> Result<AnalysisTarget> {
     Ok(t)
 }
 
-fn manifest(p: &Pipeline, stage: &str, settings: serde_json::Value) -> Manifest {
+pub(crate) fn manifest(p: &Pipeline, stage: &str, settings: serde_json::Value) -> Manifest {
     Manifest {
         stage: stage.into(),
         settings,
@@ -93,19 +94,24 @@ pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
     }
     let start = Instant::now();
     let problems = correct_problems(&run)?;
-    let pairs = draw(&problems, &t.position, p.patch.pairs, p.patch.seed)?;
-    if pairs.is_empty() {
-        return Err(PatchError::Input(format!(
-            "{}: no clean/corrupt pairs: the model gets too few problems right",
-            problems_path.display()
-        )));
+    // The operand's pairs (E3), then the last-token pairs (E4, E5), each from the same seed.
+    let mut pairs = Vec::new();
+    for operand in [t.position.as_str(), "last"] {
+        let drawn = draw(&problems, operand, p.patch.pairs, p.patch.seed)?;
+        if drawn.is_empty() {
+            return Err(PatchError::Input(format!(
+                "{}: no clean/corrupt pairs for `{operand}`: the model gets too few problems right",
+                problems_path.display()
+            )));
+        }
+        pairs.extend(drawn.into_iter().map(|x| (operand.to_string(), x)));
     }
-    let col_u32 = |f: &dyn Fn(&Pair) -> u32| Values::U32(pairs.iter().map(f).collect());
-    let col_i64 = |f: &dyn Fn(&Pair) -> i64| Values::I64(pairs.iter().map(f).collect());
+    let col_u32 = |f: &dyn Fn(&Pair) -> u32| Values::U32(pairs.iter().map(|x| f(&x.1)).collect());
+    let col_i64 = |f: &dyn Fn(&Pair) -> i64| Values::I64(pairs.iter().map(|x| f(&x.1)).collect());
     let table = Table::new()
         .column(
             "operand",
-            Values::Str(vec![t.position.clone(); pairs.len()]),
+            Values::Str(pairs.iter().map(|x| x.0.clone()).collect()),
         )
         .column("pair_id", col_u32(&|x| x.pair_id))
         .column("clean_prompt_id", col_u32(&|x| x.clean.prompt_id))
@@ -126,8 +132,8 @@ pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
     })
 }
 
-/// The pairs of pairs.parquet, joined with their problems.
-fn read_pairs(run: &Path) -> Result<Vec<Pair>> {
+/// The pairs of pairs.parquet for `operand` (`a`, `b` or `last`), joined with their problems.
+pub(crate) fn read_pairs(run: &Path, operand: &str) -> Result<Vec<Pair>> {
     let path = table_path(run, "pairs");
     if Manifest::read_for(&path).is_none() {
         return Err(PatchError::Store(helixlab_store::StoreError::Missing {
@@ -141,7 +147,16 @@ fn read_pairs(run: &Path) -> Result<Vec<Pair>> {
             source,
         })
     };
-    let df = read::scan(&path)?.collect().map_err(e)?;
+    let df = read::scan(&path)?
+        .filter(col("operand").eq(lit(operand)))
+        .collect()
+        .map_err(e)?;
+    if df.height() == 0 {
+        return Err(PatchError::Input(format!(
+            "{}: no pairs for `{operand}`; rerun `helixlab pairs`",
+            path.display()
+        )));
+    }
     let ids = |c: &str| -> Result<Vec<u32>> {
         Ok(df
             .column(c)
@@ -439,7 +454,7 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
         return Ok(Outcome::UpToDate);
     }
     let start = Instant::now();
-    let pairs = read_pairs(&run)?;
+    let pairs = read_pairs(&run, &t.position)?;
     let held_out = held_out_numbers(&run)?;
     let operand = |pair: &Pair, clean: bool| -> i64 {
         let pr = if clean { &pair.clean } else { &pair.corrupt };

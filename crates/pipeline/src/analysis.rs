@@ -155,6 +155,42 @@ pub struct PatchSection {
     /// k of the PCA-k patches.
     #[serde(default = "odd_degrees")]
     pub pca_ks: Vec<usize>,
+    /// Last token (E4): PCA components the multi-number helices are fitted in (at most the
+    /// width and the number of problems; the paper used 500).
+    #[serde(default = "five_hundred")]
+    pub last_pca_dim: usize,
+    /// Last token (E4): k of its PCA-k patches (the paper: 9 and 27, the helices' sizes).
+    #[serde(default = "nine_and_twenty_seven")]
+    pub last_pca_ks: Vec<usize>,
+    /// Components (E5): the MLP circuit is the smallest top-k set whose joint patch reaches
+    /// this fraction of the best joint patch.
+    #[serde(default = "ninety_five_percent")]
+    pub circuit_fraction: f64,
+    /// Components (E5): heads labelled by type (the top ones by total effect).
+    #[serde(default = "twenty")]
+    pub head_top: usize,
+    /// Components (E5): of the labelled heads, this many with the lowest scores are "mixed".
+    #[serde(default = "four")]
+    pub mixed_heads: usize,
+    /// Components (E5): correct problems the head and MLP output fits are fitted on.
+    #[serde(default = "two_thousand")]
+    pub component_fit_problems: usize,
+}
+
+fn five_hundred() -> usize {
+    500
+}
+fn nine_and_twenty_seven() -> Vec<usize> {
+    vec![9, 27]
+}
+fn ninety_five_percent() -> f64 {
+    0.95
+}
+fn twenty() -> usize {
+    20
+}
+fn two_thousand() -> usize {
+    2000
 }
 
 impl Default for PatchSection {

@@ -276,6 +276,24 @@ impl Pipeline {
         if p.patch.pairs == 0 {
             return Err(invalid("patch.pairs", "must be at least 1".into()));
         }
+        if !(p.patch.circuit_fraction > 0.0 && p.patch.circuit_fraction <= 1.0) {
+            return Err(invalid(
+                "patch.circuit_fraction",
+                "must be in (0, 1]".into(),
+            ));
+        }
+        if p.patch.last_pca_dim == 0 || p.patch.last_pca_ks.contains(&0) {
+            return Err(invalid(
+                "patch.last_pca_dim",
+                "PCA sizes must be at least 1".into(),
+            ));
+        }
+        if p.patch.component_fit_problems < 10 {
+            return Err(invalid(
+                "patch.component_fit_problems",
+                "needs at least 10 problems to fit".into(),
+            ));
+        }
         for r in sp.ranges.iter().flatten() {
             if r[1] - r[0] < 3 {
                 return Err(invalid(

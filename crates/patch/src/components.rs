@@ -1,0 +1,792 @@
+//! `helixlab components` (method.md E5): which MLPs, attention layers and heads move the
+//! answer, directly or through later layers, and what they carry.
+//!
+//! For every last-token pair (clean and corrupt problems with different answers), at the last
+//! position:
+//! - total effect (TE): the clean run with one component's output replaced by the corrupt
+//!   run's (`hook_mlp_out`, `hook_attn_out`, or one head's `attn.hook_z`), everything after it
+//!   recomputed (resumed at the component's block);
+//! - direct effect (DE): the component's change (corrupt - clean output; for a head, the change
+//!   of its layer's attention output when only that head's z is patched) added to the clean
+//!   final residual stream before the final norm, so it reaches the logits only directly. No
+//!   later block runs.
+//!
+//! Then heads and MLPs are ranked by TE and the top k patched together (`heads_top`,
+//! `mlps_top`, with k in the `layer` column); the MLP circuit is the smallest top-k set
+//! reaching `patch.circuit_fraction` of the best joint patch. The top heads and the circuit
+//! MLPs are fitted with helix(a,b), helix(a+b), helix(a,b,a+b) (on the outputs of
+//! `patch.component_fit_problems` correct problems, PCA to 100) and the fits patched in; heads
+//! get the paper's type scores (`component_roles.parquet`).
+//!
+//! Tables: components.parquet (one row per pair x component x effect), components_summary
+//! (means), component_roles (ranks, DE/TE, fit ratios, head types, circuit membership).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use helixlab_fit::multi::{MultiFit, MultiHelix};
+use helixlab_model::{parse_device, parse_dtype, Edit, ForwardRequest, HookPoint, Intervention};
+use helixlab_model::{Batch, LoadOptions, Logits, Model, Positions, Tokenizer};
+use helixlab_numeric::{split, Pca};
+use helixlab_pipeline::{Pipeline, TaskKind};
+use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::stage::{Outcome, Progress};
+use helixlab_store::table::{Table, Values};
+use helixlab_store::{Manifest, ModelIdentity};
+use ndarray::Array2;
+
+use crate::effects::{means_table, EffectKey, EffectMean, EffectRows};
+use crate::pairs::{correct_problems, Pair, ProblemInfo};
+use crate::stage::{manifest, read_pairs, table_path};
+use crate::{PatchError, Result};
+
+/// A component whose output is patched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// The MLP of a layer (`hook_mlp_out`).
+    Mlp(usize),
+    /// The attention of a layer (`hook_attn_out`).
+    Attn(usize),
+    /// One head (`attn.hook_z`, that head only).
+    Head(usize, usize),
+}
+
+impl Component {
+    fn layer(self) -> usize {
+        match self {
+            Component::Mlp(l) | Component::Attn(l) | Component::Head(l, _) => l,
+        }
+    }
+
+    fn key(self, effect: &str) -> EffectKey {
+        let (component, head) = match self {
+            Component::Mlp(_) => ("mlp", None),
+            Component::Attn(_) => ("attn", None),
+            Component::Head(_, h) => ("head", Some(h as i64)),
+        };
+        EffectKey {
+            component: component.into(),
+            layer: self.layer() as u32,
+            head,
+            effect: effect.into(),
+        }
+    }
+}
+
+/// What one forward captured at the last position, per layer.
+struct LastCaptures {
+    logits: Vec<Vec<f32>>,
+    /// `hook_resid_pre` of every layer, every position (to resume from); clean runs only.
+    resid_pre: Vec<Tensor>,
+    /// `(b, 1, d)`.
+    attn_out: Vec<Tensor>,
+    /// `(b, 1, d)`.
+    mlp_out: Vec<Tensor>,
+    /// `(b, 1, heads, d_head)`.
+    z: Vec<Tensor>,
+    /// The last block's output, `(b, d)`.
+    final_resid: Tensor,
+}
+
+fn capture_last(model: &Model, batch: &Batch, with_resid: bool) -> Result<LastCaptures> {
+    let n = model.config().n_layers;
+    let mut req = ForwardRequest::new().logits(Logits::Last);
+    for l in 0..n {
+        req = req
+            .capture(HookPoint::AttnOut(l), Positions::last())
+            .capture(HookPoint::MlpOut(l), Positions::last())
+            .capture(HookPoint::AttnZ(l), Positions::last());
+    }
+    req = req.capture(HookPoint::ResidPost(n - 1), Positions::last());
+    if with_resid {
+        for l in 0..n {
+            req = req.capture(HookPoint::ResidPre(l), Positions::All);
+        }
+    }
+    let out = model.forward(batch, &req)?;
+    let c = out.captures;
+    Ok(LastCaptures {
+        logits: out
+            .logits
+            .expect("asked for logits")
+            .to_dtype(DType::F32)?
+            .to_vec2()?,
+        attn_out: (0..n).map(|l| c[3 * l].clone()).collect(),
+        mlp_out: (0..n).map(|l| c[3 * l + 1].clone()).collect(),
+        z: (0..n).map(|l| c[3 * l + 2].clone()).collect(),
+        final_resid: c[3 * n].squeeze(1)?,
+        resid_pre: if with_resid {
+            c[3 * n + 1..].to_vec()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// The intervention that puts `value` in place of `component`'s output at the last position.
+fn replace(component: Component, value: Tensor) -> Intervention {
+    let (hook, index) = match component {
+        Component::Mlp(l) => (HookPoint::MlpOut(l), None),
+        Component::Attn(l) => (HookPoint::AttnOut(l), None),
+        Component::Head(l, h) => (HookPoint::AttnZ(l), Some(vec![h])),
+    };
+    Intervention {
+        hook,
+        positions: Positions::last(),
+        index,
+        edit: Edit::Replace,
+        value,
+    }
+}
+
+/// The corrupt run's value of `component`, shaped for [`replace`].
+fn corrupt_value(component: Component, corrupt: &LastCaptures) -> Result<Tensor> {
+    Ok(match component {
+        Component::Mlp(l) => corrupt.mlp_out[l].clone(),
+        Component::Attn(l) => corrupt.attn_out[l].clone(),
+        Component::Head(l, h) => corrupt.z[l].narrow(2, h, 1)?,
+    })
+}
+
+/// Last-position logits of the clean batch with `interventions`, resumed at the earliest
+/// layer they touch.
+fn patched_logits(
+    model: &Model,
+    batch: &Batch,
+    clean: &LastCaptures,
+    interventions: Vec<Intervention>,
+) -> Result<Vec<Vec<f32>>> {
+    let first = interventions
+        .iter()
+        .filter_map(|i| i.hook.layer())
+        .min()
+        .unwrap_or(0);
+    let mut req = ForwardRequest::new()
+        .logits(Logits::Last)
+        .resume(first, clean.resid_pre[first].clone());
+    for i in interventions {
+        req = req.intervene(i);
+    }
+    let out = model.forward(batch, &req)?;
+    Ok(out
+        .logits
+        .expect("asked for logits")
+        .to_dtype(DType::F32)?
+        .to_vec2()?)
+}
+
+/// The change of `component`'s contribution to the residual stream at the last position,
+/// `(b, d)`: for layers' outputs the corrupt minus clean output; for a head, the change of its
+/// layer's attention output with only that head patched (one block run).
+fn contribution_change(
+    model: &Model,
+    batch: &Batch,
+    clean: &LastCaptures,
+    corrupt: &LastCaptures,
+    component: Component,
+) -> Result<Tensor> {
+    Ok(match component {
+        Component::Mlp(l) => (&corrupt.mlp_out[l] - &clean.mlp_out[l])?.squeeze(1)?,
+        Component::Attn(l) => (&corrupt.attn_out[l] - &clean.attn_out[l])?.squeeze(1)?,
+        Component::Head(l, _) => {
+            let req = ForwardRequest::new()
+                .resume(l, clean.resid_pre[l].clone())
+                .intervene(replace(component, corrupt_value(component, corrupt)?))
+                .capture(HookPoint::AttnOut(l), Positions::last());
+            let out = model.forward(batch, &req)?;
+            (&out.captures[0] - &clean.attn_out[l])?.squeeze(1)?
+        }
+    })
+}
+
+fn encode(tok: &Tokenizer, p: &Pipeline, model: &Model, probs: &[&ProblemInfo]) -> Result<Batch> {
+    let seqs: Vec<Vec<u32>> = probs
+        .iter()
+        .map(|pr| tok.encode(&pr.prompt, p.task.special_tokens))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(model.batch(&seqs)?)
+}
+
+/// The fits of one component's output over the fit sample.
+struct ComponentFits {
+    fits: Vec<(String, MultiFit)>,
+}
+
+impl ComponentFits {
+    fn value(&self, name: &str, pairs: &[Pair], shape: &[usize], model: &Model) -> Result<Tensor> {
+        let (_, f) = self
+            .fits
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("named from the fits");
+        let ab: Vec<(i64, i64)> = pairs
+            .iter()
+            .map(|x| (x.corrupt.a, x.corrupt.b.unwrap_or(0)))
+            .collect();
+        let v: Vec<f32> = f.predict(&ab).iter().map(|&x| x as f32).collect();
+        Ok(Tensor::from_vec(v, shape, model.device())?.to_dtype(model.dtype())?)
+    }
+}
+
+/// Fits helix(a,b), helix(a+b), helix(a,b,a+b) to each component's last-position output over
+/// `sample` problems.
+fn fit_components(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    sample: &[&ProblemInfo],
+    components: &[Component],
+    progress: &dyn Progress,
+) -> Result<BTreeMap<Component, ComponentFits>> {
+    let cfg = model.config();
+    let mut rows: BTreeMap<Component, Vec<f32>> = BTreeMap::new();
+    progress.start("component fits: forwards", sample.len() as u64);
+    for chunk in sample.chunks(p.extract.batch_size.max(1)) {
+        let batch = encode(tok, p, model, chunk)?;
+        let mut req = ForwardRequest::new();
+        for c in components {
+            req = req.capture(
+                match c {
+                    Component::Mlp(l) => HookPoint::MlpOut(*l),
+                    Component::Attn(l) => HookPoint::AttnOut(*l),
+                    Component::Head(l, _) => HookPoint::AttnZ(*l),
+                },
+                Positions::last(),
+            );
+        }
+        let out = model.forward(&batch, &req)?;
+        for (c, t) in components.iter().zip(&out.captures) {
+            let t = match c {
+                Component::Head(_, h) => t.narrow(2, *h, 1)?,
+                _ => t.clone(),
+            };
+            let t = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            rows.entry(*c).or_default().extend(t);
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    let ab: Vec<(i64, i64)> = sample.iter().map(|x| (x.a, x.b.unwrap_or(0))).collect();
+    let mut out = BTreeMap::new();
+    for (c, v) in rows {
+        let d = match c {
+            Component::Head(..) => cfg.d_head,
+            _ => cfg.d_model,
+        };
+        let x = Array2::from_shape_vec((sample.len(), d), v.iter().map(|&x| x as f64).collect())
+            .expect("n x d");
+        let pca = Pca::fit(x.view(), 100)?;
+        let mut fits = Vec::new();
+        for set in MultiHelix::paper_sets() {
+            let basis = MultiHelix::for_sample(set.clone(), p.fit.periods.clone(), &ab);
+            fits.push((
+                MultiHelix::variant_name(&set),
+                MultiFit::fit_in(basis, &ab, x.view(), &pca)?,
+            ));
+        }
+        out.insert(c, ComponentFits { fits });
+    }
+    Ok(out)
+}
+
+/// The mean total effect of a component (0 when not measured).
+fn te(means: &BTreeMap<EffectKey, EffectMean>, c: Component, effect: &str) -> f64 {
+    means.get(&c.key(effect)).map_or(0.0, |m| m.logit_diff)
+}
+
+/// The smallest top-k prefix whose effect reaches `fraction` of the best prefix.
+pub fn circuit_size(curve: &[f64], fraction: f64) -> usize {
+    let best = curve.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    curve
+        .iter()
+        .position(|&v| v >= fraction * best)
+        .map_or(curve.len(), |i| i + 1)
+}
+
+/// The paper's head scores: (score for "a,b", score for "a+b").
+pub fn head_scores(te: f64, de: f64, te_ab: f64, te_sum: f64, te_full: f64) -> (f64, f64) {
+    let ratio = |x: f64| {
+        if te_full != 0.0 {
+            (x / te_full).min(1.0)
+        } else {
+            0.0
+        }
+    };
+    let de_te = if te != 0.0 { de / te } else { 0.0 };
+    (
+        ratio(te_ab) * (1.0 - de_te).min(1.0),
+        ratio(te_sum) * de_te.min(1.0),
+    )
+}
+
+/// `helixlab components`: TE and DE of every MLP, attention layer and head at the last token,
+/// top-k curves, the MLP circuit, and fits of the top heads and circuit MLPs.
+pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let run = p.run_dir();
+    if p.task.kind != TaskKind::Addition {
+        return Err(PatchError::Input(format!(
+            "{}: task.kind: the component experiment fits a, b and a+b, so it needs an \
+             addition task, not {:?}",
+            p.path.display(),
+            p.task.kind
+        )));
+    }
+    let opts = LoadOptions {
+        dtype: parse_dtype(&p.model.dtype)?,
+        device: parse_device(&p.model.device)?,
+    };
+    let model = Model::load(&p.model_dir(), &opts)?;
+    let tok = Tokenizer::from_dir(&p.model_dir())?;
+    let cfg = model.config().clone();
+    let mut m = manifest(
+        p,
+        "components",
+        serde_json::json!({
+            "position": "last", "periods": p.fit.periods, "patch": p.patch,
+            "batch_size": p.extract.batch_size,
+        }),
+    );
+    m.model = Some(ModelIdentity::describe(
+        &p.model.dir,
+        &p.model_dir(),
+        cfg.arch.model_type(),
+        model.weight_files(),
+        &p.model.dtype,
+        &p.model.device,
+    )?);
+    let pairs_path = table_path(&run, "pairs");
+    m.inputs.insert(
+        pairs_path.display().to_string(),
+        sha256_file(&Manifest::path_for(&pairs_path)).map_err(|_| {
+            PatchError::Store(helixlab_store::StoreError::Missing {
+                path: pairs_path.clone(),
+                hint: "run `helixlab pairs` first".into(),
+            })
+        })?,
+    );
+    let out_path = table_path(&run, "components");
+    let summary_path = table_path(&run, "components_summary");
+    let roles_path = table_path(&run, "component_roles");
+    if !force
+        && [&out_path, &summary_path, &roles_path]
+            .iter()
+            .all(|x| m.is_fresh(x))
+    {
+        return Ok(Outcome::UpToDate);
+    }
+    let start = Instant::now();
+    let pairs = read_pairs(&run, "last")?;
+    let n_layers = cfg.n_layers;
+    let mut singles: Vec<Component> = Vec::new();
+    for l in 0..n_layers {
+        singles.push(Component::Attn(l));
+        singles.push(Component::Mlp(l));
+        singles.extend((0..cfg.n_heads).map(|h| Component::Head(l, h)));
+    }
+    let chunk_size = p.extract.batch_size.max(1);
+    let mut rows = EffectRows::default();
+    // Pass 1: each component alone, total and direct.
+    progress.start("components: total and direct effects", pairs.len() as u64);
+    for chunk in pairs.chunks(chunk_size) {
+        let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
+        let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
+        let batch = encode(&tok, p, &model, &clean_p)?;
+        let clean = capture_last(&model, &batch, true)?;
+        let corrupt = capture_last(&model, &encode(&tok, p, &model, &corrupt_p)?, false)?;
+        let mut finals = Vec::with_capacity(singles.len());
+        for &c in &singles {
+            let logits = patched_logits(
+                &model,
+                &batch,
+                &clean,
+                vec![replace(c, corrupt_value(c, &corrupt)?)],
+            )?;
+            for (i, pair) in chunk.iter().enumerate() {
+                rows.push(c.key("total"), pair, &clean.logits[i], &logits[i]);
+            }
+            let delta = contribution_change(&model, &batch, &clean, &corrupt, c)?;
+            finals.push((&clean.final_resid + delta)?);
+        }
+        // Every direct effect of the chunk in one final norm + unembedding.
+        let de = model
+            .logits_from_final_residual(&Tensor::cat(&finals, 0)?)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for (j, &c) in singles.iter().enumerate() {
+            for (i, pair) in chunk.iter().enumerate() {
+                rows.push(
+                    c.key("direct"),
+                    pair,
+                    &clean.logits[i],
+                    &de[j * chunk.len() + i],
+                );
+            }
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    let means = rows.means();
+    let rank = |filter: &dyn Fn(&Component) -> bool| -> Vec<Component> {
+        let mut v: Vec<Component> = singles.iter().copied().filter(|c| filter(c)).collect();
+        v.sort_by(|a, b| te(&means, *b, "total").total_cmp(&te(&means, *a, "total")));
+        v
+    };
+    let heads = rank(&|c| matches!(c, Component::Head(..)));
+    let mlps = rank(&|c| matches!(c, Component::Mlp(_)));
+    // Fits of the top heads and of every MLP (the circuit is known only after pass 2; fitting
+    // all MLPs costs one PCA per layer).
+    let top_heads: Vec<Component> = heads.iter().copied().take(p.patch.head_top).collect();
+    let fit_targets: Vec<Component> = top_heads.iter().chain(&mlps).copied().collect();
+    let mut problems = correct_problems(&run)?;
+    problems.retain(|x| x.b.is_some());
+    let order = split::permutation(problems.len(), p.patch.seed);
+    let sample: Vec<&ProblemInfo> = order
+        .iter()
+        .take(p.patch.component_fit_problems)
+        .map(|&i| &problems[i])
+        .collect();
+    if sample.len() < 10 {
+        return Err(PatchError::Input(format!(
+            "{}: {} correct problems; the component fits need at least 10",
+            run.join("problems.parquet").display(),
+            sample.len()
+        )));
+    }
+    let fits = fit_components(&model, &tok, p, &sample, &fit_targets, progress)?;
+    let fit_names: Vec<String> = MultiHelix::paper_sets()
+        .iter()
+        .map(|s| MultiHelix::variant_name(s))
+        .collect();
+    // Pass 2: top-k joint patches and the fits patched in.
+    let max_heads = heads.len().min(64);
+    progress.start("components: top-k and fits", pairs.len() as u64);
+    for chunk in pairs.chunks(chunk_size) {
+        let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
+        let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
+        let batch = encode(&tok, p, &model, &clean_p)?;
+        let clean = capture_last(&model, &batch, true)?;
+        let corrupt = capture_last(&model, &encode(&tok, p, &model, &corrupt_p)?, false)?;
+        let joint = |set: &[Component]| -> Result<Vec<Intervention>> {
+            // Heads of one layer go in one intervention on that layer's z.
+            let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            let mut out = Vec::new();
+            for &c in set {
+                match c {
+                    Component::Head(l, h) => by_layer.entry(l).or_default().push(h),
+                    _ => out.push(replace(c, corrupt_value(c, &corrupt)?)),
+                }
+            }
+            for (l, hs) in by_layer {
+                let idx = Tensor::new(
+                    hs.iter().map(|&h| h as u32).collect::<Vec<_>>(),
+                    model.device(),
+                )?;
+                out.push(Intervention {
+                    hook: HookPoint::AttnZ(l),
+                    positions: Positions::last(),
+                    index: Some(hs),
+                    edit: Edit::Replace,
+                    value: corrupt.z[l].index_select(&idx, 2)?,
+                });
+            }
+            Ok(out)
+        };
+        for (name, ranked, max_k) in [
+            ("heads_top", &heads, max_heads),
+            ("mlps_top", &mlps, mlps.len()),
+        ] {
+            let mut ks: Vec<usize> = (1..=max_k).collect();
+            if max_k < ranked.len() {
+                ks.push(ranked.len());
+            }
+            for k in ks {
+                let logits = patched_logits(&model, &batch, &clean, joint(&ranked[..k])?)?;
+                let key = EffectKey {
+                    component: name.into(),
+                    layer: k as u32,
+                    head: None,
+                    effect: "total".into(),
+                };
+                for (i, pair) in chunk.iter().enumerate() {
+                    rows.push(key.clone(), pair, &clean.logits[i], &logits[i]);
+                }
+            }
+        }
+        for (&c, f) in &fits {
+            let shape: Vec<usize> = match c {
+                Component::Head(..) => vec![chunk.len(), 1, 1, cfg.d_head],
+                _ => vec![chunk.len(), 1, cfg.d_model],
+            };
+            for name in &fit_names {
+                let value = f.value(name, chunk, &shape, &model)?;
+                let logits = patched_logits(&model, &batch, &clean, vec![replace(c, value)])?;
+                for (i, pair) in chunk.iter().enumerate() {
+                    rows.push(c.key(name), pair, &clean.logits[i], &logits[i]);
+                }
+            }
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    let means = rows.means();
+    let curve = |name: &str, n: usize| -> Vec<f64> {
+        (1..=n)
+            .map(|k| {
+                means
+                    .get(&EffectKey {
+                        component: name.into(),
+                        layer: k as u32,
+                        head: None,
+                        effect: "total".into(),
+                    })
+                    .map_or(0.0, |m| m.logit_diff)
+            })
+            .collect()
+    };
+    let circuit: BTreeSet<Component> = mlps
+        .iter()
+        .copied()
+        .take(circuit_size(
+            &curve("mlps_top", mlps.len()),
+            p.patch.circuit_fraction,
+        ))
+        .collect();
+    let roles = roles_table(p, &means, &heads, &mlps, &top_heads, &circuit);
+    m.completed_unix = now_unix();
+    m.wall_s = start.elapsed().as_secs_f64();
+    rows.table().write(&out_path, &m)?;
+    means_table(&means).write(&summary_path, &m)?;
+    roles.write(&roles_path, &m)?;
+    Ok(Outcome::Wrote {
+        tables: vec![out_path, summary_path, roles_path],
+        rows: rows.len() as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// One row per head and MLP: rank by TE, TE, DE, DE/TE, the fits' TE over TE, and for the top
+/// heads the type scores; MLPs say whether they are in the circuit.
+fn roles_table(
+    p: &Pipeline,
+    means: &BTreeMap<EffectKey, EffectMean>,
+    heads: &[Component],
+    mlps: &[Component],
+    top_heads: &[Component],
+    circuit: &BTreeSet<Component>,
+) -> Table {
+    let (ab, sum, full) = ("helix(a,b)", "helix(a+b)", "helix(a,b,a+b)");
+    // Scores of the top heads; the `mixed_heads` lowest best-scores are mixed.
+    let mut scored: Vec<(Component, f64, f64)> = top_heads
+        .iter()
+        .map(|&c| {
+            let (s_ab, s_sum) = head_scores(
+                te(means, c, "total"),
+                te(means, c, "direct"),
+                te(means, c, ab),
+                te(means, c, sum),
+                te(means, c, full),
+            );
+            (c, s_ab, s_sum)
+        })
+        .collect();
+    scored.sort_by(|x, y| x.1.max(x.2).total_cmp(&y.1.max(y.2)));
+    let mut types: BTreeMap<Component, (f64, f64, &str)> = BTreeMap::new();
+    for (i, (c, s_ab, s_sum)) in scored.iter().enumerate() {
+        let t = if i < p.patch.mixed_heads.min(scored.len().saturating_sub(1)) {
+            "mixed"
+        } else if s_ab >= s_sum {
+            "a,b"
+        } else {
+            "a+b"
+        };
+        types.insert(*c, (*s_ab, *s_sum, t));
+    }
+    let mut t = RolesCols::default();
+    for (ranked, kind) in [(heads, "head"), (mlps, "mlp")] {
+        for (r, &c) in ranked.iter().enumerate() {
+            let total = te(means, c, "total");
+            let direct = te(means, c, "direct");
+            let fitted = |name: &str| {
+                means.get(&c.key(name)).map(|m| {
+                    if total != 0.0 {
+                        m.logit_diff / total
+                    } else {
+                        f64::NAN
+                    }
+                })
+            };
+            t.component.push(kind.into());
+            t.layer.push(c.layer() as u32);
+            t.head.push(match c {
+                Component::Head(_, h) => Some(h as i64),
+                _ => None,
+            });
+            t.rank.push(r as u32 + 1);
+            t.total.push(total);
+            t.direct.push(direct);
+            t.de_over_te.push(if total != 0.0 {
+                direct / total
+            } else {
+                f64::NAN
+            });
+            t.ab.push(fitted(ab));
+            t.sum.push(fitted(sum));
+            t.full.push(fitted(full));
+            let ty = types.get(&c);
+            t.score_ab.push(ty.map(|x| x.0));
+            t.score_sum.push(ty.map(|x| x.1));
+            t.role.push(match (c, ty) {
+                (Component::Head(..), Some(x)) => x.2.to_string(),
+                (Component::Mlp(_), _) if circuit.contains(&c) => "circuit".into(),
+                _ => String::new(),
+            });
+        }
+    }
+    Table::new()
+        .column("component", Values::Str(t.component))
+        .column("layer", Values::U32(t.layer))
+        .column("head", Values::OptI64(t.head))
+        .column("rank", Values::U32(t.rank))
+        .column("total_effect", Values::F64(t.total))
+        .column("direct_effect", Values::F64(t.direct))
+        .column("de_over_te", Values::F64(t.de_over_te))
+        .column("te_fit_ab_over_te", Values::OptF64(t.ab))
+        .column("te_fit_sum_over_te", Values::OptF64(t.sum))
+        .column("te_fit_ab_sum_over_te", Values::OptF64(t.full))
+        .column("score_ab", Values::OptF64(t.score_ab))
+        .column("score_sum", Values::OptF64(t.score_sum))
+        .column("role", Values::Str(t.role))
+}
+
+#[derive(Default)]
+struct RolesCols {
+    component: Vec<String>,
+    layer: Vec<u32>,
+    head: Vec<Option<i64>>,
+    rank: Vec<u32>,
+    total: Vec<f64>,
+    direct: Vec<f64>,
+    de_over_te: Vec<f64>,
+    ab: Vec<Option<f64>>,
+    sum: Vec<Option<f64>>,
+    full: Vec<Option<f64>>,
+    score_ab: Vec<Option<f64>>,
+    score_sum: Vec<Option<f64>>,
+    role: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> (Model, Batch, Batch) {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/toy-adder");
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let enc = |ps: &[&str]| {
+            let seqs: Vec<Vec<u32>> = ps.iter().map(|p| tok.encode(p, false).unwrap()).collect();
+            model.batch(&seqs).unwrap()
+        };
+        let clean = enc(&["12+34=", "70+5=", "3+3="]);
+        let corrupt = enc(&["40+41=", "8+88=", "61+9="]);
+        (model, clean, corrupt)
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn component_changes_add_up_to_the_change_of_the_final_residual() {
+        let (model, clean_b, corrupt_b) = toy();
+        let clean = capture_last(&model, &clean_b, true).unwrap();
+        let corrupt = capture_last(&model, &corrupt_b, true).unwrap();
+        let n = model.config().n_layers;
+        // The embedding's change: resid_pre of block 0 at the last position.
+        let last = |t: &Tensor| {
+            t.narrow(1, t.dim(1).unwrap() - 1, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+        };
+        let mut sum = (last(&corrupt.resid_pre[0]) - last(&clean.resid_pre[0])).unwrap();
+        for l in 0..n {
+            for c in [Component::Attn(l), Component::Mlp(l)] {
+                let d = contribution_change(&model, &clean_b, &clean, &corrupt, c).unwrap();
+                sum = (sum + d).unwrap();
+            }
+            // A layer's heads' changes add up to its attention output's change (the output
+            // projection is linear in z).
+            let mut heads = Tensor::zeros_like(&clean.final_resid).unwrap();
+            for h in 0..model.config().n_heads {
+                let d =
+                    contribution_change(&model, &clean_b, &clean, &corrupt, Component::Head(l, h))
+                        .unwrap();
+                heads = (heads + d).unwrap();
+            }
+            let attn = (&corrupt.attn_out[l] - &clean.attn_out[l])
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
+            let err = max_abs(&(heads - &attn).unwrap());
+            assert!(
+                err < 1e-4 * max_abs(&attn).max(1.0),
+                "layer {l}: heads vs attn {err}"
+            );
+        }
+        let target = (&corrupt.final_resid - &clean.final_resid).unwrap();
+        let err = max_abs(&(sum - &target).unwrap());
+        assert!(err < 1e-4 * max_abs(&target), "identity off by {err}");
+        // With every change added, the direct path gives the corrupt run's logits.
+        let logits = model
+            .logits_from_final_residual(&(&clean.final_resid + &target).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (a, b) in logits.iter().zip(&corrupt.logits) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-3, "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn patching_a_component_with_its_own_clean_value_changes_nothing() {
+        let (model, clean_b, _) = toy();
+        let clean = capture_last(&model, &clean_b, true).unwrap();
+        for c in [Component::Mlp(0), Component::Attn(1), Component::Head(1, 2)] {
+            let own = corrupt_value(c, &clean).unwrap();
+            let logits = patched_logits(&model, &clean_b, &clean, vec![replace(c, own)]).unwrap();
+            for (a, b) in logits.iter().zip(&clean.logits) {
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() < 1e-4, "{c:?}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_circuit_is_the_shortest_prefix_reaching_the_fraction() {
+        assert_eq!(circuit_size(&[1.0, 5.0, 9.6, 10.0, 9.0], 0.95), 3);
+        assert_eq!(circuit_size(&[10.0, 1.0], 0.95), 1);
+    }
+
+    #[test]
+    fn head_scores_follow_the_paper() {
+        // A head that acts through later layers (DE 0) and whose a,b fit does everything.
+        let (ab, sum) = head_scores(2.0, 0.0, 2.0, 0.5, 2.0);
+        assert_eq!((ab, sum), (1.0, 0.0));
+        // A head that writes the answer directly and is described by a+b.
+        let (ab, sum) = head_scores(2.0, 2.0, 0.2, 1.8, 2.0);
+        assert!((ab - 0.0).abs() < 1e-12 && (sum - 0.9).abs() < 1e-12);
+    }
+}

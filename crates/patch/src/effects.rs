@@ -1,0 +1,192 @@
+//! The paper's metrics for one patched run of a pair, collected column-wise, and their means.
+//!
+//! Every experiment scores the corrupt answer's logit at the last position: the logit
+//! difference is that logit in the patched run minus in the clean run, the normalised form
+//! divides by the corrupt run's own value minus the clean one, and accuracy counts patched runs
+//! whose argmax is the corrupt answer.
+
+use std::collections::BTreeMap;
+
+use helixlab_store::table::{Table, Values};
+
+use crate::pairs::Pair;
+
+/// The index of the largest logit.
+pub fn argmax(logits: &[f32]) -> usize {
+    logits
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+        )
+        .0
+}
+
+/// What was patched: a component (`resid_post`, `mlp`, `attn`, `head`, or a joint set),
+/// its layer, its head, and the effect measured (`layer`, a fit, `total`, `direct`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EffectKey {
+    /// Component.
+    pub component: String,
+    /// Layer (or k for a joint top-k patch).
+    pub layer: u32,
+    /// Head, for heads.
+    pub head: Option<i64>,
+    /// Effect or patch kind.
+    pub effect: String,
+}
+
+/// Per-pair rows.
+#[derive(Default)]
+pub struct EffectRows {
+    keys: Vec<EffectKey>,
+    pair_id: Vec<u32>,
+    clean_answer: Vec<i64>,
+    corrupt_answer: Vec<i64>,
+    clean_logit: Vec<f64>,
+    patched_logit: Vec<f64>,
+    corrupt_logit: Vec<f64>,
+    logit_diff: Vec<f64>,
+    normalized: Vec<f64>,
+    correct: Vec<bool>,
+}
+
+/// The means over pairs of one key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EffectMean {
+    /// Pairs averaged.
+    pub pairs: usize,
+    /// Mean logit difference.
+    pub logit_diff: f64,
+    /// Mean normalised logit difference.
+    pub normalized: f64,
+    /// Share of patched runs whose argmax is the corrupt answer.
+    pub accuracy: f64,
+}
+
+impl EffectRows {
+    /// Records pair `pair` patched as `key`: `clean` are the clean run's logits, `patched` the
+    /// patched run's, both at the last position.
+    pub fn push(&mut self, key: EffectKey, pair: &Pair, clean: &[f32], patched: &[f32]) {
+        let target = pair.corrupt.answer_token as usize;
+        let clean_l = clean[target] as f64;
+        let patched_l = patched[target] as f64;
+        let corrupt = pair.corrupt.answer_logit as f64;
+        self.keys.push(key);
+        self.pair_id.push(pair.pair_id);
+        self.clean_answer.push(pair.clean.answer);
+        self.corrupt_answer.push(pair.corrupt.answer);
+        self.clean_logit.push(clean_l);
+        self.patched_logit.push(patched_l);
+        self.corrupt_logit.push(corrupt);
+        self.logit_diff.push(patched_l - clean_l);
+        self.normalized.push(if corrupt != clean_l {
+            (patched_l - clean_l) / (corrupt - clean_l)
+        } else {
+            f64::NAN
+        });
+        self.correct.push(argmax(patched) == target);
+    }
+
+    /// Rows recorded.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Means per key, in key order.
+    pub fn means(&self) -> BTreeMap<EffectKey, EffectMean> {
+        let mut idx: BTreeMap<EffectKey, Vec<usize>> = BTreeMap::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            idx.entry(k.clone()).or_default().push(i);
+        }
+        idx.into_iter()
+            .map(|(k, rows)| {
+                let n = rows.len() as f64;
+                let mean = |v: &[f64]| rows.iter().map(|&i| v[i]).sum::<f64>() / n;
+                let m = EffectMean {
+                    pairs: rows.len(),
+                    logit_diff: mean(&self.logit_diff),
+                    normalized: mean(&self.normalized),
+                    accuracy: rows.iter().filter(|&&i| self.correct[i]).count() as f64 / n,
+                };
+                (k, m)
+            })
+            .collect()
+    }
+
+    /// The rows as a table (one row per pair x key).
+    pub fn table(&self) -> Table {
+        let n = self.len();
+        Table::new()
+            .column(
+                "component",
+                Values::Str(self.keys.iter().map(|k| k.component.clone()).collect()),
+            )
+            .column(
+                "layer",
+                Values::U32(self.keys.iter().map(|k| k.layer).collect()),
+            )
+            .column(
+                "head",
+                Values::OptI64(self.keys.iter().map(|k| k.head).collect()),
+            )
+            .column(
+                "effect",
+                Values::Str(self.keys.iter().map(|k| k.effect.clone()).collect()),
+            )
+            .column("pair_id", Values::U32(self.pair_id.clone()))
+            .column("run", Values::Str(vec!["clean".into(); n]))
+            .column("patched_from", Values::Str(vec!["corrupt".into(); n]))
+            .column("clean_answer", Values::I64(self.clean_answer.clone()))
+            .column("corrupt_answer", Values::I64(self.corrupt_answer.clone()))
+            .column("clean_logit", Values::F64(self.clean_logit.clone()))
+            .column("patched_logit", Values::F64(self.patched_logit.clone()))
+            .column("corrupt_logit", Values::F64(self.corrupt_logit.clone()))
+            .column("logit_diff", Values::F64(self.logit_diff.clone()))
+            .column("normalized", Values::F64(self.normalized.clone()))
+            .column("correct", Values::Bool(self.correct.clone()))
+    }
+}
+
+/// A table of means: one row per key.
+pub fn means_table(means: &BTreeMap<EffectKey, EffectMean>) -> Table {
+    Table::new()
+        .column(
+            "component",
+            Values::Str(means.keys().map(|k| k.component.clone()).collect()),
+        )
+        .column(
+            "layer",
+            Values::U32(means.keys().map(|k| k.layer).collect()),
+        )
+        .column(
+            "head",
+            Values::OptI64(means.keys().map(|k| k.head).collect()),
+        )
+        .column(
+            "effect",
+            Values::Str(means.keys().map(|k| k.effect.clone()).collect()),
+        )
+        .column(
+            "pairs",
+            Values::U32(means.values().map(|m| m.pairs as u32).collect()),
+        )
+        .column(
+            "logit_diff",
+            Values::F64(means.values().map(|m| m.logit_diff).collect()),
+        )
+        .column(
+            "normalized",
+            Values::F64(means.values().map(|m| m.normalized).collect()),
+        )
+        .column(
+            "accuracy",
+            Values::F64(means.values().map(|m| m.accuracy).collect()),
+        )
+}

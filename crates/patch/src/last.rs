@@ -1,0 +1,296 @@
+//! `helixlab patch-last` (method.md E4): does the last token hold a + b as a helix?
+//!
+//! At `hook_resid_post` of every layer, last position, over every correct problem: PCA (to
+//! `patch.last_pca_dim` components), then the multi-number helices helix(a+b) (9 parameters),
+//! helix(a,b) (18) and helix(a,b,a+b) (27), fitted like E3 (`last_fits.parquet`: R^2 of each,
+//! and of the PCA-k baselines). Then for every last-token pair (any two correct problems with
+//! different answers) the clean run's last position is replaced at that layer by: the corrupt
+//! run's activation (`layer`), its PCA-k projection (`pca9`, `pca27`), or each helix's
+//! prediction for the corrupt (a', b'), and scored by the paper's logit difference
+//! (`last_token.parquet`, `last_token_summary.parquet`).
+//!
+//! The fits are made here rather than in the fit stage: they need every problem's row (not one
+//! row per number) and exist only to be patched and compared.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use helixlab_fit::multi::{MultiFit, MultiHelix};
+use helixlab_model::{parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
+use helixlab_model::{Model, Positions, Tokenizer};
+use helixlab_numeric::stats::r2;
+use helixlab_numeric::Pca;
+use helixlab_pipeline::{Pipeline, TaskKind};
+use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::read;
+use helixlab_store::stage::{Outcome, Progress};
+use helixlab_store::table::{Table, Values};
+use helixlab_store::{Manifest, ModelIdentity};
+use ndarray::{Array1, Array2, Axis};
+
+use crate::effects::{means_table, EffectKey, EffectRows};
+use crate::pairs::{correct_problems, Pair};
+use crate::stage::{manifest, read_pairs, table_path};
+use crate::{PatchError, Result};
+
+/// The site of the experiment.
+pub const SITE: &str = "hook_resid_post";
+
+/// last_fits.parquet, column-wise: layer, variant, parameters, PCA size, R^2.
+type FitRows = (Vec<u32>, Vec<String>, Vec<u32>, Vec<u32>, Vec<f64>);
+
+/// One layer's patch values.
+struct LayerPlan {
+    layer: usize,
+    offset: i64,
+    pca: Pca,
+    fits: Vec<(String, MultiFit)>,
+    /// The extracted activation of each prompt a pair uses.
+    prompts: BTreeMap<u32, Array1<f64>>,
+}
+
+/// What is patched in, by kind name.
+fn patch_value(plan: &LayerPlan, kind: &str, pair: &Pair) -> Result<Array1<f64>> {
+    let own = |id: u32| {
+        plan.prompts
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| PatchError::Input(format!("prompt {id} has no extracted activation")))
+    };
+    if kind == "layer" {
+        return own(pair.corrupt.prompt_id);
+    }
+    if let Some(k) = kind.strip_prefix("pca") {
+        let k: usize = k.parse().expect("named by this module");
+        let r = own(pair.corrupt.prompt_id)?.insert_axis(Axis(0));
+        return Ok(plan.pca.reconstruct(r.view(), k).row(0).to_owned());
+    }
+    let (_, fit) = plan
+        .fits
+        .iter()
+        .find(|(n, _)| n == kind)
+        .expect("kinds come from the plan");
+    let ab = [(pair.corrupt.a, pair.corrupt.b.unwrap_or(0))];
+    Ok(fit.predict(&ab).row(0).to_owned())
+}
+
+/// `helixlab patch-last`: fits and patches the last token at every layer.
+pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let run = p.run_dir();
+    if p.task.kind != TaskKind::Addition {
+        return Err(PatchError::Input(format!(
+            "{}: task.kind: the last-token experiment fits a, b and a+b, so it needs an \
+             addition task, not {:?}",
+            p.path.display(),
+            p.task.kind
+        )));
+    }
+    let opts = LoadOptions {
+        dtype: parse_dtype(&p.model.dtype)?,
+        device: parse_device(&p.model.device)?,
+    };
+    let model = Model::load(&p.model_dir(), &opts)?;
+    let tok = Tokenizer::from_dir(&p.model_dir())?;
+    let mut m = manifest(
+        p,
+        "patch-last",
+        serde_json::json!({
+            "site": SITE, "position": "last", "periods": p.fit.periods,
+            "patch": p.patch, "batch_size": p.extract.batch_size,
+        }),
+    );
+    m.model = Some(ModelIdentity::describe(
+        &p.model.dir,
+        &p.model_dir(),
+        model.config().arch.model_type(),
+        model.weight_files(),
+        &p.model.dtype,
+        &p.model.device,
+    )?);
+    let (names, inputs) = read::extracted_partitions(&run, [SITE])?;
+    m.inputs.extend(inputs);
+    let pairs_path = table_path(&run, "pairs");
+    m.inputs.insert(
+        pairs_path.display().to_string(),
+        sha256_file(&Manifest::path_for(&pairs_path)).map_err(|_| {
+            PatchError::Store(helixlab_store::StoreError::Missing {
+                path: pairs_path.clone(),
+                hint: "run `helixlab pairs` first".into(),
+            })
+        })?,
+    );
+    let out_path = table_path(&run, "last_token");
+    let summary_path = table_path(&run, "last_token_summary");
+    let fits_path = table_path(&run, "last_fits");
+    if !force
+        && [&out_path, &summary_path, &fits_path]
+            .iter()
+            .all(|x| m.is_fresh(x))
+    {
+        return Ok(Outcome::UpToDate);
+    }
+    let start = Instant::now();
+    let pairs = read_pairs(&run, "last")?;
+    let correct: BTreeSet<u32> = correct_problems(&run)?
+        .iter()
+        .map(|x| x.prompt_id)
+        .collect();
+    let needed: BTreeSet<u32> = pairs
+        .iter()
+        .flat_map(|x| [x.clean.prompt_id, x.corrupt.prompt_id])
+        .collect();
+    let periods = p.fit.periods.clone();
+    let mut kinds: Vec<String> = vec!["layer".into()];
+    kinds.extend(p.patch.last_pca_ks.iter().map(|k| format!("pca{k}")));
+    kinds.extend(
+        MultiHelix::paper_sets()
+            .iter()
+            .map(|s| MultiHelix::variant_name(s)),
+    );
+    // Fits per layer, and their quality.
+    let mut plans = Vec::new();
+    let mut fit_rows = FitRows::default();
+    progress.start("last-token fits", names.len() as u64);
+    for (_, layer) in &names {
+        let mat = read::activations(&run, SITE, *layer, "last")?;
+        let keep: Vec<usize> = (0..mat.rows())
+            .filter(|&i| correct.contains(&mat.prompt_id[i]) && mat.b[i].is_some())
+            .collect();
+        if keep.len() < 10 {
+            return Err(PatchError::Input(format!(
+                "{SITE} layer {layer}: {} correct problems with a and b at the last token; \
+                 the fits need at least 10",
+                keep.len()
+            )));
+        }
+        let ab: Vec<(i64, i64)> = keep
+            .iter()
+            .map(|&i| (mat.a[i], mat.b[i].expect("kept")))
+            .collect();
+        let mut x = Array2::zeros((keep.len(), mat.d));
+        for (r, &i) in keep.iter().enumerate() {
+            for (c, v) in mat.row(i).iter().enumerate() {
+                x[[r, c]] = *v as f64;
+            }
+        }
+        let pca = Pca::fit(x.view(), p.patch.last_pca_dim)?;
+        let mut fits = Vec::new();
+        for set in MultiHelix::paper_sets() {
+            let basis = MultiHelix::for_sample(set.clone(), periods.clone(), &ab);
+            let name = MultiHelix::variant_name(&set);
+            let n_params = basis.n_params() as u32;
+            let fit = MultiFit::fit_in(basis, &ab, x.view(), &pca)?;
+            fit_rows.0.push(*layer as u32);
+            fit_rows.1.push(name.clone());
+            fit_rows.2.push(n_params);
+            fit_rows.3.push(pca.k() as u32);
+            fit_rows.4.push(r2(x.view(), fit.predict(&ab).view()));
+            fits.push((name, fit));
+        }
+        for &k in &p.patch.last_pca_ks {
+            fit_rows.0.push(*layer as u32);
+            fit_rows.1.push(format!("pca{k}"));
+            fit_rows.2.push(k.min(pca.k()) as u32);
+            fit_rows.3.push(pca.k() as u32);
+            fit_rows
+                .4
+                .push(r2(x.view(), pca.reconstruct(x.view(), k).view()));
+        }
+        let prompts = (0..mat.rows())
+            .filter(|&i| needed.contains(&mat.prompt_id[i]))
+            .map(|i| {
+                (
+                    mat.prompt_id[i],
+                    mat.row(i).iter().map(|&v| v as f64).collect(),
+                )
+            })
+            .collect();
+        plans.push(LayerPlan {
+            layer: *layer,
+            offset: read::position_offset(&run, SITE, *layer, "last")?,
+            pca,
+            fits,
+            prompts,
+        });
+        progress.advance(1);
+    }
+    progress.finish();
+    // Patches: one clean forward per batch, then each (layer, kind) resumes at that layer.
+    let n_layers = model.config().n_layers;
+    let mut rows = EffectRows::default();
+    progress.start(
+        "patch-last",
+        (plans.len() * kinds.len() * pairs.len()) as u64,
+    );
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = model.batch(&seqs)?;
+        let mut req = ForwardRequest::new().logits(Logits::Last);
+        for l in 0..n_layers {
+            req = req.capture(HookPoint::ResidPre(l), Positions::All);
+        }
+        let clean = model.forward(&batch, &req)?;
+        let clean_logits = clean
+            .logits
+            .expect("asked for logits")
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for plan in &plans {
+            for kind in &kinds {
+                let mut values = Vec::new();
+                for pair in chunk {
+                    values.extend(patch_value(plan, kind, pair)?.iter().map(|&v| v as f32));
+                }
+                let d = values.len() / chunk.len();
+                let value = Tensor::from_vec(values, (chunk.len(), 1, d), model.device())?
+                    .to_dtype(model.dtype())?;
+                let req = ForwardRequest::new()
+                    .logits(Logits::Last)
+                    .replace(
+                        HookPoint::ResidPost(plan.layer),
+                        Positions::At(vec![plan.offset]),
+                        value,
+                    )
+                    .resume(plan.layer, clean.captures[plan.layer].clone());
+                let out = model.forward(&batch, &req)?;
+                let logits = out
+                    .logits
+                    .expect("asked for logits")
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                for (i, pair) in chunk.iter().enumerate() {
+                    let key = EffectKey {
+                        component: "resid_post".into(),
+                        layer: plan.layer as u32,
+                        head: None,
+                        effect: kind.clone(),
+                    };
+                    rows.push(key, pair, &clean_logits[i], &logits[i]);
+                }
+                progress.advance(chunk.len() as u64);
+            }
+        }
+    }
+    progress.finish();
+    let fits_table = Table::new()
+        .column("site", Values::Str(vec![SITE.into(); fit_rows.0.len()]))
+        .column("layer", Values::U32(fit_rows.0))
+        .column("variant", Values::Str(fit_rows.1))
+        .column("n_params", Values::U32(fit_rows.2))
+        .column("pca_dim", Values::U32(fit_rows.3))
+        .column("r2", Values::F64(fit_rows.4));
+    m.completed_unix = now_unix();
+    m.wall_s = start.elapsed().as_secs_f64();
+    rows.table().write(&out_path, &m)?;
+    means_table(&rows.means()).write(&summary_path, &m)?;
+    fits_table.write(&fits_path, &m)?;
+    Ok(Outcome::Wrote {
+        tables: vec![out_path, summary_path, fits_path],
+        rows: rows.len() as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
