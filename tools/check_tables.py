@@ -38,9 +38,10 @@ def main(run, readme):
         meta = pq.read_metadata(f).metadata or {}
         manifest = json.loads(meta[b"helixlab.manifest"])
         stage = manifest["stage"]
-        check(stage in ("accuracy", "extract", "spectral", "fit", "pairs", "patch"),
+        check(stage in ("accuracy", "extract", "spectral", "fit", "pairs", "patch",
+                        "patch-last", "components"),
               f"{f}: manifest names its stage")
-        if stage in ("accuracy", "extract", "patch"):
+        if stage in ("accuracy", "extract", "patch", "patch-last", "components"):
             check(manifest["model"]["architecture"] == "gpt2", f"{f}: manifest names the model")
         else:
             check(len(manifest["inputs"]) > 0, f"{f}: manifest lists the partitions it read")
@@ -80,6 +81,20 @@ def main(run, readme):
                              & (pl.col("kind") == "layer"))
     check(layer0.height == 100 and layer0["correct"].mean() > 0.9,
           "layer patching at the a token before layer 0 moves the answer")
+
+    # Last token and components: one tidy row per pair x component x effect, nullable heads.
+    last = pl.read_parquet(run / "patch" / "last_token_summary.parquet")
+    check({"layer", "pca9", "pca27", "helix(a+b)", "helix(a,b)", "helix(a,b,a+b)"}
+          <= set(last["effect"]), "last_token_summary has every last-token patch")
+    comps = pl.read_parquet(run / "patch" / "components.parquet")
+    heads = comps.filter((pl.col("component") == "head") & (pl.col("effect") == "total"))
+    check(heads["head"].null_count() == 0 and heads.height == 8 * 100,
+          "every head's total effect for the 100 pairs")
+    check(comps.filter(pl.col("component") == "mlp")["head"].null_count()
+          == comps.filter(pl.col("component") == "mlp").height, "MLP rows have no head")
+    roles = duckdb.sql(f"SELECT layer FROM '{run}/patch/component_roles.parquet' "
+                       "WHERE role = 'circuit'").fetchall()
+    check(len(roles) >= 1, f"DuckDB reads the MLP circuit ({roles})")
 
     text = pathlib.Path(readme).read_text()
     section = text.split("## Query the outputs", 1)[1].split("\n## ", 1)[0]

@@ -12,13 +12,13 @@ use crate::charts::{heatmaps, hue, palette, panels, Heatmap, Mark, Panel, Series
 use crate::{ReportError, Result};
 
 /// A table read whole, with typed column access that names the table in errors.
-struct Tbl {
+pub(crate) struct Tbl {
     path: std::path::PathBuf,
     df: DataFrame,
 }
 
 impl Tbl {
-    fn open(path: &Path) -> Result<Option<Tbl>> {
+    pub(crate) fn open(path: &Path) -> Result<Option<Tbl>> {
         if Manifest::read_for(path).is_none() {
             return Ok(None);
         }
@@ -39,7 +39,7 @@ impl Tbl {
             source,
         }
     }
-    fn f64(&self, c: &str) -> Result<Vec<f64>> {
+    pub(crate) fn f64(&self, c: &str) -> Result<Vec<f64>> {
         let s = self.df.column(c).map_err(self.err())?;
         let s = s.cast(&DataType::Float64).map_err(self.err())?;
         Ok(s.f64()
@@ -48,7 +48,7 @@ impl Tbl {
             .map(|v| v.unwrap_or(f64::NAN))
             .collect())
     }
-    fn i64(&self, c: &str) -> Result<Vec<i64>> {
+    pub(crate) fn i64(&self, c: &str) -> Result<Vec<i64>> {
         let s = self.df.column(c).map_err(self.err())?;
         let s = s.cast(&DataType::Int64).map_err(self.err())?;
         Ok(s.i64()
@@ -57,7 +57,7 @@ impl Tbl {
             .map(|v| v.unwrap_or(0))
             .collect())
     }
-    fn str(&self, c: &str) -> Result<Vec<String>> {
+    pub(crate) fn str(&self, c: &str) -> Result<Vec<String>> {
         let s = self.df.column(c).map_err(self.err())?;
         Ok(s.str()
             .map_err(self.err())?
@@ -65,7 +65,7 @@ impl Tbl {
             .map(|v| v.unwrap_or("").to_string())
             .collect())
     }
-    fn bool(&self, c: &str) -> Result<Vec<bool>> {
+    pub(crate) fn bool(&self, c: &str) -> Result<Vec<bool>> {
         let s = self.df.column(c).map_err(self.err())?;
         Ok(s.bool()
             .map_err(self.err())?

@@ -180,14 +180,15 @@ pub fn panels(
     root.present().map_err(|x| e(x.to_string()))
 }
 
-/// One heatmap: a square matrix over labels `lo..=lo + n - 1`, values mapped from `range`.
+/// One heatmap: `values[i][j]` drawn at x = lo + i, y = lo + j (square for similarity
+/// matrices, layers x heads for head effects), values mapped from `range`.
 #[derive(Clone, Debug)]
 pub struct Heatmap {
     /// Title.
     pub title: String,
     /// The first label.
     pub lo: i64,
-    /// `n x n` values.
+    /// `n x m` values.
     pub values: Vec<Vec<f64>>,
     /// Value range mapped to the colour scale.
     pub range: (f64, f64),
@@ -206,12 +207,13 @@ pub fn heatmaps(path: &Path, title: &str, maps: &[Heatmap], cols: usize, side: u
         .map_err(|x| e(x.to_string()))?;
     for (area, m) in root.split_evenly((rows, cols)).iter().zip(maps) {
         let n = m.values.len() as i64;
+        let ny = m.values.first().map_or(0, |r| r.len()) as i64;
         let mut chart = ChartBuilder::on(area)
             .caption(&m.title, ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(40)
-            .build_cartesian_2d(m.lo..m.lo + n, m.lo..m.lo + n)
+            .build_cartesian_2d(m.lo..m.lo + n, m.lo..m.lo + ny)
             .map_err(|x| e(x.to_string()))?;
         chart
             .configure_mesh()

@@ -15,6 +15,7 @@
 
 mod analysis;
 pub mod charts;
+mod circuit;
 mod figures;
 
 use std::fmt::Write as _;
@@ -163,10 +164,14 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
     html.push_str(&analysis::spectral_section(&run, &out, &p.fit.periods)?);
     html.push_str(&analysis::fit_section(&run, &out)?);
     html.push_str(&analysis::patch_section(&run, &out)?);
+    html.push_str(&circuit::last_token_section(&run, &out)?);
+    html.push_str(&circuit::components_section(&run, &out)?);
     for (stage, table) in [
         ("spectral", "spectral/periods.parquet"),
         ("fit", "fit/fits.parquet"),
         ("patch", "patch/patching.parquet"),
+        ("patch-last", "patch/last_token.parquet"),
+        ("components", "patch/components.parquet"),
     ] {
         if let Some(m) = Manifest::read_for(&run.join(table)) {
             let _ = writeln!(
