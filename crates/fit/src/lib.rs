@@ -8,15 +8,12 @@
 //! with the numbers shuffled, and the continuity test. Each variant is scored in sample and on
 //! numbers held out by a seeded split drawn once and stored (`split.parquet`).
 //!
-//! [`multi`] holds the helices of several numbers (a, b, a+b) fitted at the last token.
-//!
 //! Pure analysis of tables: this crate never loads a model. Not here: using the fits causally
 //! (crate `patch`).
 #![deny(missing_docs)]
 
 pub mod basis;
 pub mod linear_fit;
-pub mod multi;
 pub mod stage;
 pub mod variants;
 

@@ -1,5 +1,6 @@
-//! The linear algebra the analysis stages (spectral, fit, and later patch) share: PCA,
-//! minimum-norm least squares, ridge-classifier probes, R^2, and seeded splits.
+//! The linear algebra the analysis stages (spectral, fit, patch) share: PCA, minimum-norm
+//! least squares, ridge-classifier probes, R^2, seeded splits, and the helices of several
+//! numbers (a, b, a+b) that `patch` fits at the last token and on heads and MLPs.
 //!
 //! Everything is f64 on [`ndarray`] arrays, with the decompositions of `linfa-linalg` (pure
 //! Rust, exact SVD; no BLAS to link). Each routine follows the numpy / scikit-learn definition
@@ -8,10 +9,11 @@
 //! least squares as `numpy.linalg.lstsq` (rcond = eps * max(n, p)), the probe as
 //! `StandardScaler` + `RidgeClassifier`.
 //!
-//! Not here: anything about numbers, periods or models. Those are the stage crates' business.
+//! Not here: models, tables, or which periods a study uses. Those are the stage crates' business.
 #![deny(missing_docs)]
 
 pub mod lstsq;
+pub mod multi_helix;
 pub mod pca;
 pub mod probe;
 pub mod split;

@@ -25,9 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_fit::multi::{MultiFit, MultiHelix};
 use helixlab_model::{parse_device, parse_dtype, Edit, ForwardRequest, HookPoint, Intervention};
 use helixlab_model::{Batch, LoadOptions, Logits, Model, Positions, Tokenizer};
+use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::{split, Pca};
 use helixlab_pipeline::{Pipeline, TaskKind};
 use helixlab_store::manifest::{now_unix, sha256_file};

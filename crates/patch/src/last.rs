@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_fit::multi::{MultiFit, MultiHelix};
 use helixlab_model::{parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
 use helixlab_model::{Model, Positions, Tokenizer};
+use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::stats::r2;
 use helixlab_numeric::Pca;
 use helixlab_pipeline::{Pipeline, TaskKind};

@@ -4,10 +4,11 @@
 //! operands, then one bias. helix(a+b) has 9 parameters, helix(a, b) 18, helix(a, b, a+b) 27
 //! (with the paper's four periods).
 //!
-//! Fitted like E3: PCA of the activations (one row per problem), least squares of the PCA
+//! It lives here, with the arithmetic, because two stages use it: `patch` fits it at the last
+//! token and on the outputs of heads and MLPs. Fitted like E3: PCA of the activations (one row per problem), least squares of the PCA
 //! coordinates on the basis, mapped back to activation space.
 
-use helixlab_numeric::{lstsq, NumericError, Pca};
+use crate::{lstsq, NumericError, Pca};
 use ndarray::{Array1, Array2, ArrayView2};
 
 /// A number a problem holds.
@@ -148,8 +149,8 @@ impl MultiFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use helixlab_numeric::split;
-    use helixlab_numeric::stats::r2;
+    use crate::split;
+    use crate::stats::r2;
 
     #[test]
     fn blocks_are_concatenated_with_one_bias() {
