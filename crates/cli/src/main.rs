@@ -57,6 +57,10 @@ enum Command {
     /// top-k joint patches, the MLP circuit, helix fits of heads and MLPs, head types; writes
     /// patch/components*.parquet and patch/component_roles.parquet.
     Components(stage_cmd::StageArgs),
+    /// The gradient of the clean answer's logit with respect to every neuron (mlp.hook_post)
+    /// at the last token, for the last-token pairs' clean prompts, one forward and backward
+    /// per batch; writes patch/neuron_grads.parquet (mean and mean |gradient| per neuron).
+    NeuronGrads(stage_cmd::StageArgs),
     /// Write the HTML report with figures from the study's tables.
     Report(stage_cmd::StageArgs),
     /// Show a table's schema, size, provenance and first rows.
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Patch(args) => stage_cmd::patch(&args),
         Command::PatchLast(args) => stage_cmd::patch_last(&args),
         Command::Components(args) => stage_cmd::components(&args),
+        Command::NeuronGrads(args) => stage_cmd::neuron_grads(&args),
         Command::Report(args) => stage_cmd::report_stage(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
     };

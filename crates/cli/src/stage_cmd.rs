@@ -74,7 +74,7 @@ fn report(stage: &str, p: &Pipeline, outcome: Outcome) {
             seconds,
         } => {
             println!(
-                "{stage}: wrote {} table(s), {rows} rows in {seconds:.1} s",
+                "{stage}: wrote {} table(s), {rows} rows in {seconds:.3} s",
                 tables.len()
             );
             for t in tables {
@@ -153,6 +153,15 @@ pub fn components(a: &StageArgs) -> Result<()> {
     let out = helixlab_patch::components::run_components(&p, a.force, &Bar::new())
         .with_context(|| format!("components stage of {}", a.pipeline.display()))?;
     report("components", &p, out);
+    Ok(())
+}
+
+/// `helixlab neuron-grads`.
+pub fn neuron_grads(a: &StageArgs) -> Result<()> {
+    let p = a.load()?;
+    let out = helixlab_patch::gradients::run_neuron_grads(&p, a.force, &Bar::new())
+        .with_context(|| format!("neuron-grads stage of {}", a.pipeline.display()))?;
+    report("neuron-grads", &p, out);
     Ok(())
 }
 

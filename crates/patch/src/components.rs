@@ -37,7 +37,7 @@ use helixlab_store::{Manifest, ModelIdentity};
 use ndarray::Array2;
 
 use crate::effects::{means_table, EffectKey, EffectMean, EffectRows};
-use crate::pairs::{correct_problems, Pair, ProblemInfo};
+use crate::pairs::{problems, Pair, ProblemInfo};
 use crate::stage::{manifest, read_pairs, table_path};
 use crate::{PatchError, Result};
 
@@ -438,7 +438,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     // all MLPs costs one PCA per layer).
     let top_heads: Vec<Component> = heads.iter().copied().take(p.patch.head_top).collect();
     let fit_targets: Vec<Component> = top_heads.iter().chain(&mlps).copied().collect();
-    let mut problems = correct_problems(&run)?;
+    let mut problems = problems(&run, p.patch.correct_only)?;
     problems.retain(|x| x.b.is_some());
     let order = split::permutation(problems.len(), p.patch.seed);
     let sample: Vec<&ProblemInfo> = order

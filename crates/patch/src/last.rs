@@ -30,7 +30,7 @@ use helixlab_store::{Manifest, ModelIdentity};
 use ndarray::{Array1, Array2, Axis};
 
 use crate::effects::{means_table, EffectKey, EffectRows};
-use crate::pairs::{correct_problems, Pair};
+use crate::pairs::{problems, Pair};
 use crate::stage::{manifest, read_pairs, table_path};
 use crate::{PatchError, Result};
 
@@ -132,7 +132,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
     }
     let start = Instant::now();
     let pairs = read_pairs(&run, "last")?;
-    let correct: BTreeSet<u32> = correct_problems(&run)?
+    let correct: BTreeSet<u32> = problems(&run, p.patch.correct_only)?
         .iter()
         .map(|x| x.prompt_id)
         .collect();

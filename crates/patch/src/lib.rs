@@ -19,6 +19,7 @@
 
 pub mod components;
 pub mod effects;
+pub mod gradients;
 pub mod last;
 pub mod pairs;
 pub mod patches;

@@ -42,8 +42,10 @@ pub struct Pair {
     pub corrupt: ProblemInfo,
 }
 
-/// The correct problems of a run (problems.parquet), by prompt id.
-pub fn correct_problems(run_dir: &Path) -> Result<Vec<ProblemInfo>> {
+/// The problems of a run (problems.parquet) in prompt-id order: only those the model answers
+/// correctly when `correct_only` (the paper's rule), else all of them (benchmarks on
+/// random-weight checkpoints, which answer nothing correctly).
+pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> {
     let df = read::problems(run_dir)?;
     let table = run_dir.join("problems.parquet");
     let e = |source| {
@@ -73,7 +75,7 @@ pub fn correct_problems(run_dir: &Path) -> Result<Vec<ProblemInfo>> {
     );
     let mut out = Vec::new();
     for i in 0..df.height() {
-        if correct.get(i) != Some(true) {
+        if correct_only && correct.get(i) != Some(true) {
             continue;
         }
         let (Some(pid), Some(av), Some(ans), Some(pr), Some(tok), Some(lg)) = (

@@ -17,7 +17,7 @@ use helixlab_store::table::{Table, Values};
 use helixlab_store::{Manifest, ModelIdentity};
 use polars::prelude::{col, lit};
 
-use crate::pairs::{correct_problems, draw, Pair};
+use crate::pairs::{draw, problems, Pair};
 use crate::patches::{fit_predictors, Kind, NumberActivations};
 use crate::{PatchError, Result};
 
@@ -93,7 +93,7 @@ pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
         return Ok(Outcome::UpToDate);
     }
     let start = Instant::now();
-    let problems = correct_problems(&run)?;
+    let problems = problems(&run, p.patch.correct_only)?;
     // The operand's pairs (E3), then the last-token pairs (E4, E5), each from the same seed.
     let mut pairs = Vec::new();
     for operand in [t.position.as_str(), "last"] {
@@ -171,14 +171,14 @@ pub(crate) fn read_pairs(run: &Path, operand: &str) -> Result<Vec<Pair>> {
         ids("clean_prompt_id")?,
         ids("corrupt_prompt_id")?,
     );
-    let by_id: BTreeMap<u32, _> = correct_problems(run)?
+    let by_id: BTreeMap<u32, _> = problems(run, false)?
         .into_iter()
         .map(|p| (p.prompt_id, p))
         .collect();
     let get = |id: u32| {
         by_id.get(&id).cloned().ok_or_else(|| {
             PatchError::Input(format!(
-                "{}: prompt {id} is not a correct problem any more; rerun `helixlab pairs`",
+                "{}: prompt {id} is not in problems.parquet any more; rerun `helixlab pairs`",
                 path.display()
             ))
         })
@@ -489,6 +489,27 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
         kinds.push(Kind::Mean);
         if fits.iter().any(|f| f.variant == "helix") {
             kinds.push(Kind::AblateFit("helix".into()));
+        }
+        if !p.patch.kinds.is_empty() {
+            if let Some(missing) = p
+                .patch
+                .kinds
+                .iter()
+                .find(|k| !kinds.iter().any(|x| &x.name() == *k))
+            {
+                return Err(PatchError::Input(format!(
+                    "{}: patch.kinds: no patch kind `{missing}` at {} layer {layer} (there \
+                     are: {})",
+                    p.path.display(),
+                    site.name(),
+                    kinds
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            kinds.retain(|k| p.patch.kinds.contains(&k.name()));
         }
         let offset = read::position_offset(&run, site.name(), *layer, &t.position)?;
         plans.push((site.clone(), *layer, acts, fits, kinds, offset));

@@ -175,6 +175,18 @@ pub struct PatchSection {
     /// Components (E5): correct problems the head and MLP output fits are fitted on.
     #[serde(default = "two_thousand")]
     pub component_fit_problems: usize,
+    /// Draw pairs and fit only on problems the model answers correctly (the paper's rule).
+    /// `false` is for benchmarks on random-weight checkpoints, which answer nothing right.
+    #[serde(default = "yes")]
+    pub correct_only: bool,
+    /// Run only these patch kinds of `helixlab patch` (names as in patching.parquet, e.g.
+    /// `layer`, `pca9`, `helix`); empty: every kind.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn five_hundred() -> usize {

@@ -1,0 +1,135 @@
+//! `helixlab neuron-grads`: the gradient of the clean answer's logit with respect to every
+//! neuron's activation (`mlp.hook_post`) at the last token, for the clean prompts of the
+//! last-token pairs, in one forward and one backward per batch. This is the gradient half of
+//! attribution patching (method.md E6); the attribution scores themselves (gradient times the
+//! clean-minus-corrupt activation) are not computed yet.
+//!
+//! Writes `patch/neuron_grads.parquet`: one row per layer x neuron with the mean gradient and
+//! the mean absolute gradient over the prompts.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use helixlab_model::{parse_device, parse_dtype, Capture, ForwardRequest, HookPoint};
+use helixlab_model::{LoadOptions, Logits, Model, Positions, Tokenizer};
+use helixlab_pipeline::Pipeline;
+use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::stage::{Outcome, Progress};
+use helixlab_store::table::{Table, Values};
+use helixlab_store::{Manifest, ModelIdentity};
+
+use crate::stage::{manifest, read_pairs, table_path};
+use crate::{PatchError, Result};
+
+/// `helixlab neuron-grads`.
+pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let run = p.run_dir();
+    let opts = LoadOptions {
+        dtype: parse_dtype(&p.model.dtype)?,
+        device: parse_device(&p.model.device)?,
+    };
+    let model = Model::load(&p.model_dir(), &opts)?;
+    let tok = Tokenizer::from_dir(&p.model_dir())?;
+    let cfg = model.config().clone();
+    let mut m = manifest(
+        p,
+        "neuron-grads",
+        serde_json::json!({
+            "hook": "mlp.hook_post", "position": "last",
+            "metric": "clean answer logit", "batch_size": p.extract.batch_size,
+        }),
+    );
+    m.model = Some(ModelIdentity::describe(
+        &p.model.dir,
+        &p.model_dir(),
+        cfg.arch.model_type(),
+        model.weight_files(),
+        &p.model.dtype,
+        &p.model.device,
+    )?);
+    let pairs_path = table_path(&run, "pairs");
+    m.inputs.insert(
+        pairs_path.display().to_string(),
+        sha256_file(&Manifest::path_for(&pairs_path)).map_err(|_| {
+            PatchError::Store(helixlab_store::StoreError::Missing {
+                path: pairs_path.clone(),
+                hint: "run `helixlab pairs` first".into(),
+            })
+        })?,
+    );
+    let out_path = table_path(&run, "neuron_grads");
+    if !force && m.is_fresh(&out_path) {
+        return Ok(Outcome::UpToDate);
+    }
+    let start = Instant::now();
+    let pairs = read_pairs(&run, "last")?;
+    let targets: Vec<Capture> = (0..cfg.n_layers)
+        .map(|l| Capture {
+            hook: HookPoint::MlpPost(l),
+            positions: Positions::last(),
+        })
+        .collect();
+    let mut sum = vec![0f64; cfg.n_layers * cfg.d_mlp];
+    let mut abs = vec![0f64; cfg.n_layers * cfg.d_mlp];
+    progress.start("neuron gradients", pairs.len() as u64);
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = model.batch(&seqs)?;
+        let answers = Tensor::new(
+            chunk
+                .iter()
+                .map(|x| x.clean.answer_token)
+                .collect::<Vec<u32>>(),
+            model.device(),
+        )?
+        .unsqueeze(1)?;
+        let req = ForwardRequest::new().logits(Logits::Last);
+        let (_, grads) = model.forward_with_grad(&batch, &req, &targets, |out| {
+            let logits = out.logits.as_ref().expect("asked for logits");
+            logits.gather(&answers, 1)?.sum_all()
+        })?;
+        for (l, g) in grads.iter().enumerate() {
+            // (b, 1, d_mlp)
+            let g = g.to_dtype(DType::F32)?.squeeze(1)?.to_vec2::<f32>()?;
+            for row in g {
+                for (j, v) in row.into_iter().enumerate() {
+                    sum[l * cfg.d_mlp + j] += v as f64;
+                    abs[l * cfg.d_mlp + j] += (v as f64).abs();
+                }
+            }
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+    let n = pairs.len() as f64;
+    let rows = cfg.n_layers * cfg.d_mlp;
+    let table = Table::new()
+        .column(
+            "layer",
+            Values::U32((0..rows).map(|i| (i / cfg.d_mlp) as u32).collect()),
+        )
+        .column(
+            "neuron",
+            Values::U32((0..rows).map(|i| (i % cfg.d_mlp) as u32).collect()),
+        )
+        .column(
+            "grad_mean",
+            Values::F64(sum.iter().map(|v| v / n).collect()),
+        )
+        .column(
+            "grad_abs_mean",
+            Values::F64(abs.iter().map(|v| v / n).collect()),
+        );
+    m.completed_unix = now_unix();
+    m.wall_s = start.elapsed().as_secs_f64();
+    m.rows = rows as u64;
+    table.write(&out_path, &m)?;
+    Ok(Outcome::Wrote {
+        tables: vec![out_path],
+        rows: rows as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,266 @@
+"""`make bench`: helixlab against the paper's stack (PyTorch + HF transformers + nnsight) on the
+same checkpoints, prompts and pairs, on this machine, in one run.
+
+    python tools/bench/run.py --helixlab target/release/helixlab --out data/bench [--reps 3]
+
+For each checkpoint (the toy adder; random-weight GPT-2-small- and Pythia-160m-shaped ones
+made by make_checkpoints.py) it writes a study file, runs helixlab's setup stages once
+(accuracy, extract, spectral, fit, pairs: untimed), then times, each in its own process:
+  extract   resid_pre of every layer at 3 positions of every prompt, written to Parquet
+  patch     the a-token sweep: every layer x {layer, pca9, helix} x 100 pairs
+  grad      d(clean answer logit)/d(mlp.hook_post) at the last token, all neurons, 100 prompts
+on helixlab (`extract`, `patch`, `neuron-grads`; also `patch` with one full forward per pair
+patch) and on the Python side (tools/bench/torch_bench.py: batched HF + hooks, and nnsight the
+way the paper's code does it). Median over --reps runs (the nnsight patch sweep and
+helixlab's unbatched sweep once: they are the slow baselines). Peak RSS per process from
+wait4. GFLOP/s from the model FLOPs the work needs (2 x multiply-adds of the blocks it must
+run; x3 for forward + backward), against the f32 matmul peak torch measures in the same run.
+
+Writes <out>/bench.md and <out>/bench.parquet.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PY = sys.executable
+HERE = pathlib.Path(__file__).parent
+
+MODELS = [
+    # name, directory, a range, b range (prompts = their product)
+    ("toy-adder", "data/models/toy-adder", [0, 99], [0, 99]),
+    ("gpt2-small-random", "data/bench/models/gpt2-small-random", [0, 99], [0, 9]),
+    ("pythia-160m-random", "data/bench/models/pythia-160m-random", [0, 99], [0, 9]),
+]
+
+STUDY = """# Written by tools/bench/run.py.
+name = "bench-{name}"
+
+[model]
+dir = "{model}"
+
+[task]
+kind = "addition"
+template = "{{a}}+{{b}}="
+a = {a}
+b = {b}
+
+[extract]
+sites = ["hook_resid_pre"]
+layers = "all"
+positions = ["a", "b", "last"]
+batch_size = 100
+
+[analysis]
+position = "a"
+range = [0, 99]
+
+[patch]
+pairs = 100
+kinds = ["layer", "pca9", "helix"]
+correct_only = false
+
+[output]
+dir = "{run}"
+"""
+
+
+def run_measured(cmd, env=None):
+    """Runs cmd; returns (stdout, wall seconds, peak RSS in MiB of that process alone: os.wait4
+    on its pid)."""
+    start = time.perf_counter()
+    with open(os.devnull, "w") as devnull, open("/tmp/helixlab-bench.out", "w+") as out_f:
+        p = subprocess.Popen(cmd, stdout=out_f, stderr=devnull,
+                             env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - start
+        out_f.seek(0)
+        out = out_f.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        # Rerun to show the error.
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+        sys.exit(f"{' '.join(map(str, cmd))} failed:\n{r.stderr[-3000:]}")
+    return out, wall, usage.ru_maxrss / 1024.0
+
+
+def rust_work_s(out):
+    m = re.search(r" in ([0-9.]+) s", out)
+    if not m:
+        sys.exit(f"no timing in helixlab's output:\n{out}")
+    return float(m.group(1))
+
+
+def config(model_dir):
+    c = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    n = c.get("n_layer") or c["num_hidden_layers"]
+    d = c.get("n_embd") or c["hidden_size"]
+    d_mlp = c.get("n_inner") or c.get("intermediate_size") or 4 * d
+    return n, d, d_mlp, c["vocab_size"]
+
+
+def flops(model_dir, work, prompts):
+    """Model FLOPs the work needs (matmuls only; attention scores over 4 tokens are small)."""
+    n, d, d_mlp, vocab = config(model_dir)
+    per_token_block = 2 * (4 * d * d + 2 * d * d_mlp)
+    tokens = 4 * prompts
+    if work == "extract":
+        # resid_pre of the last block needs the blocks before it only.
+        return tokens * per_token_block * (n - 1)
+    if work == "grad":
+        fwd = tokens * per_token_block * n + prompts * 2 * d * vocab
+        return 3 * fwd
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--helixlab", default="target/release/helixlab")
+    ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("data/bench"))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--models", default=",".join(m[0] for m in MODELS))
+    a = ap.parse_args()
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    hx = a.helixlab
+    subprocess.run([PY, str(HERE / "make_checkpoints.py"), str(out / "models")], check=True)
+    mm = json.loads(run_measured([PY, str(HERE / "torch_bench.py"), "matmul"])[0])
+    peak = mm["gflops"]
+    print(f"f32 matmul peak (torch, {mm['threads']} threads): {peak:.1f} GFLOP/s", flush=True)
+    rows = []
+
+    def record(model, model_dir, work, tool, runs, prompts, checksum=None):
+        work_s = statistics.median(r[0] for r in runs)
+        wall_s = statistics.median(r[1] for r in runs)
+        rss = max(r[2] for r in runs)
+        f = flops(model_dir, work, prompts)
+        gf = f / work_s / 1e9 if f else None
+        rows.append({
+            "model": model, "work": work, "tool": tool, "runs": len(runs),
+            "work_s": work_s, "wall_s": wall_s, "peak_rss_mib": rss,
+            "gflops": gf, "pct_of_matmul_peak": 100 * gf / peak if gf else None,
+            "checksum": checksum,
+        })
+        print(f"  {model:20} {work:8} {tool:36} {work_s:8.2f} s (wall {wall_s:6.2f} s, "
+              f"{rss:7.0f} MiB)" + (f", {gf:6.1f} GFLOP/s" if gf else ""), flush=True)
+
+    for name, model_dir, ra, rb in MODELS:
+        if name not in a.models.split(","):
+            continue
+        model_dir = str(pathlib.Path(model_dir).resolve()) if name == "toy-adder" else \
+            str((out / "models" / name).resolve())
+        run = (out / "runs" / name).resolve()
+        study = out / f"{name}.toml"
+        study.write_text(STUDY.format(name=name, model=model_dir, a=ra, b=rb, run=run))
+        prompts = (ra[1] - ra[0] + 1) * (rb[1] - rb[0] + 1)
+        print(f"{name}: {prompts} prompts; setup (untimed)", flush=True)
+        for stage in ["accuracy", "extract", "spectral", "fit", "pairs"]:
+            run_measured([hx, stage, "--pipeline", str(study)])
+        st = ["--pipeline", str(study), "--force"]
+        tb = [PY, str(HERE / "torch_bench.py")]
+        common = ["--model", model_dir, "--run", str(run), "--batch", "100"]
+
+        def rust(args, reps, env=None):
+            res = []
+            for _ in range(reps):
+                o, wall, rss = run_measured([hx] + args + st, env)
+                res.append((rust_work_s(o), wall, rss))
+            return res
+
+        def python(work, reps, extra=()):
+            res, check = [], None
+            for _ in range(reps):
+                o, wall, rss = run_measured(tb + [work] + common + list(extra))
+                j = json.loads(o.strip().splitlines()[-1])
+                res.append((j["work_s"], wall, rss))
+                check = j.get("checksum")
+            return res, check
+
+        pyout = ["--out", str(out / "py-extract" / name)]
+        record(name, model_dir, "extract", "helixlab", rust(["extract"], a.reps), prompts)
+        r, c = python("extract", a.reps, pyout)
+        record(name, model_dir, "extract", "pytorch+hf, batched", r, prompts, c)
+        r, c = python("extract-nnsight", a.reps, pyout)
+        record(name, model_dir, "extract", "nnsight, trace per batch (paper)", r, prompts, c)
+
+        r = rust(["patch"], a.reps)
+        record(name, model_dir, "patch", "helixlab", r, prompts, patch_checksum(run))
+        r = rust(["patch"], 1, {"HELIXLAB_PATCH_UNBATCHED": "1"})
+        record(name, model_dir, "patch", "helixlab, one full forward per patch", r, prompts,
+               patch_checksum(run))
+        r, c = python("patch", a.reps)
+        record(name, model_dir, "patch", "pytorch+hf, batched hooks", r, prompts, c)
+        r, c = python("patch-nnsight", 1)
+        record(name, model_dir, "patch", "nnsight, trace per patch (paper)", r, prompts, c)
+
+        r = rust(["neuron-grads"], a.reps)
+        record(name, model_dir, "grad", "helixlab", r, 100, grad_checksum(run))
+        r, c = python("grad", a.reps)
+        record(name, model_dir, "grad", "pytorch+hf, batched hooks", r, 100, c)
+
+    # Memory as the prompt count grows: extraction of 1,000 and 10,000 toy prompts.
+    if "toy-adder" in a.models.split(","):
+        for b_hi, label in [(9, 1000), (99, 10000)]:
+            study = out / f"toy-{label}.toml"
+            run = (out / "runs" / f"toy-{label}").resolve()
+            study.write_text(STUDY.format(name=f"toy-{label}",
+                                          model=pathlib.Path("data/models/toy-adder").resolve(),
+                                          a=[0, 99], b=[0, b_hi], run=run))
+            run_measured([hx, "accuracy", "--pipeline", str(study)])
+            o, wall, rss = run_measured([hx, "extract", "--force", "--pipeline", str(study)])
+            rows.append({"model": "toy-adder", "work": f"extract {label} prompts",
+                         "tool": "helixlab", "runs": 1, "work_s": rust_work_s(o),
+                         "wall_s": wall, "peak_rss_mib": rss, "gflops": None,
+                         "pct_of_matmul_peak": None, "checksum": None})
+            print(f"  memory: helixlab extract of {label} toy prompts: {rss:.0f} MiB", flush=True)
+
+    write(out, rows, peak, mm["threads"])
+
+
+def patch_checksum(run):
+    t = pq.read_table(run / "patch" / "patching.parquet", columns=["patched_logit"])
+    return float(sum(t.column("patched_logit").to_pylist()))
+
+
+def grad_checksum(run):
+    t = pq.read_table(run / "patch" / "neuron_grads.parquet", columns=["grad_abs_mean"])
+    return float(sum(t.column("grad_abs_mean").to_pylist()))
+
+
+def write(out, rows, peak, threads):
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, out / "bench.parquet")
+    base = {(r["model"], r["work"]): r["work_s"] for r in rows if r["tool"] == "helixlab"}
+    lines = [
+        f"Measured by `make bench` on {os.cpu_count()} CPU cores; f32 matmul peak "
+        f"{peak:.1f} GFLOP/s (torch, {threads} threads). Times are the work after the model "
+        "is loaded, median of the runs; x helixlab = that time / helixlab's.",
+        "",
+        "| model | work | tool | runs | time (s) | x helixlab | peak RSS (MiB) | GFLOP/s "
+        "| % of matmul peak | checksum |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref = base.get((r["model"], r["work"]))
+        ratio = f"{r['work_s'] / ref:.1f}" if ref else ""
+        gf = f"{r['gflops']:.1f}" if r["gflops"] else ""
+        pct = f"{r['pct_of_matmul_peak']:.0f}" if r["pct_of_matmul_peak"] else ""
+        ck = f"{r['checksum']:.6g}" if r["checksum"] is not None else ""
+        lines.append(f"| {r['model']} | {r['work']} | {r['tool']} | {r['runs']} | "
+                     f"{r['work_s']:.2f} | {ratio} | {r['peak_rss_mib']:.0f} | {gf} | {pct} | "
+                     f"{ck} |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.parquet'}")
+
+
+if __name__ == "__main__":
+    main()
