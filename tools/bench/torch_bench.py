@@ -156,9 +156,11 @@ def patch_value(v, kind, a2):
     return (helix_basis(np.array([float(a2)]), v["scale"]) @ v["C"])[0] + v["mean"]
 
 
-def patch(model, tok, run, batch, nnsight=False):
+def patch(model, tok, run, batch, nnsight=False, n_pairs=None):
     probs = problems(run)
     pr = pairs(run, "a")
+    if n_pairs:
+        pr = {k: v[:n_pairs] for k, v in pr.items()}
     n_layers = len(blocks(model))
     start = time.perf_counter()
     values, by_id = patch_values(model, tok, probs, pr)
@@ -257,6 +259,7 @@ def main():
     ap.add_argument("--run", type=pathlib.Path)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--out", type=pathlib.Path)
+    ap.add_argument("--pairs", type=int, help="patch only the first N pairs")
     a = ap.parse_args()
     if a.work == "matmul":
         s, gflops = matmul()
@@ -266,7 +269,8 @@ def main():
     if a.work in ("extract", "extract-nnsight"):
         s, check = extract(model, tok, a.run, a.batch, a.out, nnsight=a.work == "extract-nnsight")
     elif a.work in ("patch", "patch-nnsight"):
-        s, check = patch(model, tok, a.run, a.batch, nnsight=a.work == "patch-nnsight")
+        s, check = patch(model, tok, a.run, a.batch, nnsight=a.work == "patch-nnsight",
+                         n_pairs=a.pairs)
     elif a.work == "grad":
         s, check = grad(model, tok, a.run, a.batch)
     else:
