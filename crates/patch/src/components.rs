@@ -25,20 +25,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{parse_device, parse_dtype, Edit, ForwardRequest, HookPoint, Intervention};
-use helixlab_model::{Batch, LoadOptions, Logits, Model, Positions, Tokenizer};
+use helixlab_model::{Batch, Logits, Model, Positions, Tokenizer};
+use helixlab_model::{Edit, ForwardRequest, HookPoint, Intervention};
 use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::{split, Pca};
 use helixlab_pipeline::{Pipeline, TaskKind};
-use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::manifest::now_unix;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::{Manifest, ModelIdentity};
 use ndarray::Array2;
 
 use crate::effects::{means_table, EffectKey, EffectMean, EffectRows};
 use crate::pairs::{problems, Pair, ProblemInfo};
-use crate::stage::{manifest, read_pairs, table_path};
+use crate::stage::{add_input, load_with_manifest, read_pairs, table_path};
 use crate::{PatchError, Result};
 
 /// A component whose output is patched.
@@ -332,39 +331,21 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             p.task.kind
         )));
     }
-    let opts = LoadOptions {
-        dtype: parse_dtype(&p.model.dtype)?,
-        device: parse_device(&p.model.device)?,
-    };
-    let model = Model::load(&p.model_dir(), &opts)?;
-    let tok = Tokenizer::from_dir(&p.model_dir())?;
-    let cfg = model.config().clone();
-    let mut m = manifest(
+    let (model, tok, mut m) = load_with_manifest(
         p,
         "components",
         serde_json::json!({
             "position": "last", "periods": p.fit.periods, "patch": p.patch,
             "batch_size": p.extract.batch_size,
         }),
-    );
-    m.model = Some(ModelIdentity::describe(
-        &p.model.dir,
-        &p.model_dir(),
-        cfg.arch.model_type(),
-        model.weight_files(),
-        &p.model.dtype,
-        &p.model.device,
-    )?);
-    let pairs_path = table_path(&run, "pairs");
-    m.inputs.insert(
-        pairs_path.display().to_string(),
-        sha256_file(&Manifest::path_for(&pairs_path)).map_err(|_| {
-            PatchError::Store(helixlab_store::StoreError::Missing {
-                path: pairs_path.clone(),
-                hint: "run `helixlab pairs` first".into(),
-            })
-        })?,
-    );
+    )?;
+    let cfg = model.config().clone();
+
+    add_input(
+        &mut m,
+        &table_path(&run, "pairs"),
+        "run `helixlab pairs` first",
+    )?;
     let out_path = table_path(&run, "components");
     let summary_path = table_path(&run, "components_summary");
     let roles_path = table_path(&run, "component_roles");
@@ -679,6 +660,7 @@ struct RolesCols {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use helixlab_model::LoadOptions;
 
     fn toy() -> (Model, Batch, Batch) {
         let dir =

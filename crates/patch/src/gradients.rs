@@ -10,53 +10,34 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{parse_device, parse_dtype, Capture, ForwardRequest, HookPoint};
-use helixlab_model::{LoadOptions, Logits, Model, Positions, Tokenizer};
+use helixlab_model::{Capture, ForwardRequest, HookPoint};
+use helixlab_model::{Logits, Positions};
 use helixlab_pipeline::Pipeline;
-use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::manifest::now_unix;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::{Manifest, ModelIdentity};
 
-use crate::stage::{manifest, read_pairs, table_path};
-use crate::{PatchError, Result};
+use crate::stage::{add_input, load_with_manifest, read_pairs, table_path};
+use crate::Result;
 
 /// `helixlab neuron-grads`.
 pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let run = p.run_dir();
-    let opts = LoadOptions {
-        dtype: parse_dtype(&p.model.dtype)?,
-        device: parse_device(&p.model.device)?,
-    };
-    let model = Model::load(&p.model_dir(), &opts)?;
-    let tok = Tokenizer::from_dir(&p.model_dir())?;
-    let cfg = model.config().clone();
-    let mut m = manifest(
+    let (model, tok, mut m) = load_with_manifest(
         p,
         "neuron-grads",
         serde_json::json!({
             "hook": "mlp.hook_post", "position": "last",
             "metric": "clean answer logit", "batch_size": p.extract.batch_size,
         }),
-    );
-    m.model = Some(ModelIdentity::describe(
-        &p.model.dir,
-        &p.model_dir(),
-        cfg.arch.model_type(),
-        model.weight_files(),
-        &p.model.dtype,
-        &p.model.device,
-    )?);
-    let pairs_path = table_path(&run, "pairs");
-    m.inputs.insert(
-        pairs_path.display().to_string(),
-        sha256_file(&Manifest::path_for(&pairs_path)).map_err(|_| {
-            PatchError::Store(helixlab_store::StoreError::Missing {
-                path: pairs_path.clone(),
-                hint: "run `helixlab pairs` first".into(),
-            })
-        })?,
-    );
+    )?;
+    let cfg = model.config().clone();
+
+    add_input(
+        &mut m,
+        &table_path(&run, "pairs"),
+        "run `helixlab pairs` first",
+    )?;
     let out_path = table_path(&run, "neuron_grads");
     if !force && m.is_fresh(&out_path) {
         return Ok(Outcome::UpToDate);

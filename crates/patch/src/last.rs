@@ -16,22 +16,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
-use helixlab_model::{Model, Positions, Tokenizer};
+use helixlab_model::Positions;
+use helixlab_model::{ForwardRequest, HookPoint, Logits};
 use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::stats::r2;
 use helixlab_numeric::Pca;
 use helixlab_pipeline::{Pipeline, TaskKind};
-use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_store::manifest::now_unix;
 use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::{Manifest, ModelIdentity};
 use ndarray::{Array1, Array2, Axis};
 
 use crate::effects::{means_table, EffectKey, EffectRows};
 use crate::pairs::{problems, Pair};
-use crate::stage::{manifest, read_pairs, table_path};
+use crate::stage::{add_input, load_with_manifest, read_pairs, table_path};
 use crate::{PatchError, Result};
 
 /// The site of the experiment.
@@ -86,40 +85,22 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             p.task.kind
         )));
     }
-    let opts = LoadOptions {
-        dtype: parse_dtype(&p.model.dtype)?,
-        device: parse_device(&p.model.device)?,
-    };
-    let model = Model::load(&p.model_dir(), &opts)?;
-    let tok = Tokenizer::from_dir(&p.model_dir())?;
-    let mut m = manifest(
+    let (model, tok, mut m) = load_with_manifest(
         p,
         "patch-last",
         serde_json::json!({
             "site": SITE, "position": "last", "periods": p.fit.periods,
             "patch": p.patch, "batch_size": p.extract.batch_size,
         }),
-    );
-    m.model = Some(ModelIdentity::describe(
-        &p.model.dir,
-        &p.model_dir(),
-        model.config().arch.model_type(),
-        model.weight_files(),
-        &p.model.dtype,
-        &p.model.device,
-    )?);
+    )?;
+
     let (names, inputs) = read::extracted_partitions(&run, [SITE])?;
     m.inputs.extend(inputs);
-    let pairs_path = table_path(&run, "pairs");
-    m.inputs.insert(
-        pairs_path.display().to_string(),
-        sha256_file(&Manifest::path_for(&pairs_path)).map_err(|_| {
-            PatchError::Store(helixlab_store::StoreError::Missing {
-                path: pairs_path.clone(),
-                hint: "run `helixlab pairs` first".into(),
-            })
-        })?,
-    );
+    add_input(
+        &mut m,
+        &table_path(&run, "pairs"),
+        "run `helixlab pairs` first",
+    )?;
     let out_path = table_path(&run, "last_token");
     let summary_path = table_path(&run, "last_token_summary");
     let fits_path = table_path(&run, "last_fits");

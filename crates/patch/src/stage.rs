@@ -56,6 +56,44 @@ pub(crate) fn manifest(p: &Pipeline, stage: &str, settings: serde_json::Value) -
     .with_pipeline(p)
 }
 
+/// The study's model and tokenizer, and a manifest for `stage` with `settings` that names the
+/// model it was made with.
+pub(crate) fn load_with_manifest(
+    p: &Pipeline,
+    stage: &str,
+    settings: serde_json::Value,
+) -> Result<(Model, Tokenizer, Manifest)> {
+    let opts = LoadOptions {
+        dtype: parse_dtype(&p.model.dtype)?,
+        device: parse_device(&p.model.device)?,
+    };
+    let model = Model::load(&p.model_dir(), &opts)?;
+    let tok = Tokenizer::from_dir(&p.model_dir())?;
+    let mut m = manifest(p, stage, settings);
+    m.model = Some(ModelIdentity::describe(
+        &p.model.dir,
+        &p.model_dir(),
+        model.config().arch.model_type(),
+        model.weight_files(),
+        &p.model.dtype,
+        &p.model.device,
+    )?);
+    Ok((model, tok, m))
+}
+
+/// Records the table at `path` as an input of `m` (its manifest's hash), or says which stage
+/// writes it (`hint`).
+pub(crate) fn add_input(m: &mut Manifest, path: &Path, hint: &str) -> Result<()> {
+    let sha = sha256_file(&Manifest::path_for(path)).map_err(|_| {
+        PatchError::Store(helixlab_store::StoreError::Missing {
+            path: path.to_path_buf(),
+            hint: hint.into(),
+        })
+    })?;
+    m.inputs.insert(path.display().to_string(), sha);
+    Ok(())
+}
+
 trait WithPipeline {
     fn with_pipeline(self, p: &Pipeline) -> Self;
 }
@@ -79,15 +117,7 @@ pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
         "pairs",
         serde_json::json!({ "operand": t.position, "patch": p.patch }),
     );
-    m.inputs.insert(
-        problems_path.display().to_string(),
-        sha256_file(&Manifest::path_for(&problems_path)).map_err(|_| {
-            PatchError::Store(helixlab_store::StoreError::Missing {
-                path: problems_path.clone(),
-                hint: "run `helixlab accuracy` first".into(),
-            })
-        })?,
-    );
+    add_input(&mut m, &problems_path, "run `helixlab accuracy` first")?;
     let path = table_path(&run, "pairs");
     if !force && m.is_fresh(&path) {
         return Ok(Outcome::UpToDate);
@@ -406,25 +436,11 @@ pub struct PatchTiming {
 pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let t = target(p)?;
     let run = p.run_dir();
-    let opts = LoadOptions {
-        dtype: parse_dtype(&p.model.dtype)?,
-        device: parse_device(&p.model.device)?,
-    };
-    let model = Model::load(&p.model_dir(), &opts)?;
-    let tok = Tokenizer::from_dir(&p.model_dir())?;
-    let mut m = manifest(
+    let (model, tok, mut m) = load_with_manifest(
         p,
         "patch",
         serde_json::json!({ "analysis": t, "patch": p.patch, "batch_size": p.extract.batch_size }),
-    );
-    m.model = Some(ModelIdentity::describe(
-        &p.model.dir,
-        &p.model_dir(),
-        model.config().arch.model_type(),
-        model.weight_files(),
-        &p.model.dtype,
-        &p.model.device,
-    )?);
+    )?;
     let (names, inputs) = read::extracted_partitions(&run, t.sites.iter().map(|s| s.name()))?;
     m.inputs.extend(inputs);
     let work: Vec<_> = names
