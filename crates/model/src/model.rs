@@ -348,6 +348,12 @@ impl Model {
             self.check_hook(h)?;
             stop = stop.max(h.stage());
         }
+        // When the last block the request reaches is only read at its input (resid_pre, the
+        // usual extraction), that block is not run: its input is the previous block's output.
+        let stop_at_input = match stop {
+            Stage::Block(l) => hooks.clone().all(|h| h.stage() < stop || h == HookPoint::ResidPre(l)),
+            _ => false,
+        };
         if req.logits != Logits::None {
             if !c.arch.is_causal_lm() {
                 return Err(ModelError::BadRequest(format!(
@@ -406,8 +412,11 @@ impl Model {
             if Stage::Block(l) > stop {
                 break;
             }
-            end = l + 1;
             x = ctx.hook(HookPoint::ResidPre(l), x)?;
+            if stop_at_input && Stage::Block(l) == stop {
+                break;
+            }
+            end = l + 1;
             x = self.arch.block(l, &x, &env, &mut ctx)?;
             x = ctx.hook(HookPoint::ResidPost(l), x)?;
         }

@@ -52,12 +52,69 @@ impl Linear {
     /// over the batch, which is slower in the forward and, under autograd, materialises a
     /// weight-sized gradient per sequence (the last-position unembedding of a 100-prompt batch
     /// of a GPT-2-sized model took 24 GB).
+    ///
+    /// Under autograd on the CPU the product goes through [`InputOnlyLinear`], whose backward
+    /// gives the input's gradient only: candle's matmul backward also computes the weight's
+    /// (a second matmul per layer and a weight-sized buffer), which helixlab never needs.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.is_contiguous() {
-            Ok(self.inner.forward(x)?)
+        let x = if x.is_contiguous() {
+            x.clone()
         } else {
-            Ok(self.inner.forward(&x.contiguous()?)?)
+            x.contiguous()?
+        };
+        if !(x.track_op() && x.device().is_cpu() && !self.inner.weight().track_op()) {
+            return Ok(self.inner.forward(&x)?);
         }
+        let dims = x.dims().to_vec();
+        let k = dims[dims.len() - 1];
+        let rows = x.elem_count() / k.max(1);
+        let y = x
+            .reshape((rows, k))?
+            .apply_op2(self.inner.weight(), InputOnlyLinear)?;
+        let mut out = dims;
+        *out.last_mut().expect("a linear input has a last dimension") = y.dim(1)?;
+        let y = y.reshape(out)?;
+        Ok(match self.inner.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// `x W^T` for `x: (m, k)` and `W: (n, k)` whose backward returns the gradient of `x` and
+/// none for `W` (the model's weights are constants to every gradient helixlab takes).
+struct InputOnlyLinear;
+
+impl candle_core::CustomOp2 for InputOnlyLinear {
+    fn name(&self) -> &'static str {
+        "linear-input-grad-only"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        lx: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = lx.shape().dims2()?;
+        let (n, k2) = lw.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: input width {k}, weight width {k2}");
+        }
+        let y = x.matmul(w, (1, m, n, k), lx, &lw.transpose(0, 1)?)?;
+        Ok((y, candle_core::Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
     }
 }
 

@@ -119,6 +119,23 @@ fn a_forward_stops_after_the_last_layer_it_needs() {
         )
         .unwrap();
     assert_eq!(embed_only.layers_run, 0..0);
+    // Block 1's input is block 0's output: block 1 is not run for it.
+    let input_only = model
+        .forward(
+            &batch,
+            &ForwardRequest::new()
+                .capture(HookPoint::ResidPre(1), Positions::last())
+                .capture(HookPoint::ResidPre(0), Positions::last()),
+        )
+        .unwrap();
+    assert_eq!(input_only.layers_run, 0..1);
+    let post = model
+        .forward(
+            &batch,
+            &ForwardRequest::new().capture(HookPoint::ResidPost(0), Positions::last()),
+        )
+        .unwrap();
+    assert_eq!(max_diff(&input_only.captures[0], &post.captures[0]), 0.0);
 }
 
 #[test]
