@@ -7,6 +7,8 @@ For each checkpoint (the toy adder; random-weight GPT-2-small- and Pythia-160m-s
 made by make_checkpoints.py) it writes a study file, runs helixlab's setup stages once
 (accuracy, extract, spectral, fit, pairs: untimed), then times, each in its own process:
   extract   resid_pre of every layer at 3 positions of every prompt, written to Parquet
+            (helixlab twice: sharing the prompts' common prefixes, its default, and with
+            share_prefixes = false, every prompt run whole as the Python side does)
   patch     the a-token sweep: every layer x {layer, pca9, helix} x 100 pairs
   grad      d(clean answer logit)/d(mlp.hook_post) at the last token, all neurons, 100 prompts
 on helixlab (`extract`, `patch`, `neuron-grads`; on the toy also `patch` with one full forward
@@ -16,7 +18,8 @@ nnsight the way the paper's code does it: one trace per batch, one trace per pat
 sweeps are per patch). Median over --reps runs; a measurement whose first run takes over 20 s
 is not repeated, to keep `make bench` within its 30 minutes. Peak RSS per process from
 wait4. GFLOP/s from the model FLOPs the work needs (2 x multiply-adds of the blocks it must
-run; x3 for forward + backward), against the f32 matmul peak torch measures in the same run.
+run; x3 for forward + backward; whole prompts for every row, so a run that shares prefixes
+does fewer), against the f32 matmul peak torch measures in the same run.
 
 Writes <out>/bench.md and <out>/bench.parquet.
 """
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -61,6 +65,7 @@ sites = ["hook_resid_pre"]
 layers = "all"
 positions = ["a", "b", "last"]
 batch_size = 100
+share_prefixes = {share}
 
 [analysis]
 position = "a"
@@ -161,19 +166,24 @@ def main():
             str((out / "models" / name).resolve())
         run = (out / "runs" / name).resolve()
         study = out / f"{name}.toml"
-        study.write_text(STUDY.format(name=name, model=model_dir, a=ra, b=rb, run=run))
+        study.write_text(STUDY.format(name=name, model=model_dir, a=ra, b=rb, run=run,
+                                      share="true"))
+        # The same study running every prompt whole (no shared prefixes), in its own run.
+        whole = out / f"{name}-whole.toml"
+        whole.write_text(STUDY.format(name=f"{name}-whole", model=model_dir, a=ra, b=rb,
+                                      run=run.with_name(f"{name}-whole"), share="false"))
         prompts = (ra[1] - ra[0] + 1) * (rb[1] - rb[0] + 1)
         print(f"{name}: {prompts} prompts; setup (untimed)", flush=True)
         for stage in ["accuracy", "extract", "spectral", "fit", "pairs"]:
             run_measured([hx, stage, "--pipeline", str(study)])
-        st = ["--pipeline", str(study), "--force"]
         tb = [PY, str(HERE / "torch_bench.py")]
         common = ["--model", model_dir, "--run", str(run), "--batch", "100"]
 
-        def rust(args, reps, env=None):
+        def rust(args, reps, env=None, study=study):
             res = []
             for _ in range(reps):
-                o, wall, rss = run_measured([hx] + args + st, env)
+                o, wall, rss = run_measured([hx] + args + ["--pipeline", str(study), "--force"],
+                                            env)
                 res.append((rust_work_s(o), wall, rss))
                 if wall > 20:
                     break
@@ -191,7 +201,12 @@ def main():
             return res, check
 
         pyout = ["--out", str(out / "py-extract" / name)]
-        record(name, model_dir, "extract", "helixlab", rust(["extract"], a.reps), prompts)
+        r = rust(["extract"], a.reps)
+        record(name, model_dir, "extract", "helixlab", r, prompts, extract_checksum(run))
+        run_measured([hx, "accuracy", "--pipeline", str(whole)])
+        r = rust(["extract"], a.reps, study=whole)
+        record(name, model_dir, "extract", "helixlab, whole prompts (share_prefixes = false)",
+               r, prompts, extract_checksum(run.with_name(f"{name}-whole")))
         r, c = python("extract", a.reps, pyout)
         record(name, model_dir, "extract", "pytorch+hf, batched", r, prompts, c)
         r, c = python("extract-nnsight", a.reps, pyout)
@@ -224,7 +239,7 @@ def main():
             run = (out / "runs" / f"toy-{label}").resolve()
             study.write_text(STUDY.format(name=f"toy-{label}",
                                           model=pathlib.Path("data/models/toy-adder").resolve(),
-                                          a=[0, 99], b=[0, b_hi], run=run))
+                                          a=[0, 99], b=[0, b_hi], run=run, share="true"))
             run_measured([hx, "accuracy", "--pipeline", str(study)])
             o, wall, rss = run_measured([hx, "extract", "--force", "--pipeline", str(study)])
             rows.append({"model": "toy-adder", "work": f"extract {label} prompts",
@@ -234,6 +249,16 @@ def main():
             print(f"  memory: helixlab extract of {label} toy prompts: {rss:.0f} MiB", flush=True)
 
     write(out, rows, peak, mm["threads"])
+
+
+def extract_checksum(run):
+    """Sum of |activation| over every layer and position, as torch_bench.py sums it."""
+    total = 0.0
+    for f in sorted((run / "activations" / "site=hook_resid_pre").glob("layer=*/*.parquet")):
+        t = pq.read_table(f, columns=["activation"])
+        x = np.asarray(t.column("activation").combine_chunks().flatten(), dtype=np.float32)
+        total += float(np.abs(x).sum())
+    return total
 
 
 def patch_checksum(run):

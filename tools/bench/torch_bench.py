@@ -90,7 +90,7 @@ def extract(model, tok, run, batch, out, nnsight=False):
                 hidden = hs[:n_layers]
             for l in range(n_layers):
                 x = hidden[l][:, pos, :].numpy().astype(np.float32)  # (b, 3, d)
-                checksum += float(np.abs(x[:, 0, :]).sum())
+                checksum += float(np.abs(x).sum())
                 d = x.shape[-1]
                 flat = pa.array(x.reshape(-1), type=pa.float32())
                 table = pa.table({

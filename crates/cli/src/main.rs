@@ -123,7 +123,10 @@ mod tests {
         }
         // SAFETY: reads and sets process-wide integer options.
         let before = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(before, 1000, "mimalloc v3's default purge delay is 1000 ms (src/options.c)");
+        assert_eq!(
+            before, 1000,
+            "mimalloc v3's default purge delay is 1000 ms (src/options.c)"
+        );
         keep_freed_pages();
         let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(after, -1);

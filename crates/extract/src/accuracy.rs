@@ -25,7 +25,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let path = output(p);
     let mut manifest = Manifest {
         stage: "accuracy".into(),
-        settings: serde_json::json!({ "task": p.task }),
+        settings: serde_json::json!({ "task": p.task, "share_prefixes": p.extract.share_prefixes }),
         inputs: Default::default(),
         model: Some(model_identity(p, &model)?),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -62,15 +62,18 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     progress.start("accuracy", encoded.len() as u64);
     for chunk in encoded.chunks(p.extract.batch_size).filter(|_| scored) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let batch = model.batch(&seqs)?;
-        let logits = model
-            .forward(&batch, &ForwardRequest::new().logits(Logits::Last))?
-            .logits
-            .expect("logits were asked for")
-            .to_dtype(helixlab_model::DType::F32)
-            .map_err(helixlab_model::ModelError::from)?
-            .to_vec2::<f32>()
-            .map_err(helixlab_model::ModelError::from)?;
+        let logits = crate::forward_prompts(
+            p,
+            &model,
+            &seqs,
+            &ForwardRequest::new().logits(Logits::Last),
+        )?
+        .logits
+        .expect("logits were asked for")
+        .to_dtype(helixlab_model::DType::F32)
+        .map_err(helixlab_model::ModelError::from)?
+        .to_vec2::<f32>()
+        .map_err(helixlab_model::ModelError::from)?;
         for (e, l) in chunk.iter().zip(logits) {
             let (pred, top) =
                 l.iter()

@@ -11,7 +11,10 @@ use helixlab_store::manifest::now_unix;
 use helixlab_store::Manifest;
 
 use crate::prompts::{encode_task, extraction_offsets};
-use crate::{command_line, load_model, model_identity, resolve_sites, Outcome, Progress, Result};
+use crate::{
+    command_line, forward_prompts, load_model, model_identity, resolve_sites, Outcome, Progress,
+    Result,
+};
 
 struct Target {
     hook: HookPoint,
@@ -36,6 +39,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 "layer": layer,
                 "hook": hook.to_string(),
                 "positions": offsets,
+                "share_prefixes": p.extract.share_prefixes,
             }),
             inputs: Default::default(),
             model: Some(identity.clone()),
@@ -79,8 +83,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             std::process::abort();
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let batch = model.batch(&seqs)?;
-        let out = model.forward(&batch, &req)?;
+        let out = forward_prompts(p, &model, &seqs, &req)?;
         for (w, captured) in writers.iter_mut().zip(&out.captures) {
             let values: Vec<f32> = captured
                 .to_dtype(DType::F32)

@@ -18,7 +18,10 @@ pub mod prompts;
 
 use std::path::PathBuf;
 
-use helixlab_model::{parse_device, parse_dtype, HookPoint, LoadOptions, Model, Tokenizer};
+use helixlab_model::{
+    parse_device, parse_dtype, shared_prefix_split, ForwardOutput, ForwardRequest, HookPoint,
+    LoadOptions, Model, Tokenizer,
+};
 use helixlab_pipeline::{Pipeline, Site};
 use helixlab_store::ModelIdentity;
 
@@ -100,4 +103,25 @@ pub fn resolve_sites(p: &Pipeline, model: &Model) -> Result<Vec<(Site, usize, Ho
 /// The command line, for manifests.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// One forward of a batch of prompts under `req`: through [`Model::forward_shared_prefix`]
+/// when the study shares prefixes (`[extract] share_prefixes`), the prompts have one length
+/// and sharing saves work, otherwise the plain forward.
+pub fn forward_prompts(
+    p: &Pipeline,
+    model: &Model,
+    seqs: &[Vec<u32>],
+    req: &ForwardRequest,
+) -> Result<ForwardOutput> {
+    let pattern = req
+        .captures
+        .iter()
+        .any(|c| matches!(c.hook, HookPoint::AttnPattern(_)));
+    if p.extract.share_prefixes && !pattern && model.config().arch.is_causal_lm() {
+        if let Some(split) = shared_prefix_split(seqs) {
+            return Ok(model.forward_shared_prefix(seqs, split, req)?);
+        }
+    }
+    Ok(model.forward(&model.batch(seqs)?, req)?)
 }

@@ -16,6 +16,9 @@ pub struct Env {
     pub mask: Tensor,
     /// cos/sin tables for rotary models.
     pub rope: Option<RotaryTables>,
+    /// Keys and values of a shared prefix, per layer, `(b, p, kv_heads, d)` (rotated); when
+    /// set, `mask` is `(b, 1, t, p + t)` and queries attend over the prefix's keys first.
+    pub past: Option<Vec<(Tensor, Tensor)>>,
 }
 
 /// Attention of `q: (b, t, heads, d)` over `k, v: (b, t, kv_heads, d)` (already rotated);
@@ -29,9 +32,17 @@ pub fn attend(
     v: &Tensor,
     env: &Env,
 ) -> Result<Tensor> {
-    let (b, t, heads, d) = q.dims4()?;
+    let (b, _, heads, d) = q.dims4()?;
     let kv_heads = k.dim(2)?;
     let dtype = q.dtype();
+    if let Some(record) = ctx.kv_record.as_mut() {
+        record.push((k.contiguous()?, v.contiguous()?));
+    }
+    let (k, v) = match env.past.as_ref().map(|p| &p[layer]) {
+        Some((pk, pv)) => (Tensor::cat(&[pk, k], 1)?, Tensor::cat(&[pv, v], 1)?),
+        None => (k.clone(), v.clone()),
+    };
+    let t = k.dim(1)?;
     let q = q.transpose(1, 2)?.contiguous()?;
     let (k, v) = if kv_heads == heads {
         (k.transpose(1, 2)?, v.transpose(1, 2)?)
@@ -44,7 +55,7 @@ pub fn attend(
                 .expand((b, kv_heads, rep, t, d))?
                 .reshape((b, heads, t, d))?)
         };
-        (expand(k)?, expand(v)?)
+        (expand(&k)?, expand(&v)?)
     };
     let scores = q.matmul(&k.t()?.contiguous()?)?;
     let scores = (scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?;

@@ -20,6 +20,9 @@ pub struct HookCtx<'a> {
     pub captured: Vec<Option<Tensor>>,
     /// Use plain (autograd-recorded) ops instead of fused kernels.
     pub differentiable: bool,
+    /// Every block's keys and values `(b, t, kv_heads, d)`, when a shared-prefix forward
+    /// records them.
+    pub(crate) kv_record: Option<Vec<(Tensor, Tensor)>>,
     device: Device,
 }
 
@@ -43,6 +46,7 @@ impl<'a> HookCtx<'a> {
             live,
             captured: vec![None; captures.len()],
             differentiable,
+            kv_record: None,
             device: device.clone(),
         }
     }

@@ -27,6 +27,7 @@ pub mod error;
 pub mod hook;
 mod model;
 pub mod ops;
+mod prefix;
 pub mod request;
 pub mod rotary;
 pub mod tokenizer;
@@ -37,6 +38,7 @@ pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hook::HookPoint;
 pub use model::{parse_device, parse_dtype, LoadOptions, Model};
+pub use prefix::shared_prefix_split;
 pub use request::{Capture, Edit, ForwardOutput, ForwardRequest, Intervention, Logits, Positions};
 pub use tokenizer::Tokenizer;
 

@@ -330,13 +330,12 @@ impl Model {
         Ok((out, out_grads))
     }
 
-    fn run(
+    /// How far a forward under `req` (with `interventions`) must run.
+    pub(crate) fn plan(
         &self,
-        batch: &Batch,
         req: &ForwardRequest,
         interventions: &[Intervention],
-        differentiable: bool,
-    ) -> Result<ForwardOutput> {
+    ) -> Result<Plan> {
         let c = &self.cfg;
         let hooks = req
             .captures
@@ -348,12 +347,6 @@ impl Model {
             self.check_hook(h)?;
             stop = stop.max(h.stage());
         }
-        // When the last block the request reaches is only read at its input (resid_pre, the
-        // usual extraction), that block is not run: its input is the previous block's output.
-        let stop_at_input = match stop {
-            Stage::Block(l) => hooks.clone().all(|h| h.stage() < stop || h == HookPoint::ResidPre(l)),
-            _ => false,
-        };
         if req.logits != Logits::None {
             if !c.arch.is_causal_lm() {
                 return Err(ModelError::BadRequest(format!(
@@ -363,6 +356,61 @@ impl Model {
             }
             stop = Stage::Final;
         }
+        // When the last block the request reaches is only read at its input (resid_pre, the
+        // usual extraction), that block is not run: its input is the previous block's output.
+        let stop_at_input = match stop {
+            Stage::Block(l) => hooks
+                .clone()
+                .all(|h| h.stage() < stop || h == HookPoint::ResidPre(l)),
+            _ => false,
+        };
+        Ok(Plan {
+            stop,
+            stop_at_input,
+        })
+    }
+
+    fn run(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        interventions: &[Intervention],
+        differentiable: bool,
+    ) -> Result<ForwardOutput> {
+        Ok(self
+            .run_with(
+                batch,
+                req,
+                interventions,
+                differentiable,
+                RunExtras::default(),
+            )?
+            .0)
+    }
+
+    /// The forward driver; `extras` lets the shared-prefix forward run a fixed plan, record
+    /// keys and values, or attend over a prefix's (see `prefix.rs`).
+    pub(crate) fn run_with(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        interventions: &[Intervention],
+        differentiable: bool,
+        extras: RunExtras,
+    ) -> Result<(ForwardOutput, Option<KeysValues>)> {
+        let c = &self.cfg;
+        let hooks = req
+            .captures
+            .iter()
+            .map(|c| c.hook)
+            .chain(interventions.iter().map(|i| i.hook));
+        let Plan {
+            stop,
+            stop_at_input,
+        } = match extras.plan {
+            Some(p) => p,
+            None => self.plan(req, interventions)?,
+        };
         let start = match &req.resume {
             None => 0,
             Some(r) => {
@@ -400,12 +448,23 @@ impl Model {
             Some(r) => r.resid.to_dtype(self.dtype)?,
             None => self.arch.embed(batch, &mut ctx)?,
         };
+        if extras.record_kv {
+            ctx.kv_record = Some(Vec::new());
+        }
+        let (past, mask) = match extras.past {
+            Some((kv, mask)) => (Some(kv), mask),
+            None => (
+                None,
+                batch.attention_mask(c.arch.is_causal_lm(), &self.device)?,
+            ),
+        };
         let env = Env {
-            mask: batch.attention_mask(c.arch.is_causal_lm(), &self.device)?,
+            mask,
             rope: match self.arch.rotary() {
                 Some(r) => Some(r.tables(&batch.position_ids, self.dtype, &self.device)?),
                 None => None,
             },
+            past,
         };
         let mut end = start;
         for l in start..c.n_layers {
@@ -456,10 +515,34 @@ impl Model {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(ForwardOutput {
-            logits,
-            captures,
-            layers_run: start..end,
-        })
+        Ok((
+            ForwardOutput {
+                logits,
+                captures,
+                layers_run: start..end,
+            },
+            ctx.kv_record,
+        ))
     }
 }
+
+/// How far a forward runs: up to `stop`, and whether it stops at that block's input.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub stop: Stage,
+    pub stop_at_input: bool,
+}
+
+/// What the shared-prefix forward adds to a plain one.
+#[derive(Default)]
+pub(crate) struct RunExtras {
+    /// Run this plan instead of the request's own.
+    pub plan: Option<Plan>,
+    /// Record every block's (rotated) keys and values.
+    pub record_kv: bool,
+    /// A prefix's keys and values per layer and the mask over prefix + own keys.
+    pub past: Option<(KeysValues, Tensor)>,
+}
+
+/// Keys and values `(b, t, kv_heads, d)` of every block run, by layer.
+pub(crate) type KeysValues = Vec<(Tensor, Tensor)>;

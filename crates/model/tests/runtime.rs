@@ -303,3 +303,101 @@ fn gradients_agree_with_finite_differences() {
         );
     }
 }
+
+#[test]
+fn sharing_prefixes_gives_the_plain_forward() {
+    for case in [
+        "gpt2_tied",
+        "gptj_rotary_partial",
+        "llama_gqa_llama3",
+        "neox_parallel",
+        "neox_sequential",
+    ] {
+        let model = load(case);
+        let cfg = model.config().clone();
+        let vocab = cfg.vocab_size as u32;
+        // 12 sequences of 7 tokens: 3 distinct 3-token prefixes, then differing tails.
+        let seqs: Vec<Vec<u32>> = (0..12u32)
+            .map(|i| {
+                let p = i % 3;
+                vec![
+                    (p * 7 + 1) % vocab,
+                    (p * 11 + 2) % vocab,
+                    5 % vocab,
+                    (i * 13 + 3) % vocab,
+                    (i * 17 + 4) % vocab,
+                    6 % vocab,
+                    (i * 5 + 7) % vocab,
+                ]
+            })
+            .collect();
+        assert_eq!(
+            helixlab_model::shared_prefix_split(&seqs),
+            Some(3),
+            "{case}"
+        );
+        let last = cfg.n_layers - 1;
+        let mut req = ForwardRequest::new()
+            .capture(HookPoint::ResidPre(0), Positions::At(vec![-1, 0, 2, -4]))
+            .capture(HookPoint::AttnK(0), Positions::All)
+            .capture(HookPoint::AttnZ(last), Positions::At(vec![1, -2]))
+            .capture(HookPoint::MlpPost(last), Positions::last())
+            .logits(Logits::Last);
+        for l in 0..cfg.n_layers {
+            req = req.capture(HookPoint::ResidPre(l), Positions::At(vec![0, 3, -1]));
+        }
+        let plain = model.forward(&model.batch(&seqs).unwrap(), &req).unwrap();
+        let shared = model.forward_shared_prefix(&seqs, 3, &req).unwrap();
+        assert_eq!(plain.captures.len(), shared.captures.len());
+        for (i, (a, b)) in plain.captures.iter().zip(&shared.captures).enumerate() {
+            assert_eq!(a.dims(), b.dims(), "{case}: capture {i}");
+            let scale = max_abs(a).max(1.0);
+            assert!(
+                max_diff(a, b) <= 1e-5 * scale,
+                "{case}: capture {i} differs by {}",
+                max_diff(a, b)
+            );
+        }
+        let (a, b) = (plain.logits.unwrap(), shared.logits.unwrap());
+        assert!(
+            max_diff(&a, &b) <= 1e-4,
+            "{case}: logits differ by {}",
+            max_diff(&a, &b)
+        );
+        // Read only at layer inputs: the same plan, so the same blocks run.
+        let inputs = ForwardRequest::new().capture(HookPoint::ResidPre(last), Positions::last());
+        let plain = model
+            .forward(&model.batch(&seqs).unwrap(), &inputs)
+            .unwrap();
+        let shared = model.forward_shared_prefix(&seqs, 2, &inputs).unwrap();
+        assert_eq!(plain.layers_run, shared.layers_run);
+        assert!(
+            max_diff(&plain.captures[0], &shared.captures[0]) <= 1e-4,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn the_shared_prefix_forward_refuses_what_it_cannot_do() {
+    let model = load("gpt2_tied");
+    let seqs = vec![vec![1, 2, 3], vec![1, 2, 4]];
+    let err = |req: ForwardRequest, split: usize| {
+        model
+            .forward_shared_prefix(&seqs, split, &req)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(ForwardRequest::new(), 3).contains("split 3"));
+    assert!(err(
+        ForwardRequest::new().capture(HookPoint::AttnPattern(0), Positions::last()),
+        2
+    )
+    .contains("blocks.0.attn.hook_pattern"));
+    assert!(err(ForwardRequest::new().logits(Logits::All), 2).contains("last-position"));
+    assert!(model
+        .forward_shared_prefix(&[vec![1, 2], vec![1, 2, 3]], 1, &ForwardRequest::new())
+        .unwrap_err()
+        .to_string()
+        .contains("differ in length"));
+}

@@ -61,6 +61,10 @@ fn default_dtype() -> String {
 fn default_device() -> String {
     "cpu".into()
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_batch() -> usize {
     256
 }
@@ -145,6 +149,12 @@ pub struct ExtractSection {
     /// Prompts per forward pass.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Run a prefix several prompts of a batch share (`37+` in `37+45=` and `37+46=`, or an
+    /// instruction before every problem) once, and only the rest of each prompt (results equal
+    /// to float rounding; a causal model's activations over a prefix do not depend on what
+    /// follows). On by default; off runs every prompt whole.
+    #[serde(default = "default_true")]
+    pub share_prefixes: bool,
 }
 
 /// `[output]`.

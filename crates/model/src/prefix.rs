@@ -1,0 +1,260 @@
+//! Forwards that share the computation of common prefixes.
+//!
+//! In a causal model a token's activations depend only on the tokens up to it, so prompts
+//! that start with the same tokens (`37+45=` and `37+46=` share `37+`; an instruction before
+//! every problem is shared by all of them) have identical activations over that prefix. The
+//! shared-prefix forward runs each distinct prefix once, keeps its keys and values, and runs
+//! only the rest of every sequence, attending over the prefix's keys first. The results are
+//! the plain forward's up to float rounding (different matrix shapes; tests compare them).
+//!
+//! It covers what extraction and accuracy need: captures at any hook but the attention
+//! pattern (whose key axis would be the suffix's), and last-position logits. No
+//! interventions, no resume, no gradients, unpadded sequences of one length.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::hook::HookPoint;
+use crate::model::{Model, RunExtras};
+use crate::request::{Capture, ForwardOutput, ForwardRequest, Logits, Positions};
+
+/// Where to split `sequences` for [`Model::forward_shared_prefix`]: the prefix length that
+/// minimises the tokens to run (each distinct prefix once, every suffix), or `None` when the
+/// sequences differ in length or sharing would save less than a tenth of the tokens.
+pub fn shared_prefix_split(sequences: &[Vec<u32>]) -> Option<usize> {
+    let n = sequences.len();
+    let len = sequences.first()?.len();
+    if n < 2 || len < 2 || sequences.iter().any(|s| s.len() != len) {
+        return None;
+    }
+    let full = n * len;
+    let mut best: Option<(usize, usize)> = None;
+    for split in 1..len {
+        let distinct: HashSet<&[u32]> = sequences.iter().map(|s| &s[..split]).collect();
+        let cost = distinct.len() * split + n * (len - split);
+        if best.is_none_or(|(c, _)| cost < c) {
+            best = Some((cost, split));
+        }
+    }
+    let (cost, split) = best?;
+    (cost * 10 <= full * 9).then_some(split)
+}
+
+impl Model {
+    /// Runs `sequences` (unpadded, one length) as [`Model::forward`] would, but each distinct
+    /// `sequences[i][..split]` once: its keys and values are computed once and every
+    /// sequence's remaining tokens attend over them. Captures come back laid out as the plain
+    /// forward's (positions are of the whole sequence).
+    pub fn forward_shared_prefix(
+        &self,
+        sequences: &[Vec<u32>],
+        split: usize,
+        req: &ForwardRequest,
+    ) -> Result<ForwardOutput> {
+        let bad = |m: String| {
+            Err(ModelError::BadRequest(format!(
+                "shared-prefix forward: {m}"
+            )))
+        };
+        let Some(len) = sequences.first().map(Vec::len) else {
+            return bad("no sequences".into());
+        };
+        if sequences.iter().any(|s| s.len() != len) {
+            return bad("the sequences differ in length".into());
+        }
+        if split == 0 || split >= len {
+            return bad(format!(
+                "split {split} is not inside sequences of {len} tokens"
+            ));
+        }
+        if !self.config().arch.is_causal_lm() {
+            return bad(format!("{} is not causal", self.config().arch.model_type()));
+        }
+        if !req.interventions.is_empty() || req.resume.is_some() {
+            return bad("interventions and resume are not supported".into());
+        }
+        if req.logits == Logits::All {
+            return bad("only last-position logits are supported".into());
+        }
+        if let Some(c) = req
+            .captures
+            .iter()
+            .find(|c| matches!(c.hook, HookPoint::AttnPattern(_)))
+        {
+            return bad(format!(
+                "{} cannot be captured (its key axis is split)",
+                c.hook
+            ));
+        }
+        let device = self.device().clone();
+        // Distinct prefixes, and which one each sequence uses.
+        let mut index: HashMap<&[u32], u32> = HashMap::new();
+        let mut prefixes: Vec<Vec<u32>> = Vec::new();
+        let mut owner = Vec::with_capacity(sequences.len());
+        for s in sequences {
+            let id = *index.entry(&s[..split]).or_insert_with(|| {
+                prefixes.push(s[..split].to_vec());
+                (prefixes.len() - 1) as u32
+            });
+            owner.push(id);
+        }
+        let owner = Tensor::new(owner.as_slice(), &device)?;
+        // Every requested position as an index into the whole sequence.
+        let absolute = |c: &Capture| -> Result<Vec<usize>> {
+            match &c.positions {
+                Positions::All => Ok((0..len).collect()),
+                Positions::At(ps) => ps
+                    .iter()
+                    .map(|&p| {
+                        let i = if p < 0 { len as i64 + p } else { p };
+                        if i < 0 || i >= len as i64 {
+                            Err(ModelError::BadRequest(format!(
+                                "position {p} is outside sequences of {len} tokens"
+                            )))
+                        } else {
+                            Ok(i as usize)
+                        }
+                    })
+                    .collect(),
+            }
+        };
+        let wanted = req
+            .captures
+            .iter()
+            .map(absolute)
+            .collect::<Result<Vec<_>>>()?;
+        let part = |lo: usize, hi: usize| -> ForwardRequest {
+            let mut r = ForwardRequest::new();
+            for (c, idx) in req.captures.iter().zip(&wanted) {
+                let ps: Vec<i64> = idx
+                    .iter()
+                    .filter(|&&i| i >= lo && i < hi)
+                    .map(|&i| (i - lo) as i64)
+                    .collect();
+                if !ps.is_empty() {
+                    r = r.capture(c.hook, Positions::At(ps));
+                }
+            }
+            r
+        };
+        let plan = self.plan(req, &[])?;
+        // The prefixes, recording keys and values through every block the request needs.
+        let head_req = part(0, split);
+        let head_batch = self.batch(&prefixes)?;
+        let (head, kv) = self.run_with(
+            &head_batch,
+            &head_req,
+            &[],
+            false,
+            RunExtras {
+                plan: Some(plan),
+                record_kv: true,
+                past: None,
+            },
+        )?;
+        let kv = kv.unwrap_or_default();
+        let past = kv
+            .iter()
+            .map(|(k, v)| Ok((k.index_select(&owner, 0)?, v.index_select(&owner, 0)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // The rest of every sequence, at positions split.., over the prefix's keys.
+        let tails: Vec<Vec<u32>> = sequences.iter().map(|s| s[split..].to_vec()).collect();
+        let mut tail_batch = self.batch(&tails)?;
+        for p in &mut tail_batch.position_ids {
+            p.iter_mut().for_each(|x| *x += split as u32);
+        }
+        let mut tail_req = part(split, len);
+        tail_req.logits = req.logits;
+        let mask = prefix_mask(sequences.len(), split, len - split, &device)?;
+        let (tail, _) = self.run_with(
+            &tail_batch,
+            &tail_req,
+            &[],
+            false,
+            RunExtras {
+                plan: Some(plan),
+                record_kv: false,
+                past: Some((past, mask)),
+            },
+        )?;
+        // Reassemble every capture in the requested position order.
+        let mut head_caps = head_req.captures.iter().zip(head.captures);
+        let mut tail_caps = tail_req.captures.iter().zip(tail.captures);
+        let mut captures = Vec::with_capacity(req.captures.len());
+        for idx in &wanted {
+            let from_head = idx.iter().any(|&i| i < split);
+            let from_tail = idx.iter().any(|&i| i >= split);
+            let h = if from_head {
+                Some(
+                    head_caps
+                        .next()
+                        .expect("one head capture per capture with prefix positions")
+                        .1
+                        .contiguous()?
+                        .index_select(&owner, 0)?,
+                )
+            } else {
+                None
+            };
+            let t = if from_tail {
+                Some(
+                    tail_caps
+                        .next()
+                        .expect("one tail capture per capture with later positions")
+                        .1,
+                )
+            } else {
+                None
+            };
+            let (mut hi, mut ti) = (0usize, 0usize);
+            let mut columns = Vec::with_capacity(idx.len());
+            for &i in idx {
+                columns.push(if i < split {
+                    hi += 1;
+                    h.as_ref().expect("head capture").narrow(1, hi - 1, 1)?
+                } else {
+                    ti += 1;
+                    t.as_ref().expect("tail capture").narrow(1, ti - 1, 1)?
+                });
+            }
+            captures.push(Tensor::cat(&columns, 1)?);
+        }
+        Ok(ForwardOutput {
+            logits: tail.logits,
+            captures,
+            layers_run: tail.layers_run,
+        })
+    }
+}
+
+/// The additive mask of `t` queries over `p` prefix keys (all visible) and their own `t` keys
+/// (causal): `(b, 1, t, p + t)`.
+fn prefix_mask(b: usize, p: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; t * (p + t)];
+    for q in 0..t {
+        for k in (p + q + 1)..(p + t) {
+            m[q * (p + t) + k] = f32::MIN / 2.0;
+        }
+    }
+    let _ = b;
+    Ok(Tensor::from_vec(m, (1, 1, t, p + t), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_runs_the_fewest_tokens() {
+        // 10 prompts per first token, 4 tokens: sharing 2 tokens runs 10*2 + 100*2 = 220.
+        let seqs: Vec<Vec<u32>> = (0..100u32)
+            .map(|i| vec![i / 10, 100, i % 10, 101])
+            .collect();
+        assert_eq!(shared_prefix_split(&seqs), Some(2));
+        let distinct: Vec<Vec<u32>> = (0..100u32).map(|i| vec![i, 100, i, 101]).collect();
+        assert_eq!(shared_prefix_split(&distinct), None);
+        assert_eq!(shared_prefix_split(&[vec![1, 2], vec![1, 2, 3]]), None);
+    }
+}
