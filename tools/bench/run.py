@@ -16,8 +16,8 @@ per pair patch) and on the Python side (tools/bench/torch_bench.py: batched HF +
 nnsight the way the paper's code does it: one trace per batch, one trace per patch; on the
 12-layer checkpoints the trace-per-patch sweep runs the first 20 pairs, and ratios of patch
 sweeps are per patch). Median over --reps runs; a measurement whose first run takes over 20 s
-is not repeated, to keep `make bench` within its 30 minutes. Peak RSS per process from
-wait4. GFLOP/s from the model FLOPs the work needs (2 x multiply-adds of the blocks it must
+is not repeated, to keep `make bench` within its 30 minutes. Peak RSS of each measured
+process from wait4 in a small spawner (see SPAWN). GFLOP/s from the model FLOPs the work needs (2 x multiply-adds of the blocks it must
 run; x3 for forward + backward; whole prompts for every row, so a run that shares prefixes
 does fewer), against the f32 matmul peak torch measures in the same run.
 
@@ -81,22 +81,39 @@ dir = "{run}"
 """
 
 
+# Runs argv[2:] as a child of this small process and writes its exit code and peak RSS to
+# argv[1]. Why not wait4 from the driver directly: Linux carries a process's peak RSS across
+# exec, so a child forked from the driver (numpy and pyarrow loaded, tables read) starts with
+# the driver's RSS as its floor. A child of a fresh `python -S` starts from ~10 MB.
+SPAWN = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, f)
+"""
+
+
 def run_measured(cmd, env=None):
-    """Runs cmd; returns (stdout, wall seconds, peak RSS in MiB of that process alone: os.wait4
-    on its pid)."""
+    """Runs cmd; returns (stdout, wall seconds, peak RSS in MiB of that process alone)."""
     start = time.perf_counter()
+    rss_file = "/tmp/helixlab-bench.rss"
     with open(os.devnull, "w") as devnull, open("/tmp/helixlab-bench.out", "w+") as out_f:
-        p = subprocess.Popen(cmd, stdout=out_f, stderr=devnull,
-                             env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(p.pid, 0)
+        p = subprocess.Popen([sys.executable, "-S", "-c", SPAWN, rss_file] + list(map(str, cmd)),
+                             stdout=out_f, stderr=devnull, env={**os.environ, **(env or {})})
+        p.wait()
         wall = time.perf_counter() - start
         out_f.seek(0)
         out = out_f.read()
-    if os.waitstatus_to_exitcode(status) != 0:
+    with open(rss_file) as f:
+        child = json.load(f)
+    if child["code"] != 0:
         # Rerun to show the error.
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
         sys.exit(f"{' '.join(map(str, cmd))} failed:\n{r.stderr[-3000:]}")
-    return out, wall, usage.ru_maxrss / 1024.0
+    return out, wall, child["maxrss_kib"] / 1024.0
 
 
 def rust_work_s(out):

@@ -283,12 +283,31 @@ impl Model {
     ///
     /// The gradient is taken at an added zero perturbation, after the request's own
     /// interventions at that hook.
+    ///
+    /// When everything the request and the targets touch is at the last position of unpadded
+    /// sequences (attribution to the answer token), only the last position is differentiated:
+    /// the positions before it cannot see it in a causal model, so they run once without
+    /// autograd (fused kernels) and the last token attends over their keys and values. Same
+    /// gradients, a quarter of the graph for `a+b=` prompts.
     pub fn forward_with_grad(
         &self,
         batch: &Batch,
         req: &ForwardRequest,
         targets: &[Capture],
         metric: impl Fn(&ForwardOutput) -> candle_core::Result<Tensor>,
+    ) -> Result<(ForwardOutput, Vec<Tensor>)> {
+        self.forward_with_grad_as(batch, req, targets, metric, true)
+    }
+
+    /// [`Model::forward_with_grad`], with the last-position shortcut allowed or not (tests
+    /// compare the two).
+    pub(crate) fn forward_with_grad_as(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        targets: &[Capture],
+        metric: impl Fn(&ForwardOutput) -> candle_core::Result<Tensor>,
+        last_only_shortcut: bool,
     ) -> Result<(ForwardOutput, Vec<Tensor>)> {
         let mut interventions = req.interventions.clone();
         let mut vars = Vec::with_capacity(targets.len());
@@ -310,7 +329,11 @@ impl Model {
             });
             vars.push(var);
         }
-        let out = self.run(batch, req, &interventions, true)?;
+        let out = if last_only_shortcut && self.last_position_only(batch, req, targets) {
+            self.run_last_position_differentiable(batch, req, &interventions)?
+        } else {
+            self.run(batch, req, &interventions, true)?
+        };
         let m = metric(&out)?;
         if m.elem_count() != 1 {
             return Err(ModelError::BadRequest(format!(
@@ -368,6 +391,99 @@ impl Model {
             stop,
             stop_at_input,
         })
+    }
+
+    /// Whether a gradient request reads and changes the last position only, of sequences
+    /// without padding (see [`Model::forward_with_grad`]).
+    fn last_position_only(&self, batch: &Batch, req: &ForwardRequest, targets: &[Capture]) -> bool {
+        let last = |p: &Positions| matches!(p, Positions::At(ps) if ps.iter().all(|&i| i == -1 || i == batch.seq_len as i64 - 1));
+        let hooks_ok =
+            |h: HookPoint| !matches!(h, HookPoint::AttnPattern(_)) && h.stage() != Stage::Embedding;
+        self.cfg.arch.is_causal_lm()
+            && batch.seq_len > 1
+            && batch.lengths.iter().all(|&l| l == batch.seq_len)
+            && req.resume.is_none()
+            && req.logits != Logits::All
+            && targets
+                .iter()
+                .all(|t| last(&t.positions) && hooks_ok(t.hook))
+            && req
+                .captures
+                .iter()
+                .all(|c| last(&c.positions) && hooks_ok(c.hook))
+            && req
+                .interventions
+                .iter()
+                .all(|i| last(&i.positions) && hooks_ok(i.hook))
+    }
+
+    /// The positions before the last without autograd, recording keys and values; then the
+    /// last position alone, differentiable, attending over them.
+    fn run_last_position_differentiable(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        interventions: &[Intervention],
+    ) -> Result<ForwardOutput> {
+        let (b, t) = (batch.size(), batch.seq_len);
+        let plan = self.plan(req, interventions)?;
+        let head = Batch {
+            input_ids: batch.input_ids.narrow(1, 0, t - 1)?,
+            lengths: vec![t - 1; b],
+            position_ids: batch
+                .position_ids
+                .iter()
+                .map(|p| p[..t - 1].to_vec())
+                .collect(),
+            seq_len: t - 1,
+        };
+        let (_, kv) = self.run_with(
+            &head,
+            &ForwardRequest::new(),
+            &[],
+            false,
+            RunExtras {
+                plan: Some(plan),
+                record_kv: true,
+                past: None,
+            },
+        )?;
+        let tail = Batch {
+            input_ids: batch.input_ids.narrow(1, t - 1, 1)?,
+            lengths: vec![1; b],
+            position_ids: batch.position_ids.iter().map(|p| vec![p[t - 1]]).collect(),
+            seq_len: 1,
+        };
+        // Positions were checked to be the last one; in the one-token tail that is -1.
+        let at_last = |p: &Positions| match p {
+            Positions::At(ps) => Positions::At(vec![-1; ps.len()]),
+            Positions::All => Positions::All,
+        };
+        let mut tail_req = req.clone();
+        for c in &mut tail_req.captures {
+            c.positions = at_last(&c.positions);
+        }
+        let interventions: Vec<Intervention> = interventions
+            .iter()
+            .map(|i| Intervention {
+                positions: at_last(&i.positions),
+                ..i.clone()
+            })
+            .collect();
+        let mask = Tensor::zeros((1, 1, 1, t), DType::F32, &self.device)?;
+        Ok(self
+            .run_with(
+                &tail,
+                &tail_req,
+                &interventions,
+                true,
+                RunExtras {
+                    plan: Some(plan),
+                    record_kv: false,
+                    past: Some((kv.unwrap_or_default(), mask)),
+                },
+            )?
+            .0)
     }
 
     fn run(

@@ -258,3 +258,114 @@ mod tests {
         assert_eq!(shared_prefix_split(&[vec![1, 2], vec![1, 2, 3]]), None);
     }
 }
+
+#[cfg(test)]
+mod grad_tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use crate::hook::HookPoint;
+    use crate::model::{LoadOptions, Model};
+    use crate::request::{Capture, ForwardRequest, Logits, Positions};
+
+    /// The last-position shortcut of `forward_with_grad` against the whole differentiable
+    /// forward, on every causal architecture.
+    #[test]
+    fn last_position_gradients_equal_the_whole_backward() {
+        for case in [
+            "gpt2_tied",
+            "gptj_rotary_partial",
+            "llama_gqa_llama3",
+            "neox_parallel",
+            "neox_sequential",
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/parity")
+                .join(case);
+            let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+            let cfg = model.config().clone();
+            let vocab = cfg.vocab_size as u32;
+            let seqs: Vec<Vec<u32>> = (0..5u32)
+                .map(|i| (0..6u32).map(|j| (i * 31 + j * 7 + 1) % vocab).collect())
+                .collect();
+            let batch = model.batch(&seqs).unwrap();
+            let targets: Vec<Capture> = [
+                HookPoint::MlpPost(0),
+                HookPoint::ResidPre(1),
+                HookPoint::AttnZ(cfg.n_layers - 1),
+            ]
+            .into_iter()
+            .map(|hook| Capture {
+                hook,
+                positions: Positions::last(),
+            })
+            .collect();
+            let w = Tensor::arange(0f32, cfg.vocab_size as f32, &Device::Cpu)
+                .unwrap()
+                .affine(1.0 / cfg.vocab_size as f64, -0.5)
+                .unwrap();
+            let metric = |o: &crate::request::ForwardOutput| {
+                o.logits.as_ref().unwrap().broadcast_mul(&w)?.sum_all()
+            };
+            let req = ForwardRequest::new()
+                .capture(HookPoint::ResidPost(0), Positions::last())
+                .logits(Logits::Last);
+            let (fast_out, fast) = model
+                .forward_with_grad_as(&batch, &req, &targets, metric, true)
+                .unwrap();
+            let (slow_out, slow) = model
+                .forward_with_grad_as(&batch, &req, &targets, metric, false)
+                .unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let scale = |a: &Tensor| {
+                a.abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .max(1e-3)
+            };
+            assert!(
+                diff(
+                    fast_out.logits.as_ref().unwrap(),
+                    slow_out.logits.as_ref().unwrap()
+                ) < 1e-4,
+                "{case}: logits"
+            );
+            assert!(
+                diff(&fast_out.captures[0], &slow_out.captures[0]) < 1e-4,
+                "{case}"
+            );
+            for (t, (f, s)) in targets.iter().zip(fast.iter().zip(&slow)) {
+                assert_eq!(f.dims(), s.dims(), "{case}: {}", t.hook);
+                assert!(
+                    scale(s) > 1e-6,
+                    "{case}: {} has no gradient to compare",
+                    t.hook
+                );
+                assert!(
+                    diff(f, s) <= 1e-4 * scale(s),
+                    "{case}: {} differs by {} (scale {})",
+                    t.hook,
+                    diff(f, s),
+                    scale(s)
+                );
+            }
+        }
+    }
+}
