@@ -437,17 +437,7 @@ impl Model {
                 .collect(),
             seq_len: t - 1,
         };
-        let (_, kv) = self.run_with(
-            &head,
-            &ForwardRequest::new(),
-            &[],
-            false,
-            RunExtras {
-                plan: Some(plan),
-                record_kv: true,
-                past: None,
-            },
-        )?;
+        let (_, kv) = self.run_recording(&head, &ForwardRequest::new(), plan)?;
         let tail = Batch {
             input_ids: batch.input_ids.narrow(1, t - 1, 1)?,
             lengths: vec![1; b],
@@ -480,10 +470,32 @@ impl Model {
                 RunExtras {
                     plan: Some(plan),
                     record_kv: false,
-                    past: Some((kv.unwrap_or_default(), mask)),
+                    past: Some((kv, mask)),
                 },
             )?
             .0)
+    }
+
+    /// Runs `batch` under `req` through `plan` without autograd, recording every block's keys
+    /// and values (the first half of the shared-prefix and last-position forwards).
+    pub(crate) fn run_recording(
+        &self,
+        batch: &Batch,
+        req: &ForwardRequest,
+        plan: Plan,
+    ) -> Result<(ForwardOutput, KeysValues)> {
+        let (out, kv) = self.run_with(
+            batch,
+            req,
+            &[],
+            false,
+            RunExtras {
+                plan: Some(plan),
+                record_kv: true,
+                past: None,
+            },
+        )?;
+        Ok((out, kv.unwrap_or_default()))
     }
 
     fn run(

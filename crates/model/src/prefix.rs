@@ -143,18 +143,7 @@ impl Model {
         // The prefixes, recording keys and values through every block the request needs.
         let head_req = part(0, split);
         let head_batch = self.batch(&prefixes)?;
-        let (head, kv) = self.run_with(
-            &head_batch,
-            &head_req,
-            &[],
-            false,
-            RunExtras {
-                plan: Some(plan),
-                record_kv: true,
-                past: None,
-            },
-        )?;
-        let kv = kv.unwrap_or_default();
+        let (head, kv) = self.run_recording(&head_batch, &head_req, plan)?;
         let past = kv
             .iter()
             .map(|(k, v)| Ok((k.index_select(&owner, 0)?, v.index_select(&owner, 0)?)))
