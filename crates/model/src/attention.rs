@@ -17,7 +17,8 @@ pub struct Env {
     /// cos/sin tables for rotary models.
     pub rope: Option<RotaryTables>,
     /// Keys and values of a shared prefix, per layer, `(b, p, kv_heads, d)` (rotated); when
-    /// set, `mask` is `(b, 1, t, p + t)` and queries attend over the prefix's keys first.
+    /// set, `mask` covers `p + t` keys (`(b or 1, 1, t, p + t)`) and queries attend over the
+    /// prefix's keys first.
     pub past: Option<Vec<(Tensor, Tensor)>>,
 }
 

@@ -360,11 +360,7 @@ impl Model {
         interventions: &[Intervention],
     ) -> Result<Plan> {
         let c = &self.cfg;
-        let hooks = req
-            .captures
-            .iter()
-            .map(|c| c.hook)
-            .chain(interventions.iter().map(|i| i.hook));
+        let hooks = hooks_of(req, interventions);
         let mut stop = Stage::Embedding;
         for h in hooks.clone() {
             self.check_hook(h)?;
@@ -527,11 +523,7 @@ impl Model {
         extras: RunExtras,
     ) -> Result<(ForwardOutput, Option<KeysValues>)> {
         let c = &self.cfg;
-        let hooks = req
-            .captures
-            .iter()
-            .map(|c| c.hook)
-            .chain(interventions.iter().map(|i| i.hook));
+        let hooks = hooks_of(req, interventions);
         let Plan {
             stop,
             stop_at_input,
@@ -652,6 +644,17 @@ impl Model {
             ctx.kv_record,
         ))
     }
+}
+
+/// Every hook a forward under `req` with `interventions` reads or changes.
+fn hooks_of<'a>(
+    req: &'a ForwardRequest,
+    interventions: &'a [Intervention],
+) -> impl Iterator<Item = HookPoint> + Clone + 'a {
+    req.captures
+        .iter()
+        .map(|c| c.hook)
+        .chain(interventions.iter().map(|i| i.hook))
 }
 
 /// How far a forward runs: up to `stop`, and whether it stops at that block's input.

@@ -156,7 +156,7 @@ impl Model {
         }
         let mut tail_req = part(split, len);
         tail_req.logits = req.logits;
-        let mask = prefix_mask(sequences.len(), split, len - split, &device)?;
+        let mask = prefix_mask(split, len - split, &device)?;
         let (tail, _) = self.run_with(
             &tail_batch,
             &tail_req,
@@ -219,15 +219,14 @@ impl Model {
 }
 
 /// The additive mask of `t` queries over `p` prefix keys (all visible) and their own `t` keys
-/// (causal): `(b, 1, t, p + t)`.
-fn prefix_mask(b: usize, p: usize, t: usize, device: &Device) -> Result<Tensor> {
+/// (causal): `(1, 1, t, p + t)`, broadcast over the batch and heads.
+fn prefix_mask(p: usize, t: usize, device: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; t * (p + t)];
     for q in 0..t {
         for k in (p + q + 1)..(p + t) {
             m[q * (p + t) + k] = f32::MIN / 2.0;
         }
     }
-    let _ = b;
     Ok(Tensor::from_vec(m, (1, 1, t, p + t), device)?)
 }
 
