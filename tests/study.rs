@@ -290,7 +290,7 @@ fn the_matrix_reader_matches_a_direct_capture() {
     assert_eq!((m.a[1234], m.b[1234]), (24, Some(34)));
     let dir = root().join("data/models/toy-adder");
     let model = Model::load(&dir, &LoadOptions::default()).unwrap();
-    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let tok = Tokenizer::for_checkpoint(&dir).unwrap();
     let ids = tok.encode("24+34=", false).unwrap();
     let batch = model.batch(&[ids]).unwrap();
     let req = ForwardRequest::new().capture(HookPoint::ResidPre(1), Positions::At(vec![-4]));

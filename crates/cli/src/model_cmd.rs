@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use helixlab_model::{
-    parse_device, parse_dtype, DType, ForwardRequest, HookPoint, LoadOptions, Logits, Model,
-    Positions, Tensor, Tokenizer,
+    parse_device, parse_dtype, Checkpoint, DType, ForwardRequest, HookPoint, LoadOptions, Logits,
+    Model, Positions, Tensor, Tokenizer,
 };
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
-    /// Load a model directory and report its architecture, sizes, hooks and the range of
-    /// numbers that are single tokens.
+    /// Load a checkpoint (an HF directory or a GGUF file) and report its architecture, sizes,
+    /// stored tensor types, hooks and the range of numbers that are single tokens.
     Check(CheckArgs),
     /// Run one prompt and save its token ids, logits and hook activations to a
     /// .safetensors file (for quick looks and comparisons with other tools).
@@ -22,7 +22,8 @@ pub enum ModelCommand {
 
 #[derive(Args)]
 pub struct Load {
-    /// The model directory (config.json, model.safetensors or pytorch_model.bin, tokenizer).
+    /// The checkpoint: an HF directory (config.json, model.safetensors or pytorch_model.bin,
+    /// tokenizer), a .gguf file, or a directory holding one .gguf file.
     pub dir: PathBuf,
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
@@ -88,7 +89,7 @@ fn dtype_name(d: DType) -> &'static str {
 fn check(a: &CheckArgs) -> Result<()> {
     let model = a.load.open()?;
     let c = model.config();
-    let tok = Tokenizer::from_dir(&a.load.dir);
+    let tok = Tokenizer::for_checkpoint(&a.load.dir);
     let (tokenizer, numbers, plus_eq) = match &tok {
         Ok(t) => (
             Some(t.source.display().to_string()),
@@ -119,6 +120,9 @@ fn check(a: &CheckArgs) -> Result<()> {
         "dtype": dtype_name(model.dtype()),
         "device": format!("{:?}", model.device()),
         "weight_files": model.weight_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "format": match model.checkpoint() { Checkpoint::HfDir(_) => "hf", Checkpoint::Gguf(_) => "gguf" },
+        "stored_types": model.stored_types(),
+        "context": c.max_positions,
         "tokenizer": tokenizer,
         "single_token_numbers": numbers.map(|n| format!("0..={n}")),
         "plus_and_equals_single_tokens": plus_eq,
@@ -177,6 +181,18 @@ fn check(a: &CheckArgs) -> Result<()> {
     for f in model.weight_files() {
         println!("  weights       {}", f.display());
     }
+    println!(
+        "  stored types  {}",
+        model
+            .stored_types()
+            .iter()
+            .map(|(t, n)| format!("{t} x {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(n) = c.max_positions {
+        println!("  context       {n} positions");
+    }
     match &tok {
         Ok(t) => {
             println!("  tokenizer     {}", t.source.display());
@@ -202,10 +218,17 @@ fn check(a: &CheckArgs) -> Result<()> {
 
 fn run_prompt(a: &RunArgs) -> Result<()> {
     let model = a.load.open()?;
-    let tok = Tokenizer::from_dir(&a.load.dir)?;
+    let tok = Tokenizer::for_checkpoint(&a.load.dir)?;
     let ids = tok.encode(&a.prompt, !a.no_special_tokens)?;
     if ids.is_empty() {
         bail!("the prompt {:?} has no tokens", a.prompt);
+    }
+    if let Some(limit) = model.config().max_positions.filter(|&l| ids.len() > l) {
+        bail!(
+            "the prompt {:?} has {} tokens, more than the model's context of {limit} positions",
+            a.prompt,
+            ids.len()
+        );
     }
     let hooks = a
         .hooks

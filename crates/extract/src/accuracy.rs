@@ -20,7 +20,7 @@ pub fn output(p: &Pipeline) -> std::path::PathBuf {
 /// Runs the accuracy sweep unless problems.parquet is current (or `force`).
 pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let (model, tok) = load_model(p)?;
-    let encoded = encode_task(p, &tok)?;
+    let encoded = encode_task(p, &tok, model.config().max_positions)?;
     resolve_sites(p, &model)?;
     let path = output(p);
     let mut manifest = Manifest {

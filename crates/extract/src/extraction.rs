@@ -26,7 +26,7 @@ struct Target {
 /// `force`); current partitions are left untouched.
 pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let (model, tok) = load_model(p)?;
-    let encoded = encode_task(p, &tok)?;
+    let encoded = encode_task(p, &tok, model.config().max_positions)?;
     let offsets = extraction_offsets(p, &encoded)?;
     let identity = model_identity(p, &model)?;
     let mut targets = Vec::new();

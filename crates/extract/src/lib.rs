@@ -23,7 +23,7 @@ use helixlab_model::{
     LoadOptions, Model, Tokenizer,
 };
 use helixlab_pipeline::{Pipeline, Site};
-use helixlab_store::ModelIdentity;
+use helixlab_store::{ModelFacts, ModelIdentity};
 
 /// Errors of the stages.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub fn load_model(p: &Pipeline) -> Result<(Model, Tokenizer)> {
         dtype: parse_dtype(&p.model.dtype)?,
         device: parse_device(&p.model.device)?,
     };
-    let tok = Tokenizer::from_dir(&dir)?;
+    let tok = Tokenizer::for_checkpoint(&dir)?;
     let model = Model::load(&dir, &opts)?;
     Ok((model, tok))
 }
@@ -66,9 +66,12 @@ pub fn load_model(p: &Pipeline) -> Result<(Model, Tokenizer)> {
 pub fn model_identity(p: &Pipeline, model: &Model) -> Result<ModelIdentity> {
     Ok(ModelIdentity::describe(
         &p.model.dir,
-        &p.model_dir(),
-        model.config().arch.model_type(),
-        model.weight_files(),
+        ModelFacts {
+            architecture: model.config().arch.model_type(),
+            config_sha256: model.config_sha256(),
+            weight_files: model.weight_files(),
+            stored_types: model.stored_types(),
+        },
         &p.model.dtype,
         &p.model.device,
     )?)

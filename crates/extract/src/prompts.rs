@@ -22,8 +22,9 @@ pub struct Encoded {
 }
 
 /// Encodes every problem of the pipeline's task; fails on the first number that is not a
-/// single token or a position that does not resolve, naming it.
-pub fn encode_task(p: &Pipeline, tok: &Tokenizer) -> Result<Vec<Encoded>> {
+/// single token, a position that does not resolve, or a prompt longer than `context` tokens
+/// (the model's positions), naming it.
+pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Result<Vec<Encoded>> {
     let task = &p.task;
     let err = |message: String| ExtractError::Task {
         pipeline: p.path.clone(),
@@ -32,6 +33,13 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer) -> Result<Vec<Encoded>> {
     let mut out = Vec::new();
     for problem in task.problems() {
         let toks = tok.encode_with_offsets(&problem.prompt, task.special_tokens)?;
+        if let Some(limit) = context.filter(|&l| toks.len() > l) {
+            return Err(err(format!(
+                "prompt {:?} has {} tokens, more than the model's context of {limit} positions",
+                problem.prompt,
+                toks.len()
+            )));
+        }
         let n = toks.len() as i64;
         let mut positions = BTreeMap::new();
         for (name, span) in task.operand_spans(&problem) {
@@ -47,15 +55,22 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer) -> Result<Vec<Encoded>> {
                             .all(char::is_whitespace)
                 })
                 .ok_or_else(|| {
-                    let pieces: Vec<String> = toks
-                        .iter()
-                        .map(|(_, (s, e))| format!("{:?}", &problem.prompt[*s..*e]))
-                        .collect();
+                    let pieces = |keep: &dyn Fn(usize, usize) -> bool| -> Vec<String> {
+                        toks.iter()
+                            .filter(|(_, (s, e))| keep(*s, *e))
+                            .map(|(_, (s, e))| format!("{:?}", &problem.prompt[*s..*e]))
+                            .collect()
+                    };
+                    let number = pieces(&|s, e| e > span.start && s < span.end);
                     err(format!(
-                        "operand {name} = {:?} of prompt {:?} is not a single token (tokens: {})",
+                        "operand {name} = {:?} of prompt {:?} is {} tokens here ({}), not one: \
+                         this tokenizer splits the number, and the single-token studies need \
+                         every operand and answer to be one token (prompt tokens: {})",
                         &problem.prompt[span.clone()],
                         problem.prompt,
-                        pieces.join(" ")
+                        number.len(),
+                        number.join(" "),
+                        pieces(&|_, _| true).join(" ")
                     ))
                 })?;
             // An unknown-word token can span the number too: the token must read back as it.
@@ -72,9 +87,17 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer) -> Result<Vec<Encoded>> {
         let answer_token = match problem.answer {
             None => None,
             Some(ans) => Some(tok.single_token(&ans.to_string())?.ok_or_else(|| {
+                let pieces: Vec<String> = tok
+                    .encode(&ans.to_string(), false)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&id| format!("{:?}", tok.decode(&[id]).unwrap_or_default()))
+                    .collect();
                 err(format!(
-                    "the answer {ans} (of prompt {:?}) is not a single token",
-                    problem.prompt
+                    "the answer {ans} (of prompt {:?}) is not a single token ({}): the \
+                     single-token studies need every answer to be one token",
+                    problem.prompt,
+                    pieces.join(" ")
                 ))
             })?),
         };

@@ -1,8 +1,8 @@
 //! A hooked transformer runtime on candle: GPT-2, GPT-J, GPT-NeoX (Pythia), Llama 3.x and BERT
 //! loaded from HF checkpoint directories, with TransformerLens hook points.
 //!
-//! The main type is [`Model`]: [`Model::load`] reads `config.json` and the weights of a local
-//! directory (no network), and [`Model::forward`] runs a left-padded [`Batch`] under a
+//! The main type is [`Model`]: [`Model::load`] reads a local checkpoint (no network): an HF
+//! directory (`config.json` and its weights) or a GGUF file ([`gguf`]), and [`Model::forward`] runs a left-padded [`Batch`] under a
 //! [`ForwardRequest`]: captures and interventions at [`HookPoint`]s, which logits to return,
 //! and optionally a layer to resume from. [`Model::forward_with_grad`] returns gradients of a
 //! scalar metric at hook sites. [`Tokenizer`] reads the directory's tokenizer.
@@ -21,9 +21,11 @@
 pub mod arch;
 pub mod attention;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod gguf;
 pub mod hook;
 mod model;
 pub mod ops;
@@ -34,6 +36,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use batch::Batch;
+pub use checkpoint::Checkpoint;
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hook::HookPoint;

@@ -1,15 +1,20 @@
 //! [`Model`]: loading, hook validation, the forward driver and gradients at hook sites.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
+use sha2::{Digest, Sha256};
 
 use crate::arch::{self, Arch};
 use crate::attention::Env;
 use crate::batch::Batch;
+use crate::checkpoint::Checkpoint;
 use crate::config::{Architecture, ModelConfig};
 use crate::context::HookCtx;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
 use crate::hook::{HookPoint, Stage};
 use crate::request::{
     Capture, Edit, ForwardOutput, ForwardRequest, Intervention, Logits, Positions,
@@ -68,6 +73,24 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+fn sha256_file(path: &Path) -> Result<String> {
+    let bad = |e: std::io::Error| ModelError::BadFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut f = std::fs::File::open(path).map_err(bad)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(bad)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 /// A loaded model.
 pub struct Model {
     cfg: ModelConfig,
@@ -77,29 +100,63 @@ pub struct Model {
     arch: Box<dyn Arch>,
     weight_files: Vec<PathBuf>,
     parameter_count: usize,
+    checkpoint: Checkpoint,
+    config_sha256: String,
+    stored_types: BTreeMap<String, usize>,
 }
 
 impl Model {
-    /// Loads `dir/config.json` and the weights beside it.
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(ModelError::MissingFile {
-                path: dir.to_path_buf(),
-                what: "the model directory".into(),
-            });
-        }
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir, opts.dtype, &opts.device)?;
+    /// Loads the checkpoint at `path`: an HF directory (`config.json` and the weights beside
+    /// it), a `.gguf` file, or a directory holding one (see [`Checkpoint::locate`]).
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let checkpoint = Checkpoint::locate(path)?;
+        let (cfg, weights, config_sha256) = match &checkpoint {
+            Checkpoint::HfDir(dir) => {
+                let config = dir.join("config.json");
+                let cfg = ModelConfig::from_file(&config)?;
+                let weights = Weights::open(dir, opts.dtype, &opts.device)?;
+                (cfg, weights, sha256_file(&config)?)
+            }
+            Checkpoint::Gguf(file) => {
+                let g = GgufFile::open(file)?;
+                let cfg = g.config()?;
+                let sha = g.header_sha256().to_string();
+                (
+                    cfg.clone(),
+                    Weights::open_gguf(g, &cfg, opts.dtype, &opts.device),
+                    sha,
+                )
+            }
+        };
         let arch = arch::load(&cfg, &weights)?;
         Ok(Self {
             cfg,
-            dir: dir.to_path_buf(),
+            dir: path.to_path_buf(),
             dtype: opts.dtype,
             device: opts.device.clone(),
             arch,
             weight_files: weights.files.clone(),
             parameter_count: weights.parameter_count(),
+            checkpoint,
+            config_sha256,
+            stored_types: weights.stored_types(),
         })
+    }
+
+    /// Where the checkpoint was found.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// sha256 of what configures the model: config.json, or a GGUF file's header (metadata,
+    /// tokenizer and tensor directory).
+    pub fn config_sha256(&self) -> &str {
+        &self.config_sha256
+    }
+
+    /// Tensors per stored type (`F32`, `BF16`; `Q4_1`, `Q8_0`, ... for GGUF).
+    pub fn stored_types(&self) -> &BTreeMap<String, usize> {
+        &self.stored_types
     }
 
     /// The normalised config.
@@ -107,7 +164,7 @@ impl Model {
         &self.cfg
     }
 
-    /// The directory it was loaded from.
+    /// The path it was loaded from (a directory, or a GGUF file).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -235,6 +292,15 @@ impl Model {
             return Err(ModelError::BadRequest(format!(
                 "sequence {s} has token id {id}, outside the vocabulary of {vocab}"
             )));
+        }
+        if let Some(limit) = self.cfg.max_positions {
+            if let Some((s, seq)) = sequences.iter().enumerate().find(|(_, q)| q.len() > limit) {
+                return Err(ModelError::BadRequest(format!(
+                    "sequence {s} has {} tokens, more than the model's context of {limit} \
+                     positions",
+                    seq.len()
+                )));
+            }
         }
         let pad = self
             .cfg

@@ -1,7 +1,16 @@
-//! Tokenizers from a model directory, with no network: `tokenizer.json`, or GPT-2 style
-//! `vocab.json` + `merges.txt` (byte-level BPE).
+//! Tokenizers from a checkpoint, with no network: `tokenizer.json`, GPT-2 style `vocab.json` +
+//! `merges.txt` (byte-level BPE), or a GGUF file's `tokenizer.ggml.*` metadata.
+//!
+//! Encoding is HF's tokenizer call on one prompt: a tokenizer.json's `padding` and
+//! `truncation` sections are switched off at load (the runtime pads batches itself, with
+//! masks; MiniLM's file pads every prompt to 128 tokens), special tokens are what the
+//! post-processor adds, and a character the tokenizer cannot encode (an unknown-word token or
+//! a dropped character) is an error that names it rather than a silent `[UNK]`.
 
 use std::path::{Path, PathBuf};
+
+use crate::checkpoint::Checkpoint;
+use crate::gguf::GgufFile;
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -16,6 +25,33 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer of the checkpoint at `path` (an HF directory, a .gguf file or a directory
+    /// holding one, see [`Checkpoint::locate`]): for GGUF, a tokenizer.json beside the file
+    /// wins over the file's own metadata.
+    pub fn for_checkpoint(path: &Path) -> Result<Self> {
+        match Checkpoint::locate(path)? {
+            Checkpoint::HfDir(dir) => Self::from_dir(&dir),
+            Checkpoint::Gguf(file) => {
+                let beside = file
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("tokenizer.json");
+                if beside.exists() {
+                    return Self::from_file(&beside);
+                }
+                Self::from_gguf(&GgufFile::open(&file)?)
+            }
+        }
+    }
+
+    /// The tokenizer in a GGUF file's metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        Ok(Self {
+            inner: g.tokenizer()?,
+            source: g.path().to_path_buf(),
+        })
+    }
+
     /// Reads `dir/tokenizer.json`, else `dir/vocab.json` + `dir/merges.txt`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
@@ -32,12 +68,18 @@ impl Tokenizer {
         })
     }
 
-    /// Reads an HF `tokenizer.json`.
+    /// Reads an HF `tokenizer.json`, without its padding and truncation sections.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::BadFile {
-            path: path.to_path_buf(),
-            message: format!("not a tokenizer.json: {e}"),
-        })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::BadFile {
+                path: path.to_path_buf(),
+                message: format!("not a tokenizer.json: {e}"),
+            })?;
+        // HF applies these only when a call asks to pad or truncate; a prompt is never padded.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .expect("removing truncation cannot fail");
         Ok(Self {
             inner,
             source: path.to_path_buf(),
@@ -62,28 +104,71 @@ impl Tokenizer {
         })
     }
 
-    /// Token ids of `text`; `special` adds what the tokenizer's post-processor adds (BOS for
-    /// Llama 3).
-    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
+    fn raw(&self, text: &str, special: bool) -> Result<tokenizers::Encoding> {
+        self.inner
             .encode(text, special)
-            .map_err(|e| ModelError::Tokenizer(format!("cannot encode {text:?}: {e}")))?
-            .get_ids()
-            .to_vec())
+            .map_err(|e| ModelError::Tokenizer(format!("cannot encode {text:?}: {e}")))
+    }
+
+    /// The unknown-word token's id, if the model has one.
+    fn unk_id(&self) -> Option<u32> {
+        use tokenizers::models::ModelWrapper;
+        let unk = match self.inner.get_model() {
+            ModelWrapper::BPE(m) => m.unk_token.clone(),
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+            ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+            ModelWrapper::Unigram(_) => None,
+        };
+        unk.and_then(|t| self.inner.token_to_id(&t))
+    }
+
+    /// Fails when part of `text` has no token: covered by the unknown-word token, or by no
+    /// token at all (a character the vocabulary drops). Whitespace may go untokenised.
+    fn check_covered(&self, text: &str, enc: &tokenizers::Encoding) -> Result<()> {
+        let unk = self.unk_id();
+        let mut covered = vec![false; text.len()];
+        for (&id, &(s, e)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if Some(id) == unk && e > s {
+                let what = text.get(s..e).unwrap_or("?");
+                return Err(ModelError::Tokenizer(format!(
+                    "cannot encode {text:?}: {what:?} (bytes {s}..{e}) is not in the vocabulary \
+                     (the tokenizer would give its unknown token {:?})",
+                    self.inner.id_to_token(id).unwrap_or_default()
+                )));
+            }
+            for c in covered.iter_mut().take(e.min(text.len())).skip(s) {
+                *c = true;
+            }
+        }
+        if let Some((i, c)) = text
+            .char_indices()
+            .find(|(i, c)| !c.is_whitespace() && !covered[*i])
+        {
+            return Err(ModelError::Tokenizer(format!(
+                "cannot encode {text:?}: the character {c:?} (U+{:04X}, byte {i}) gets no token",
+                c as u32
+            )));
+        }
+        Ok(())
+    }
+
+    /// Token ids of `text`; `special` adds what the tokenizer's post-processor adds (BOS for
+    /// Llama 3, [CLS] and [SEP] for BERT). Fails on text the vocabulary cannot encode.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.raw(text, special)?;
+        self.check_covered(text, &enc)?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids of `text` with the byte span of `text` each covers (special tokens added by
-    /// the post-processor have an empty span).
+    /// the post-processor have an empty span). Fails on text the vocabulary cannot encode.
     pub fn encode_with_offsets(
         &self,
         text: &str,
         special: bool,
     ) -> Result<Vec<(u32, (usize, usize))>> {
-        let enc = self
-            .inner
-            .encode(text, special)
-            .map_err(|e| ModelError::Tokenizer(format!("cannot encode {text:?}: {e}")))?;
+        let enc = self.raw(text, special)?;
+        self.check_covered(text, &enc)?;
         Ok(enc
             .get_ids()
             .iter()
@@ -102,8 +187,8 @@ impl Tokenizer {
     /// The id of `text` if it encodes (without special tokens) to exactly one token that
     /// decodes back to `text` (an unknown-word token does not count).
     pub fn single_token(&self, text: &str) -> Result<Option<u32>> {
-        let ids = self.encode(text, false)?;
-        if ids.len() != 1 || self.decode(&ids)?.trim() != text {
+        let ids = self.raw(text, false)?.get_ids().to_vec();
+        if ids.len() != 1 || Some(ids[0]) == self.unk_id() || self.decode(&ids)?.trim() != text {
             return Ok(None);
         }
         Ok(Some(ids[0]))

@@ -1,15 +1,17 @@
-//! Weights of an HF model directory: one safetensors file, a sharded safetensors index,
-//! pytorch_model.bin, or a sharded .bin index, read lazily (safetensors are memory mapped) and
-//! checked against the shape config.json implies, with errors that name the tensor and the
-//! directory.
+//! Weights of a checkpoint: one safetensors file, a sharded safetensors index,
+//! pytorch_model.bin, a sharded .bin index, or a GGUF file (dequantized, under HF names), read
+//! lazily (safetensors are memory mapped) and checked against the shape the config implies,
+//! with errors that name the tensor and the file or directory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{pickle::PthTensors, DType, Device, Tensor};
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::{GgufFile, GgufTensors};
 
 enum Backend {
     Safetensors(MmapedSafetensors),
@@ -17,6 +19,7 @@ enum Backend {
         shards: Vec<PthTensors>,
         routing: HashMap<String, usize>,
     },
+    Gguf(GgufTensors),
 }
 
 /// The tensors of a checkpoint, converted on access to one dtype and device.
@@ -110,19 +113,63 @@ impl Weights {
                     .into(),
             });
         };
+        Ok(Self::with_backend(dir, backend, files, dtype, device))
+    }
+
+    /// The tensors of a GGUF file under the HF names of `cfg`'s architecture.
+    pub fn open_gguf(file: GgufFile, cfg: &ModelConfig, dtype: DType, device: &Device) -> Self {
+        let path = file.path().to_path_buf();
+        Self::with_backend(
+            &path.clone(),
+            Backend::Gguf(GgufTensors::new(file, cfg)),
+            vec![path],
+            dtype,
+            device,
+        )
+    }
+
+    fn with_backend(
+        dir: &Path,
+        backend: Backend,
+        files: Vec<PathBuf>,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
         let mut names: Vec<String> = match &backend {
             Backend::Safetensors(m) => m.tensors().into_iter().map(|(n, _)| n).collect(),
             Backend::Pth { routing, .. } => routing.keys().cloned().collect(),
+            Backend::Gguf(g) => g.names().cloned().collect(),
         };
         names.sort();
-        Ok(Self {
+        Self {
             dir: dir.to_path_buf(),
             backend,
             names,
             dtype,
             device: device.clone(),
             files,
-        })
+        }
+    }
+
+    /// How many tensors of each stored type the checkpoint holds (`F32`, `BF16` for
+    /// safetensors and pickles; `Q4_1`, `Q8_0`, ... for GGUF).
+    pub fn stored_types(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        match &self.backend {
+            Backend::Safetensors(m) => {
+                for (_, v) in m.tensors() {
+                    *out.entry(format!("{:?}", v.dtype())).or_insert(0) += 1;
+                }
+            }
+            Backend::Pth { shards, .. } => {
+                for i in shards.iter().flat_map(|s| s.tensor_infos().values()) {
+                    *out.entry(format!("{:?}", i.dtype).to_uppercase())
+                        .or_insert(0) += 1;
+                }
+            }
+            Backend::Gguf(g) => out = g.file().tensor_types(),
+        }
+        out
     }
 
     /// The number of scalars in the checkpoint (read from headers, no data loaded).
@@ -138,6 +185,7 @@ impl Weights {
                 .flat_map(|s| s.tensor_infos().values())
                 .map(|i| i.layout.shape().elem_count())
                 .sum(),
+            Backend::Gguf(g) => g.file().parameter_count(),
         }
     }
 
@@ -174,6 +222,7 @@ impl Weights {
             Backend::Pth { shards, routing } => shards[routing[name]]
                 .get(name)?
                 .expect("name listed by the shard's own index"),
+            Backend::Gguf(g) => g.load(name)?,
         };
         if t.dims() != shape {
             return Err(ModelError::TensorShape {

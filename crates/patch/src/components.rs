@@ -666,7 +666,7 @@ mod tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/toy-adder");
         let model = Model::load(&dir, &LoadOptions::default()).unwrap();
-        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let tok = Tokenizer::for_checkpoint(&dir).unwrap();
         let enc = |ps: &[&str]| {
             let seqs: Vec<Vec<u32>> = ps.iter().map(|p| tok.encode(p, false).unwrap()).collect();
             model.batch(&seqs).unwrap()

@@ -14,7 +14,7 @@ use helixlab_store::manifest::{now_unix, sha256_file};
 use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::{Manifest, ModelIdentity};
+use helixlab_store::{Manifest, ModelFacts, ModelIdentity};
 use polars::prelude::{col, lit};
 
 use crate::pairs::{draw, problems, Pair};
@@ -68,13 +68,16 @@ pub(crate) fn load_with_manifest(
         device: parse_device(&p.model.device)?,
     };
     let model = Model::load(&p.model_dir(), &opts)?;
-    let tok = Tokenizer::from_dir(&p.model_dir())?;
+    let tok = Tokenizer::for_checkpoint(&p.model_dir())?;
     let mut m = manifest(p, stage, settings);
     m.model = Some(ModelIdentity::describe(
         &p.model.dir,
-        &p.model_dir(),
-        model.config().arch.model_type(),
-        model.weight_files(),
+        ModelFacts {
+            architecture: model.config().arch.model_type(),
+            config_sha256: model.config_sha256(),
+            weight_files: model.weight_files(),
+            stored_types: model.stored_types(),
+        },
         &p.model.dtype,
         &p.model.device,
     )?);

@@ -45,7 +45,8 @@ pub enum PipelineError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// The HF model directory; `${VAR}` is replaced by the environment variable.
+    /// The checkpoint: an HF model directory, a `.gguf` file or a directory holding one;
+    /// `${VAR}` is replaced by the environment variable.
     pub dir: String,
     /// f32 (default), bf16 or f16.
     #[serde(default = "default_dtype")]

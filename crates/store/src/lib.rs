@@ -26,7 +26,7 @@ pub mod table;
 
 use std::path::PathBuf;
 
-pub use manifest::{Manifest, ModelIdentity};
+pub use manifest::{Manifest, ModelFacts, ModelIdentity};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -13,11 +13,11 @@ use crate::{atomic, io, Result};
 /// Which model produced a table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelIdentity {
-    /// The model directory as given.
+    /// The model directory (or GGUF file) as given.
     pub dir: String,
     /// Architecture (`model_type`).
     pub architecture: String,
-    /// sha256 of config.json.
+    /// sha256 of config.json, or of a GGUF file's header (metadata and tensor directory).
     pub config_sha256: String,
     /// Weight files with their sizes in bytes (hashing multi-GB checkpoints on every run would
     /// cost more than the run; name + size catches a swapped checkpoint).
@@ -26,19 +26,33 @@ pub struct ModelIdentity {
     pub dtype: String,
     /// Device.
     pub device: String,
+    /// Tensors per stored type (`F32`; a GGUF file's quantization types, `Q4_1`, `Q8_0`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stored_types: BTreeMap<String, usize>,
+}
+
+/// What a loaded model says about itself, for [`ModelIdentity::describe`].
+pub struct ModelFacts<'a> {
+    /// Architecture (`model_type`).
+    pub architecture: &'a str,
+    /// sha256 of the config (config.json or a GGUF header).
+    pub config_sha256: &'a str,
+    /// The weight files read.
+    pub weight_files: &'a [PathBuf],
+    /// Tensors per stored type.
+    pub stored_types: &'a BTreeMap<String, usize>,
 }
 
 impl ModelIdentity {
-    /// The identity of a loaded model: `dir` as the study gave it, the directory it resolved
-    /// to (for config.json), its architecture and weight files, dtype and device.
-    pub fn describe(
-        dir: &str,
-        model_dir: &Path,
-        architecture: &str,
-        weight_files: &[PathBuf],
-        dtype: &str,
-        device: &str,
-    ) -> Result<Self> {
+    /// The identity of a loaded model: `dir` as the study gave it, what the model says of
+    /// itself, dtype and device.
+    pub fn describe(dir: &str, facts: ModelFacts<'_>, dtype: &str, device: &str) -> Result<Self> {
+        let ModelFacts {
+            architecture,
+            config_sha256,
+            weight_files,
+            stored_types,
+        } = facts;
         let weights = weight_files
             .iter()
             .map(|f| {
@@ -53,10 +67,11 @@ impl ModelIdentity {
         Ok(ModelIdentity {
             dir: dir.to_string(),
             architecture: architecture.to_string(),
-            config_sha256: sha256_file(&model_dir.join("config.json"))?,
+            config_sha256: config_sha256.to_string(),
             weights,
             dtype: dtype.to_string(),
             device: device.to_string(),
+            stored_types: stored_types.clone(),
         })
     }
 }

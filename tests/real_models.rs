@@ -1,0 +1,264 @@
+//! Real pretrained checkpoints through the real CLI (fetched by `make test`: make fetch-minilm,
+//! make fetch-smollm2): all-MiniLM-L6-v2's extracted activations equal HF transformers' hidden
+//! states (tests/fixtures/real/minilm_hidden.safetensors, tools/make_real_references.py);
+//! SmolLM2's GGUF file works in `model check` and `model run` (logits equal to HF loading the
+//! same file) and is refused by the single-token studies with the number's tokens named;
+//! prompts longer than the model's context fail with the prompt, its length and the limit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fetched(rel: &str) -> PathBuf {
+    let p = root().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: `make test` fetches it (make fetch-minilm, make fetch-smollm2)",
+        p.display()
+    );
+    p
+}
+
+fn helixlab(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_pipeline(dir: &Path, model: &Path, task: &str, extract: &str) -> PathBuf {
+    let text = format!(
+        "[model]\ndir = \"{}\"\n\n[task]\n{task}\n\n[extract]\n{extract}\n\n[output]\ndir = \"{}\"\n",
+        model.display(),
+        dir.join("run").display()
+    );
+    let p = dir.join("study.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The extract stage's table (not only `model run`): hook_resid_pre and hook_resid_post of every
+/// layer at the number's token equal HF's hidden states (BertModel, output_hidden_states) for 22
+/// numbers of 0..=341, within 1e-4 of the largest |value| of each layer.
+#[test]
+fn minilm_extracted_activations_equal_hf_hidden_states() {
+    let model = fetched("data/models/all-MiniLM-L6-v2");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        tmp.path(),
+        &model,
+        "kind = \"numbers\"\ntemplate = \"{x}\"\na = [0, 341]\nspecial_tokens = true",
+        "sites = [\"hook_resid_pre\", \"hook_resid_post\"]\nlayers = \"all\"\npositions = [\"x\"]\nbatch_size = 128",
+    );
+    let (ok, _, err) = helixlab(&["extract", "--pipeline", p.to_str().unwrap()]);
+    assert!(ok, "extract failed:\n{err}");
+    let r = candle_core::safetensors::load(
+        fetched("tests/fixtures/real/minilm_hidden.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let numbers = r["numbers"].to_vec1::<i64>().unwrap();
+    let hidden = &r["hidden_states"]; // (layers + 1, numbers, d)
+    let run = tmp.path().join("run");
+    let mut worst = 0f32;
+    for l in 0..6 {
+        for (site, h) in [("hook_resid_pre", l), ("hook_resid_post", l + 1)] {
+            let m = helixlab_store::read::activations(&run, site, l, "x").unwrap();
+            assert_eq!((m.rows(), m.d), (342, 384));
+            let want = hidden.get(h).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            for (i, &n) in numbers.iter().enumerate() {
+                let row = m.a.iter().position(|&a| a == n).unwrap();
+                let want = want.get(i).unwrap().to_vec1::<f32>().unwrap();
+                let d = m
+                    .row(row)
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max)
+                    / scale;
+                assert!(
+                    d <= 1e-4,
+                    "{site} layer {l}, number {n}: {d:.2e} of the largest |value|"
+                );
+                worst = worst.max(d);
+            }
+        }
+    }
+    eprintln!("MiniLM extract vs HF hidden states: worst {worst:.2e} relative");
+}
+
+#[test]
+fn minilm_runs_a_number_as_three_tokens_not_128() {
+    let model = fetched("data/models/all-MiniLM-L6-v2");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run.safetensors");
+    let (ok, stdout, err) = helixlab(&[
+        "model",
+        "run",
+        model.to_str().unwrap(),
+        "--prompt",
+        "37",
+        "--hook",
+        "blocks.5.hook_resid_post",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.starts_with("3 tokens:"), "{stdout}");
+    let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(
+        t["input_ids"].to_vec1::<u32>().unwrap(),
+        vec![101, 4261, 102]
+    );
+    assert_eq!(t["blocks.5.hook_resid_post"].dims(), &[3, 384]);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_names_prompt_length_and_limit() {
+    let model = fetched("data/models/all-MiniLM-L6-v2");
+    let long = "word ".repeat(600);
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, err) = helixlab(&[
+        "model",
+        "run",
+        model.to_str().unwrap(),
+        "--prompt",
+        &long,
+        "--out",
+        tmp.path().join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("602 tokens") && err.contains("context of 512"),
+        "{err}"
+    );
+    let p = write_pipeline(
+        tmp.path(),
+        &model,
+        &format!(
+            "kind = \"numbers\"\ntemplate = \"{long}{{x}}\"\na = [0, 9]\nspecial_tokens = true"
+        ),
+        "sites = [\"hook_resid_pre\"]\nlayers = [0]\npositions = [\"x\"]",
+    );
+    let (ok, _, err) = helixlab(&["extract", "--pipeline", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("603 tokens") && err.contains("context of 512") && err.contains("word word"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smollm2_gguf_model_check_names_the_file_and_its_quantization() {
+    let dir = fetched("data/models/SmolLM2-135M-Instruct");
+    let (ok, stdout, err) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["format"], "gguf");
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["layers"], 30);
+    assert_eq!(v["kv_heads"], 3);
+    assert_eq!(v["stored_types"]["Q4_1"], 210);
+    assert_eq!(v["stored_types"]["Q8_0"], 1);
+    assert_eq!(v["context"], 8192);
+    assert!(v["weight_files"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(v["tokenizer"].as_str().unwrap().ends_with(".gguf"));
+    // Numbers are written digit by digit: 0..=9 are single tokens, 10 is not.
+    assert_eq!(v["single_token_numbers"], "0..=9");
+    let (ok, text, _) = helixlab(&["model", "check", dir.to_str().unwrap()]);
+    assert!(ok);
+    assert!(text.contains("Q4_1 x 210"), "{text}");
+}
+
+/// `model run` on the GGUF file gives HF's last-position logits for the paper's GPT-J prompt
+/// (the reference's first sequence).
+#[test]
+fn smollm2_gguf_model_run_gives_hfs_logits() {
+    let dir = fetched("data/models/SmolLM2-135M-Instruct");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run.safetensors");
+    let (ok, stdout, err) = helixlab(&[
+        "model",
+        "run",
+        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+            .to_str()
+            .unwrap(),
+        "--prompt",
+        "Output ONLY a number.\n37+45=",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.starts_with("12 tokens:"), "{stdout}");
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        fetched("tests/fixtures/real/smollm2_reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let last = got["logits"].get(11).unwrap();
+    let want = r["last.logits"].get(0).unwrap();
+    let d = (last - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        d / scale <= 1e-4,
+        "logits differ from HF by {d} (max |logit| {scale})"
+    );
+    let _: &Tensor = &got["input_ids"];
+}
+
+/// The paper's single-token study refuses SmolLM2, naming the number and its tokens.
+#[test]
+fn smollm2_is_refused_by_the_single_token_studies_plainly() {
+    let dir = fetched("data/models/SmolLM2-135M-Instruct");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        tmp.path(),
+        &dir,
+        "kind = \"addition\"\ntemplate = \"Output ONLY a number.\\n{a}+{b}=\"\na = [10, 20]\nb = [10, 20]",
+        "sites = [\"hook_resid_pre\"]\nlayers = [0]\npositions = [\"a\"]",
+    );
+    let (ok, _, err) = helixlab(&["accuracy", "--pipeline", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("\"10\"")
+            && err.contains("2 tokens here (\"1\" \"0\")")
+            && err.contains("one token"),
+        "{err}"
+    );
+}
