@@ -41,7 +41,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Inspect and run a model directory (HF format: config.json, weights, tokenizer).
+    /// Inspect and run a checkpoint: an HF directory (config.json, weights, tokenizer) or a
+    /// GGUF file.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
     /// Run every prompt of the study's task; write problems.parquet (answer, prediction,

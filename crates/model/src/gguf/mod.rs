@@ -199,9 +199,8 @@ impl GgufFile {
 
     /// `general.architecture`.
     pub fn architecture(&self) -> Result<&str> {
-        Ok(self
-            .str_of("general.architecture")?
-            .ok_or_else(|| bad(&self.path, "metadata key `general.architecture` is missing"))?)
+        self.str_of("general.architecture")?
+            .ok_or_else(|| bad(&self.path, "metadata key `general.architecture` is missing"))
     }
 
     /// The metadata as the HF config.json it stands for (`llama` only).
@@ -241,7 +240,7 @@ impl GgufFile {
         let kv = self.u64_of(&k("attention.head_count_kv"))?.unwrap_or(heads);
         let head_dim = self
             .u64_of(&k("attention.key_length"))?
-            .unwrap_or(if heads > 0 { d_model / heads } else { 0 });
+            .unwrap_or(d_model.checked_div(heads).unwrap_or(0));
         if let Some(rot) = self.u64_of(&k("rope.dimension_count"))? {
             if rot != head_dim {
                 return Err(bad(
@@ -393,7 +392,7 @@ fn hf_name(name: &str, cfg: &ModelConfig) -> (String, Option<usize>) {
 fn unpermute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims[0];
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         candle_core::bail!("{rows} rows do not split into {heads} heads of rotary pairs");
     }
     let half = rows / heads / 2;
