@@ -31,6 +31,41 @@ pub fn reference(case: &str) -> HashMap<String, Tensor> {
         .unwrap()
 }
 
+/// A file under the repository root that a make target fetches or a script wrote.
+pub fn repo_file(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: `make test` fetches it (make fetch-tokenizers, fetch-minilm, fetch-smollm2)",
+        p.display()
+    );
+    p
+}
+
+/// The reference batch's position ids.
+pub fn position_ids(r: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
+    r["position_ids"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|row| row.iter().map(|&p| p as u32).collect())
+        .collect()
+}
+
+/// Weights w with sum(logits * w) = sum_b logit[b, t0] - logit[b, t1], for the reference's
+/// `metric_targets` (batch, 2).
+pub fn metric_weights(r: &HashMap<String, Tensor>, vocab: usize) -> Tensor {
+    let t = r["metric_targets"].to_vec2::<i64>().unwrap();
+    let mut w = vec![0f32; t.len() * vocab];
+    for (b, row) in t.iter().enumerate() {
+        w[b * vocab + row[0] as usize] += 1.0;
+        w[b * vocab + row[1] as usize] -= 1.0;
+    }
+    Tensor::from_vec(w, (t.len(), vocab), &Device::Cpu).unwrap()
+}
+
 /// The unpadded token sequences of the reference batch.
 pub fn sequences(r: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {
     let ids = r["input_ids"].to_vec2::<i64>().unwrap();

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Tensor};
 use common::*;
 use helixlab_model::{
@@ -18,28 +16,12 @@ const TOL: f32 = 1e-4;
 
 type Metric = Box<dyn Fn(&ForwardOutput) -> candle_core::Result<Tensor>>;
 
-fn metric_weights(r: &HashMap<String, Tensor>, vocab: usize) -> Tensor {
-    let t = r["metric_targets"].to_vec2::<i64>().unwrap();
-    let mut w = vec![0f32; t.len() * vocab];
-    for (b, row) in t.iter().enumerate() {
-        w[b * vocab + row[0] as usize] += 1.0;
-        w[b * vocab + row[1] as usize] -= 1.0;
-    }
-    Tensor::from_vec(w, (t.len(), vocab), &candle_core::Device::Cpu).unwrap()
-}
-
 fn check_case(case: &str) {
     let model = load(case);
     let r = reference(case);
     let mask = &r["attention_mask"];
     let batch = model.batch(&sequences(&r)).unwrap();
-    let pos: Vec<Vec<u32>> = r["position_ids"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .iter()
-        .map(|row| row.iter().map(|&p| p as u32).collect())
-        .collect();
-    assert_eq!(batch.position_ids, pos, "{case}: position ids");
+    assert_eq!(batch.position_ids, position_ids(&r), "{case}: position ids");
 
     // Every hook the model has must be in the reference, and match it.
     let hooks: Vec<HookPoint> = model

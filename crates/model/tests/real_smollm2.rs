@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs, max_diff_real, sequences};
+use common::{max_abs, max_diff_real, metric_weights, position_ids, repo_file, sequences};
 use helixlab_model::{
     Capture, Checkpoint, ForwardOutput, ForwardRequest, HookPoint, LoadOptions, Logits, Model,
     Positions, Tokenizer,
@@ -21,25 +21,13 @@ use helixlab_model::{
 
 const REL: f32 = 1e-4;
 
-fn repo(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: `make test` fetches it (make fetch-smollm2)",
-        p.display()
-    );
-    p
-}
-
 fn model_dir() -> PathBuf {
-    repo("data/models/SmolLM2-135M-Instruct")
+    repo_file("data/models/SmolLM2-135M-Instruct")
 }
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
-        repo("tests/fixtures/real/smollm2_reference.safetensors"),
+        repo_file("tests/fixtures/real/smollm2_reference.safetensors"),
         &Device::Cpu,
     )
     .unwrap()
@@ -120,13 +108,7 @@ fn every_hook_logits_and_gradients_equal_hf_loading_the_same_gguf() {
         assert_eq!(&tok.encode(p, true).unwrap(), s, "{p:?}");
     }
     let batch = model.batch(&seqs).unwrap();
-    let pos: Vec<Vec<u32>> = r["position_ids"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .iter()
-        .map(|row| row.iter().map(|&p| p as u32).collect())
-        .collect();
-    assert_eq!(batch.position_ids, pos, "position ids");
+    assert_eq!(batch.position_ids, position_ids(&r), "position ids");
 
     let last_hooks: Vec<HookPoint> = model
         .hooks()
@@ -178,14 +160,7 @@ fn every_hook_logits_and_gradients_equal_hf_loading_the_same_gguf() {
     );
 
     // Gradients of sum_b logit[b, -1, t0] - logit[b, -1, t1].
-    let targets = r["metric_targets"].to_vec2::<i64>().unwrap();
-    let vocab = model.config().vocab_size;
-    let mut w = vec![0f32; targets.len() * vocab];
-    for (b, t) in targets.iter().enumerate() {
-        w[b * vocab + t[0] as usize] += 1.0;
-        w[b * vocab + t[1] as usize] -= 1.0;
-    }
-    let w = Tensor::from_vec(w, (targets.len(), vocab), &Device::Cpu).unwrap();
+    let w = metric_weights(&r, model.config().vocab_size);
     let sites: Vec<Capture> = r
         .keys()
         .filter_map(|k| k.strip_prefix("grad."))

@@ -5,6 +5,9 @@
 
 use std::path::PathBuf;
 
+mod common;
+
+use common::repo_file;
 use helixlab_model::Tokenizer;
 
 fn external(rel: &str) -> PathBuf {
@@ -102,24 +105,12 @@ fn vocab_json_and_merges_txt_in_a_model_directory() {
     );
 }
 
-fn repo(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: `make test` fetches it (make fetch-minilm, make fetch-smollm2)",
-        p.display()
-    );
-    p
-}
-
 fn minilm() -> Tokenizer {
-    Tokenizer::for_checkpoint(&repo("data/models/all-MiniLM-L6-v2")).unwrap()
+    Tokenizer::for_checkpoint(&repo_file("data/models/all-MiniLM-L6-v2")).unwrap()
 }
 
 fn smollm2() -> Tokenizer {
-    Tokenizer::for_checkpoint(&repo("data/models/SmolLM2-135M-Instruct")).unwrap()
+    Tokenizer::for_checkpoint(&repo_file("data/models/SmolLM2-135M-Instruct")).unwrap()
 }
 
 /// helixlab's ids equal HF `AutoTokenizer`'s (one call per prompt, tools/make_real_references.py,
@@ -129,7 +120,7 @@ fn smollm2() -> Tokenizer {
 /// refuses the text and names the piece.
 #[test]
 fn ids_equal_hf_autotokenizer_for_every_real_tokenizer() {
-    let text = std::fs::read_to_string(repo("tests/fixtures/real/token_ids.json")).unwrap();
+    let text = std::fs::read_to_string(repo_file("tests/fixtures/real/token_ids.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ours: Vec<(&str, Tokenizer)> = vec![
         ("gpt2", gpt2()),
@@ -200,7 +191,7 @@ fn padding_and_truncation_sections_do_not_change_ids() {
             std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
             Tokenizer::from_file(&p).unwrap()
         };
-    let real = repo("data/models/all-MiniLM-L6-v2/tokenizer.json");
+    let real = repo_file("data/models/all-MiniLM-L6-v2/tokenizer.json");
     let raw: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
     assert_eq!(raw["padding"]["strategy"]["Fixed"], 128, "the file pads");
