@@ -262,3 +262,101 @@ fn smollm2_is_refused_by_the_single_token_studies_plainly() {
         "{err}"
     );
 }
+
+/// SmolLM2 from its GGUF file through the stages it can run with one-token numbers: `extract`
+/// on the digits 0..=9 (resid_pre of layer 0 and resid_post of all 30 layers at the digit equal
+/// HF's, relative 1e-4 per layer), and `accuracy` on the paper's GPT-J prompt for a, b in 0..=4
+/// (one-digit answers): problems.parquet's answer logits equal HF's and its greedy answers are
+/// HF's wherever HF's top two logits are more than 0.01 apart.
+#[test]
+fn smollm2_gguf_through_extract_and_accuracy_equals_hf() {
+    let dir = fetched("data/models/SmolLM2-135M-Instruct");
+    let r = candle_core::safetensors::load(
+        fetched("tests/fixtures/real/smollm2_stages.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        tmp.path(),
+        &dir,
+        "kind = \"numbers\"\ntemplate = \"{x}\"\na = [0, 9]",
+        "sites = [\"hook_resid_pre\", \"hook_resid_post\"]\nlayers = \"all\"\npositions = [\"x\"]",
+    );
+    let (ok, _, err) = helixlab(&["extract", "--pipeline", p.to_str().unwrap()]);
+    assert!(ok, "extract failed:\n{err}");
+    let run = tmp.path().join("run");
+    let rel = |got: &[f32], want: &[f32]| {
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale
+    };
+    let mut worst = 0f32;
+    let pre0 = r["digits.hook_resid_pre0"].to_vec2::<f32>().unwrap();
+    let m = helixlab_store::read::activations(&run, "hook_resid_pre", 0, "x").unwrap();
+    assert_eq!((m.rows(), m.d), (10, 576));
+    for x in 0..10 {
+        worst = worst.max(rel(m.row(x), &pre0[x]));
+    }
+    let post = &r["digits.hook_resid_post"]; // (10, layers, d)
+    for l in 0..30 {
+        let m = helixlab_store::read::activations(&run, "hook_resid_post", l, "x").unwrap();
+        let want = post.narrow(1, l, 1).unwrap().squeeze(1).unwrap();
+        let want = want.to_vec2::<f32>().unwrap();
+        let flat: Vec<f32> = want.concat();
+        let got: Vec<f32> = (0..10).flat_map(|x| m.row(x).to_vec()).collect();
+        let d = rel(&got, &flat);
+        assert!(
+            d <= 1e-4,
+            "hook_resid_post layer {l}: {d:.2e} of its largest |value|"
+        );
+        worst = worst.max(d);
+    }
+    assert!(worst <= 1e-4, "{worst}");
+    eprintln!("SmolLM2 extract vs HF: worst {worst:.2e} relative");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        tmp.path(),
+        &dir,
+        "kind = \"addition\"\ntemplate = \"Output ONLY a number.\\n{a}+{b}=\"\na = [0, 4]\nb = [0, 4]",
+        "sites = [\"hook_resid_pre\"]\nlayers = [0]\npositions = [\"a\"]",
+    );
+    let (ok, _, err) = helixlab(&["accuracy", "--pipeline", p.to_str().unwrap()]);
+    assert!(ok, "accuracy failed:\n{err}");
+    let df = helixlab_store::read::problems(&tmp.path().join("run")).unwrap();
+    let col = |name: &str| df.column(name).unwrap().as_materialized_series().clone();
+    let (a, b) = (col("a"), col("b"));
+    let (a, b) = (a.i64().unwrap(), b.i64().unwrap());
+    let pred = col("pred_token");
+    let pred = pred.u32().unwrap();
+    let logit = col("answer_logit");
+    let logit = logit.f32().unwrap();
+    let want_pred = r["addition.pred_token"].to_vec1::<i64>().unwrap();
+    let margin = r["addition.top_margin"].to_vec1::<f32>().unwrap();
+    let want_logit = r["addition.answer_logit"].to_vec1::<f32>().unwrap();
+    assert_eq!(df.height(), 25);
+    let (mut same, mut worst) = (0, 0f32);
+    for i in 0..25 {
+        let k = (5 * a.get(i).unwrap() + b.get(i).unwrap()) as usize;
+        let d = (logit.get(i).unwrap() - want_logit[k]).abs() / want_logit[k].abs().max(1.0);
+        assert!(
+            d <= 1e-4,
+            "problem {k}: answer logit {} vs HF {}",
+            logit.get(i).unwrap(),
+            want_logit[k]
+        );
+        worst = worst.max(d);
+        if margin[k] > 0.01 {
+            assert_eq!(pred.get(i).unwrap() as i64, want_pred[k], "problem {k}");
+            same += 1;
+        }
+    }
+    assert!(same >= 20, "{same}");
+    eprintln!(
+        "SmolLM2 accuracy vs HF: {same} greedy answers equal, answer logits within {worst:.2e}"
+    );
+}

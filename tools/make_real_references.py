@@ -8,6 +8,10 @@ project uses, for the Rust tests (tests/fixtures/real):
                              numbers 0..=999 and text with newlines, spaces, punctuation, non-ASCII
   minilm_hidden.safetensors  all-MiniLM-L6-v2's hidden states (BertModel, output_hidden_states) at
                              the number's token of `[CLS] n [SEP]` for a sample of numbers
+  smollm2_stages.safetensors SmolLM2 through what the stages run on it: hook_resid_pre of layer 0
+                             and hook_resid_post of every layer at the digit of the bare prompts
+                             "0".."9", and for `Output ONLY a number.\n{a}+{b}=` with a, b in 0..=4
+                             (one-digit answers) the greedy answer token and the answer's logit
   smollm2_reference.safetensors
                              SmolLM2-135M-Instruct loaded by HF from the Q4_1 GGUF file
                              (dequantized, f32, eager attention) on a left-padded ragged batch of the
@@ -231,6 +235,52 @@ def smollm2_reference(out):
           f"{refs['last.logits'].abs().max():.1f}")
 
 
+def smollm2_stages(out):
+    tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE, dtype=torch.float32).eval()
+    layers = model.model.layers
+    refs = {}
+    pre0, post = [], []
+    for x in range(10):
+        ids = tok(str(x), return_tensors="pt")["input_ids"]
+        assert ids.shape[1] == 1, (x, ids)
+        got = {}
+        handles = [layers[0].register_forward_pre_hook(
+            lambda _m, a, k: got.__setitem__("pre0", (a[0] if a else k["hidden_states"])[0, -1].clone()),
+            with_kwargs=True)]
+        for l, blk in enumerate(layers):
+            handles.append(blk.register_forward_hook(
+                lambda _m, _a, o, l=l: got.__setitem__(l, (o[0] if isinstance(o, tuple) else o)[0, -1].clone())))
+        with torch.no_grad():
+            model(input_ids=ids)
+        for h in handles:
+            h.remove()
+        pre0.append(got["pre0"])
+        post.append(torch.stack([got[l] for l in range(len(layers))]))
+    refs["digits.hook_resid_pre0"] = torch.stack(pre0).contiguous()  # (10, d)
+    refs["digits.hook_resid_post"] = torch.stack(post).contiguous()  # (10, layers, d)
+    preds, answer_logits, margins = [], [], []
+    for a in range(5):
+        for b in range(5):
+            ids = tok(TEMPLATES["gptj"].format(a=a, b=b), return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                last = model(input_ids=ids).logits[0, -1]
+            answer = tok(str(a + b), add_special_tokens=False)["input_ids"]
+            assert len(answer) == 1
+            top = torch.topk(last, 2)
+            preds.append(int(top.indices[0]))
+            margins.append(float(top.values[0] - top.values[1]))
+            answer_logits.append(float(last[answer[0]]))
+    refs["addition.pred_token"] = torch.tensor(preds, dtype=torch.int64)
+    refs["addition.top_margin"] = torch.tensor(margins)
+    refs["addition.answer_logit"] = torch.tensor(answer_logits)
+    save_file(refs, os.path.join(out, "smollm2_stages.safetensors"),
+              metadata={"torch": torch.__version__, "transformers": transformers.__version__,
+                        "addition": "a, b in 0..=4, row = 5 a + b, template " + json.dumps(TEMPLATES["gptj"])})
+    print(f"smollm2 stages: 10 digits x {len(layers)} layers; {len(preds)} additions, "
+          f"smallest top-2 margin {min(margins):.3f}")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "tests/fixtures/real")
     os.makedirs(out, exist_ok=True)
@@ -239,6 +289,7 @@ def main():
     token_references(out)
     minilm_reference(out)
     smollm2_reference(out)
+    smollm2_stages(out)
 
 
 if __name__ == "__main__":
