@@ -298,8 +298,8 @@ fn smollm2_gguf_through_extract_and_accuracy_equals_hf() {
     let pre0 = r["digits.hook_resid_pre0"].to_vec2::<f32>().unwrap();
     let m = helixlab_store::read::activations(&run, "hook_resid_pre", 0, "x").unwrap();
     assert_eq!((m.rows(), m.d), (10, 576));
-    for x in 0..10 {
-        worst = worst.max(rel(m.row(x), &pre0[x]));
+    for (x, want) in pre0.iter().enumerate() {
+        worst = worst.max(rel(m.row(x), want));
     }
     let post = &r["digits.hook_resid_post"]; // (10, layers, d)
     for l in 0..30 {
