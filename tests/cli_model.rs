@@ -128,3 +128,50 @@ fn bad_input_fails_with_a_message_and_no_output() {
     assert!(!ok);
     assert!(stderr.contains("f64"), "{stderr}");
 }
+
+/// `model check` reads config.json and the safetensors headers only: a checkpoint whose one
+/// tensor is 6.4 GB of f32 (a sparse file, so nothing is on disk) and whose names fit no
+/// architecture is reported, with its parameter count and stored type, while `model run`, which
+/// loads the weights, names the tensor the architecture lacks.
+#[test]
+fn check_reads_headers_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture("gpt2_tied").join(f), dir.join(f)).unwrap();
+    }
+    let n: u64 = 40_000;
+    let mut header = format!(
+        r#"{{"x":{{"dtype":"F32","shape":[{n},{n}],"data_offsets":[0,{}]}}}}"#,
+        n * n * 4
+    )
+    .into_bytes();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let path = dir.join("model.safetensors");
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&header);
+    std::fs::write(&path, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(bytes.len() as u64 + n * n * 4).unwrap();
+    drop(f);
+
+    let (ok, stdout, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["parameters"], 1_600_000_000u64);
+    assert_eq!(v["stored_types"]["F32"], 1);
+    assert_eq!(v["architecture"], "gpt2");
+    let (ok, _, stderr) = helixlab(&[
+        "model",
+        "run",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "1+2=",
+        "--out",
+        dir.join("o.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("not found in the checkpoint"), "{stderr}");
+}

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use helixlab_model::{
-    parse_device, parse_dtype, Checkpoint, DType, ForwardRequest, HookPoint, LoadOptions, Logits,
-    Model, Positions, Tensor, Tokenizer,
+    parse_device, parse_dtype, Checkpoint, CheckpointInfo, DType, ForwardRequest, HookPoint,
+    LoadOptions, Logits, Model, Positions, Tensor, Tokenizer,
 };
 
 #[derive(Subcommand)]
@@ -87,8 +87,11 @@ fn dtype_name(d: DType) -> &'static str {
 }
 
 fn check(a: &CheckArgs) -> Result<()> {
-    let model = a.load.open()?;
-    let c = model.config();
+    // Headers only: no tensor is read, so a 6B checkpoint is checked as fast as a toy.
+    let (dtype, device) = (parse_dtype(&a.load.dtype)?, parse_device(&a.load.device)?);
+    let info = CheckpointInfo::read(&a.load.dir)
+        .with_context(|| format!("reading {}", a.load.dir.display()))?;
+    let c = &info.config;
     let tok = Tokenizer::for_checkpoint(&a.load.dir);
     let (tokenizer, numbers, plus_eq) = match &tok {
         Ok(t) => (
@@ -98,13 +101,13 @@ fn check(a: &CheckArgs) -> Result<()> {
         ),
         Err(_) => (None, None, None),
     };
-    let hooks = model.hooks();
+    let hooks = c.hooks();
     let rotary = c.rotary.map(|r| {
         serde_json::json!({"dim": r.dim, "theta": r.theta, "style": format!("{:?}", r.style),
             "llama3_scaling": r.llama3.is_some()})
     });
     let report = serde_json::json!({
-        "dir": model.dir().display().to_string(),
+        "dir": a.load.dir.display().to_string(),
         "architecture": c.arch.model_type(),
         "layers": c.n_layers,
         "d_model": c.d_model,
@@ -113,15 +116,15 @@ fn check(a: &CheckArgs) -> Result<()> {
         "d_head": c.d_head,
         "d_mlp": c.d_mlp,
         "vocab_size": c.vocab_size,
-        "parameters": model.parameter_count(),
+        "parameters": info.parameter_count,
         "parallel_block": c.parallel_block,
         "gated_mlp": c.gated_mlp,
         "rotary": rotary,
-        "dtype": dtype_name(model.dtype()),
-        "device": format!("{:?}", model.device()),
-        "weight_files": model.weight_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "format": match model.checkpoint() { Checkpoint::HfDir(_) => "hf", Checkpoint::Gguf(_) => "gguf" },
-        "stored_types": model.stored_types(),
+        "dtype": dtype_name(dtype),
+        "device": format!("{:?}", device),
+        "weight_files": &info.weight_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "format": match info.checkpoint { Checkpoint::HfDir(_) => "hf", Checkpoint::Gguf(_) => "gguf" },
+        "stored_types": &info.stored_types,
         "context": c.max_positions,
         "tokenizer": tokenizer,
         "single_token_numbers": numbers.map(|n| format!("0..={n}")),
@@ -133,7 +136,7 @@ fn check(a: &CheckArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("{}", model.dir().display());
+    println!("{}", a.load.dir.display());
     println!(
         "  architecture  {} ({} layers, d_model {}, {} heads{} x {}, d_mlp {}, vocab {})",
         c.arch.model_type(),
@@ -149,7 +152,7 @@ fn check(a: &CheckArgs) -> Result<()> {
         c.d_mlp,
         c.vocab_size
     );
-    println!("  parameters    {}", model.parameter_count());
+    println!("  parameters    {}", info.parameter_count);
     println!(
         "  blocks        {}{}",
         if c.parallel_block {
@@ -174,17 +177,16 @@ fn check(a: &CheckArgs) -> Result<()> {
         );
     }
     println!(
-        "  dtype/device  {} on {:?}",
-        dtype_name(model.dtype()),
-        model.device()
+        "  run as        {} on {:?} (--dtype, --device of model run)",
+        dtype_name(dtype),
+        device
     );
-    for f in model.weight_files() {
+    for f in &info.weight_files {
         println!("  weights       {}", f.display());
     }
     println!(
         "  stored types  {}",
-        model
-            .stored_types()
+        info.stored_types
             .iter()
             .map(|(t, n)| format!("{t} x {n}"))
             .collect::<Vec<_>>()

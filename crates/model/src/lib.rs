@@ -36,7 +36,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use batch::Batch;
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, CheckpointInfo};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hook::HookPoint;

@@ -1,25 +1,21 @@
 //! [`Model`]: loading, hook validation, the forward driver and gradients at hook sites.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
-use sha2::{Digest, Sha256};
 
 use crate::arch::{self, Arch};
 use crate::attention::Env;
 use crate::batch::Batch;
-use crate::checkpoint::Checkpoint;
-use crate::config::{Architecture, ModelConfig};
+use crate::checkpoint::{Checkpoint, CheckpointInfo};
+use crate::config::ModelConfig;
 use crate::context::HookCtx;
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
 use crate::hook::{HookPoint, Stage};
 use crate::request::{
     Capture, Edit, ForwardOutput, ForwardRequest, Intervention, Logits, Positions,
 };
-use crate::weights::Weights;
 
 /// How to load a model.
 #[derive(Clone, Debug)]
@@ -73,95 +69,55 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let bad = |e: std::io::Error| ModelError::BadFile {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut f = std::fs::File::open(path).map_err(bad)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(bad)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
-
 /// A loaded model.
 pub struct Model {
-    cfg: ModelConfig,
+    info: CheckpointInfo,
     dir: PathBuf,
     dtype: DType,
     device: Device,
     arch: Box<dyn Arch>,
-    weight_files: Vec<PathBuf>,
-    parameter_count: usize,
-    checkpoint: Checkpoint,
-    config_sha256: String,
-    stored_types: BTreeMap<String, usize>,
 }
 
 impl Model {
     /// Loads the checkpoint at `path`: an HF directory (`config.json` and the weights beside
     /// it), a `.gguf` file, or a directory holding one (see [`Checkpoint::locate`]).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
-        let checkpoint = Checkpoint::locate(path)?;
-        let (cfg, weights, config_sha256) = match &checkpoint {
-            Checkpoint::HfDir(dir) => {
-                let config = dir.join("config.json");
-                let cfg = ModelConfig::from_file(&config)?;
-                let weights = Weights::open(dir, opts.dtype, &opts.device)?;
-                (cfg, weights, sha256_file(&config)?)
-            }
-            Checkpoint::Gguf(file) => {
-                let g = GgufFile::open(file)?;
-                let cfg = g.config()?;
-                let sha = g.header_sha256().to_string();
-                (
-                    cfg.clone(),
-                    Weights::open_gguf(g, &cfg, opts.dtype, &opts.device),
-                    sha,
-                )
-            }
-        };
-        let arch = arch::load(&cfg, &weights)?;
+        let (info, weights) = CheckpointInfo::open(path, opts.dtype, &opts.device)?;
+        let arch = arch::load(&info.config, &weights)?;
         Ok(Self {
-            cfg,
+            info,
             dir: path.to_path_buf(),
             dtype: opts.dtype,
             device: opts.device.clone(),
             arch,
-            weight_files: weights.files.clone(),
-            parameter_count: weights.parameter_count(),
-            checkpoint,
-            config_sha256,
-            stored_types: weights.stored_types(),
         })
+    }
+
+    /// What the checkpoint is: config, files, stored types (also readable without loading,
+    /// [`CheckpointInfo::read`]).
+    pub fn info(&self) -> &CheckpointInfo {
+        &self.info
     }
 
     /// Where the checkpoint was found.
     pub fn checkpoint(&self) -> &Checkpoint {
-        &self.checkpoint
+        &self.info.checkpoint
     }
 
     /// sha256 of what configures the model: config.json, or a GGUF file's header (metadata,
     /// tokenizer and tensor directory).
     pub fn config_sha256(&self) -> &str {
-        &self.config_sha256
+        &self.info.config_sha256
     }
 
     /// Tensors per stored type (`F32`, `BF16`; `Q4_1`, `Q8_0`, ... for GGUF).
     pub fn stored_types(&self) -> &BTreeMap<String, usize> {
-        &self.stored_types
+        &self.info.stored_types
     }
 
     /// The normalised config.
     pub fn config(&self) -> &ModelConfig {
-        &self.cfg
+        &self.info.config
     }
 
     /// The path it was loaded from (a directory, or a GGUF file).
@@ -171,12 +127,12 @@ impl Model {
 
     /// The weight files read.
     pub fn weight_files(&self) -> &[PathBuf] {
-        &self.weight_files
+        &self.info.weight_files
     }
 
     /// Scalars in the checkpoint (tied weights counted once, unused ones included).
     pub fn parameter_count(&self) -> usize {
-        self.parameter_count
+        self.info.parameter_count
     }
 
     /// Compute dtype.
@@ -191,84 +147,17 @@ impl Model {
 
     /// Every hook this model has, in forward order.
     pub fn hooks(&self) -> Vec<HookPoint> {
-        let mut all = vec![HookPoint::Embed, HookPoint::PosEmbed];
-        for l in 0..self.cfg.n_layers {
-            all.extend(HookPoint::block_hooks(l));
-        }
-        all.extend([HookPoint::LnFinal, HookPoint::Logits]);
-        all.retain(|h| self.check_hook(*h).is_ok());
-        all
+        self.info.config.hooks()
     }
 
     /// Whether this model has `hook`; the error says why not and what it has instead.
     pub fn check_hook(&self, hook: HookPoint) -> Result<()> {
-        let c = &self.cfg;
-        let name = c.arch.model_type();
-        let refuse = |why: String| {
-            Err(ModelError::BadHook {
-                name: hook.to_string(),
-                message: format!(
-                    "{why}; this model's hooks are: hook_embed{}, blocks.{{0..{}}}.{{{}}}{}",
-                    if matches!(c.arch, Architecture::Gpt2 | Architecture::Bert) {
-                        ", hook_pos_embed"
-                    } else {
-                        ""
-                    },
-                    c.n_layers - 1,
-                    HookPoint::block_hooks(0)
-                        .iter()
-                        .filter(|h| self.block_hook_exists(**h))
-                        .map(|h| h.to_string().trim_start_matches("blocks.0.").to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    if c.arch.is_causal_lm() {
-                        ", ln_final.hook_normalized, logits"
-                    } else {
-                        ""
-                    }
-                ),
-            })
-        };
-        if let Some(l) = hook.layer() {
-            if l >= c.n_layers {
-                return refuse(format!(
-                    "layer {l} does not exist ({name} has {} layers)",
-                    c.n_layers
-                ));
-            }
-            if !self.block_hook_exists(hook) {
-                return refuse(match hook {
-                    HookPoint::ResidMid(_) => format!(
-                        "{name} blocks are parallel: attention and MLP both read hook_resid_pre, \
-                         so there is no resid_mid"
-                    ),
-                    _ => format!("{name} has no gated MLP, so there is no hook_pre_linear"),
-                });
-            }
-            return Ok(());
-        }
-        match hook {
-            HookPoint::PosEmbed if !matches!(c.arch, Architecture::Gpt2 | Architecture::Bert) => {
-                refuse(format!("{name} has no learned position embedding"))
-            }
-            HookPoint::LnFinal | HookPoint::Logits if !c.arch.is_causal_lm() => refuse(format!(
-                "{name} is an encoder here, without final norm or LM head"
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    fn block_hook_exists(&self, hook: HookPoint) -> bool {
-        match hook {
-            HookPoint::ResidMid(_) => !self.cfg.parallel_block,
-            HookPoint::MlpPreLinear(_) => self.cfg.gated_mlp,
-            _ => true,
-        }
+        self.info.config.check_hook(hook)
     }
 
     /// The per-token shape of `hook` (see [`HookPoint`]) for sequences of padded length `t`.
     pub fn hook_shape(&self, hook: HookPoint, t: usize) -> Vec<usize> {
-        let c = &self.cfg;
+        let c = &self.info.config;
         use HookPoint::*;
         match hook {
             AttnQ(_) | AttnZ(_) => vec![c.n_heads, c.d_head],
@@ -283,7 +172,7 @@ impl Model {
     /// A left-padded batch on this model's device, padded with the config's pad (or eos)
     /// token when it is in the vocabulary, else 0: pads are masked, so the id does not matter.
     pub fn batch(&self, sequences: &[Vec<u32>]) -> Result<Batch> {
-        let vocab = self.cfg.vocab_size;
+        let vocab = self.info.config.vocab_size;
         if let Some((s, id)) = sequences.iter().enumerate().find_map(|(s, seq)| {
             seq.iter()
                 .find(|&&id| id as usize >= vocab)
@@ -293,7 +182,7 @@ impl Model {
                 "sequence {s} has token id {id}, outside the vocabulary of {vocab}"
             )));
         }
-        if let Some(limit) = self.cfg.max_positions {
+        if let Some(limit) = self.info.config.max_positions {
             if let Some((s, seq)) = sequences.iter().enumerate().find(|(_, q)| q.len() > limit) {
                 return Err(ModelError::BadRequest(format!(
                     "sequence {s} has {} tokens, more than the model's context of {limit} \
@@ -303,9 +192,10 @@ impl Model {
             }
         }
         let pad = self
-            .cfg
+            .info
+            .config
             .pad_token_id
-            .or(self.cfg.eos_token_id)
+            .or(self.info.config.eos_token_id)
             .filter(|&p| (p as usize) < vocab)
             .unwrap_or(0);
         Batch::new(sequences, pad, &self.device)
@@ -316,17 +206,17 @@ impl Model {
     /// effects use it: a component's change added to the final residual reaches the logits
     /// only through here.
     pub fn logits_from_final_residual(&self, resid: &Tensor) -> Result<Tensor> {
-        if !self.cfg.arch.is_causal_lm() {
+        if !self.info.config.arch.is_causal_lm() {
             return Err(ModelError::BadRequest(format!(
                 "{} has no LM head: there are no logits",
-                self.cfg.arch.model_type()
+                self.info.config.arch.model_type()
             )));
         }
         let (_, d) = resid.dims2()?;
-        if d != self.cfg.d_model {
+        if d != self.info.config.d_model {
             return Err(ModelError::BadRequest(format!(
                 "final residual has width {d}, the model {}",
-                self.cfg.d_model
+                self.info.config.d_model
             )));
         }
         let x = resid.to_dtype(self.dtype)?.unsqueeze(1)?;
@@ -425,7 +315,7 @@ impl Model {
         req: &ForwardRequest,
         interventions: &[Intervention],
     ) -> Result<Plan> {
-        let c = &self.cfg;
+        let c = &self.info.config;
         let hooks = hooks_of(req, interventions);
         let mut stop = Stage::Embedding;
         for h in hooks.clone() {
@@ -461,7 +351,7 @@ impl Model {
         let last = |p: &Positions| matches!(p, Positions::At(ps) if ps.iter().all(|&i| i == -1 || i == batch.seq_len as i64 - 1));
         let hooks_ok =
             |h: HookPoint| !matches!(h, HookPoint::AttnPattern(_)) && h.stage() != Stage::Embedding;
-        self.cfg.arch.is_causal_lm()
+        self.info.config.arch.is_causal_lm()
             && batch.seq_len > 1
             && batch.lengths.iter().all(|&l| l == batch.seq_len)
             && req.resume.is_none()
@@ -588,7 +478,7 @@ impl Model {
         differentiable: bool,
         extras: RunExtras,
     ) -> Result<(ForwardOutput, Option<KeysValues>)> {
-        let c = &self.cfg;
+        let c = &self.info.config;
         let hooks = hooks_of(req, interventions);
         let Plan {
             stop,
