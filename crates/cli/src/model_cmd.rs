@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use helixlab_model::checkpoint::{available_memory, GB};
 use helixlab_model::{
-    parse_device, parse_dtype, Checkpoint, CheckpointInfo, DType, ForwardRequest, HookPoint,
+    dtype_name, parse_device, parse_dtype, Checkpoint, CheckpointInfo, DType, ForwardRequest, HookPoint,
     LoadOptions, Logits, Model, Positions, Tensor, Tokenizer,
 };
 
@@ -25,7 +26,8 @@ pub struct Load {
     /// The checkpoint: an HF directory (config.json, model.safetensors or pytorch_model.bin,
     /// tokenizer), a .gguf file, or a directory holding one .gguf file.
     pub dir: PathBuf,
-    /// Compute dtype: f32, bf16 or f16.
+    /// Run dtype, what the weights are held in: f32, bf16 or f16. On the CPU, bf16 and f16
+    /// halve the memory and compute in f32 (as fast as f32); on a GPU they compute natively.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Device: cpu, cuda, cuda:N or metal (GPU builds need the cuda/metal feature).
@@ -77,15 +79,6 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
     }
 }
 
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => "other",
-    }
-}
-
 fn check(a: &CheckArgs) -> Result<()> {
     // Headers only: no tensor is read, so a 6B checkpoint is checked as fast as a toy.
     let (dtype, device) = (parse_dtype(&a.load.dtype)?, parse_device(&a.load.device)?);
@@ -106,6 +99,10 @@ fn check(a: &CheckArgs) -> Result<()> {
         serde_json::json!({"dim": r.dim, "theta": r.theta, "style": format!("{:?}", r.style),
             "llama3_scaling": r.llama3.is_some()})
     });
+    let memory_gb: std::collections::BTreeMap<_, _> = [DType::F32, DType::BF16]
+        .iter()
+        .map(|&d| (dtype_name(d), info.weight_bytes(d) as f64 / GB))
+        .collect();
     let report = serde_json::json!({
         "dir": a.load.dir.display().to_string(),
         "architecture": c.arch.model_type(),
@@ -125,6 +122,8 @@ fn check(a: &CheckArgs) -> Result<()> {
         "weight_files": &info.weight_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "format": match info.checkpoint { Checkpoint::HfDir(_) => "hf", Checkpoint::Gguf(_) => "gguf" },
         "stored_types": &info.stored_types,
+        "memory_gb": memory_gb,
+        "memory_available_gb": available_memory().map(|b| b as f64 / GB),
         "context": c.max_positions,
         "tokenizer": tokenizer,
         "single_token_numbers": numbers.map(|n| format!("0..={n}")),
@@ -195,6 +194,15 @@ fn check(a: &CheckArgs) -> Result<()> {
     if let Some(n) = c.max_positions {
         println!("  context       {n} positions");
     }
+    println!(
+        "  memory        {:.2} GB in f32, {:.2} GB in bf16 or f16{}",
+        info.weight_bytes(DType::F32) as f64 / GB,
+        info.weight_bytes(DType::BF16) as f64 / GB,
+        match available_memory() {
+            Some(b) => format!(" ({:.1} GB available here)", b as f64 / GB),
+            None => String::new(),
+        }
+    );
     match &tok {
         Ok(t) => {
             println!("  tokenizer     {}", t.source.display());

@@ -19,7 +19,7 @@ pub mod prompts;
 use std::path::PathBuf;
 
 use helixlab_model::{
-    parse_device, parse_dtype, shared_prefix_split, ForwardOutput, ForwardRequest, HookPoint,
+    dtype_name, parse_device, parse_dtype, shared_prefix_split, ForwardOutput, ForwardRequest, HookPoint,
     LoadOptions, Model, Tokenizer,
 };
 use helixlab_pipeline::{Pipeline, Site};
@@ -71,6 +71,7 @@ pub fn model_identity(p: &Pipeline, model: &Model) -> Result<ModelIdentity> {
             config_sha256: model.config_sha256(),
             weight_files: model.weight_files(),
             stored_types: model.stored_types(),
+            compute_dtype: dtype_name(model.dtype()),
         },
         &p.model.dtype,
         &p.model.device,

@@ -152,6 +152,76 @@ impl CheckpointInfo {
     }
 }
 
+/// Gigabytes (10^9 bytes), as `free -g` and `df -H` count them.
+pub const GB: f64 = 1e9;
+
+impl CheckpointInfo {
+    /// Bytes the weights take once loaded in `dtype`: every parameter at the dtype's size (on
+    /// the CPU, norms and biases of a half-precision model are held in f32, a few MB more).
+    pub fn weight_bytes(&self, dtype: DType) -> u64 {
+        self.parameter_count as u64 * dtype.size_in_bytes() as u64
+    }
+
+    /// Refuses a CPU load whose weights cannot fit in the memory the machine has available
+    /// (`MemAvailable` of /proc/meminfo, which counts the page cache the kernel can drop),
+    /// before any tensor is read; the error names the size needed and a dtype that would fit.
+    /// GPU memory is not checked here: the first allocation that fails says so.
+    pub fn check_fits(&self, dtype: DType, device: &Device) -> Result<()> {
+        if !device.is_cpu() {
+            return Ok(());
+        }
+        let Some(available) = available_memory() else {
+            return Ok(());
+        };
+        // Activations, tokenizer and runtime: a few hundred MB for a study's batch.
+        const HEADROOM: u64 = 500_000_000;
+        let needed = self.weight_bytes(dtype);
+        if needed + HEADROOM <= available {
+            return Ok(());
+        }
+        let hint = [DType::BF16]
+            .into_iter()
+            .filter(|&d| d.size_in_bytes() < dtype.size_in_bytes())
+            .find(|&d| self.weight_bytes(d) + HEADROOM <= available)
+            .map(|d| {
+                format!(
+                    "; in {} it needs {:.1} GB (--dtype {0}, or dtype = \"{0}\" in the \
+                     pipeline's [model]), or run on a GPU",
+                    crate::model::dtype_name(d),
+                    self.weight_bytes(d) as f64 / GB
+                )
+            })
+            .unwrap_or_else(|| "; run it on a machine with more memory or a GPU".into());
+        Err(ModelError::TooLarge {
+            path: self.checkpoint.config_file(),
+            parameters: self.parameter_count,
+            dtype: crate::model::dtype_name(dtype),
+            needed_gb: needed as f64 / GB,
+            available_gb: available as f64 / GB,
+            hint,
+        })
+    }
+}
+
+/// Memory the kernel says is available for new allocations without swapping (Linux
+/// `MemAvailable`), in bytes; `HELIXLAB_MEMORY_AVAILABLE` (bytes) overrides it, for tests and
+/// for machines whose limit is a cgroup's rather than the kernel's.
+pub fn available_memory() -> Option<u64> {
+    if let Ok(v) = std::env::var("HELIXLAB_MEMORY_AVAILABLE") {
+        return v.trim().parse().ok();
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn sha256_file(path: &Path) -> Result<String> {
     let bad = |e: std::io::Error| ModelError::BadFile {
         path: path.to_path_buf(),

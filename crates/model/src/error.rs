@@ -75,6 +75,26 @@ pub enum ModelError {
         /// Why it is refused, with the valid names where that helps.
         message: String,
     },
+    /// The model would not fit in the memory this machine has available (checked before any
+    /// tensor is read).
+    #[error(
+        "{path}: {parameters} parameters need about {needed_gb:.1} GB in {dtype}, but this \
+         machine has {available_gb:.1} GB of memory available{hint}"
+    )]
+    TooLarge {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Its parameters.
+        parameters: usize,
+        /// The run dtype asked for.
+        dtype: &'static str,
+        /// What the weights would take, GB.
+        needed_gb: f64,
+        /// What the machine has (MemAvailable), GB.
+        available_gb: f64,
+        /// What would fit instead, if anything.
+        hint: String,
+    },
     /// A forward request that cannot be served (positions, shapes, resume layer).
     #[error("forward request: {0}")]
     BadRequest(String),

@@ -20,7 +20,9 @@ use crate::request::{
 /// How to load a model.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Compute dtype (f32 by default; bf16 and f16 halve memory).
+    /// The run dtype, what the weight matrices are held in: f32 by default; bf16 and f16 halve
+    /// the memory. On the CPU a half-precision model computes in f32 (see
+    /// [`crate::weights::compute_dtype`]); on a GPU in the run dtype itself.
     pub dtype: DType,
     /// Where to run.
     pub device: Device,
@@ -44,6 +46,16 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         other => Err(ModelError::BadRequest(format!(
             "dtype `{other}` is not supported (f32, bf16, f16)"
         ))),
+    }
+}
+
+/// The name [`parse_dtype`] reads (`f32`, `bf16`, `f16`; candle's own name for others).
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        other => other.as_str(),
     }
 }
 
@@ -73,7 +85,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
 pub struct Model {
     info: CheckpointInfo,
     dir: PathBuf,
+    /// What activations are computed in.
     dtype: DType,
+    /// What weight matrices are held in.
+    weight_dtype: DType,
     device: Device,
     arch: Box<dyn Arch>,
 }
@@ -83,11 +98,13 @@ impl Model {
     /// it), a `.gguf` file, or a directory holding one (see [`Checkpoint::locate`]).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let (info, weights) = CheckpointInfo::open(path, opts.dtype, &opts.device)?;
+        info.check_fits(opts.dtype, &opts.device)?;
         let arch = arch::load(&info.config, &weights)?;
         Ok(Self {
             info,
             dir: path.to_path_buf(),
-            dtype: opts.dtype,
+            dtype: weights.compute_dtype(),
+            weight_dtype: opts.dtype,
             device: opts.device.clone(),
             arch,
         })
@@ -135,9 +152,15 @@ impl Model {
         self.info.parameter_count
     }
 
-    /// Compute dtype.
+    /// What activations (and every hook's values) are computed in: the run dtype, or f32 for
+    /// a bf16 / f16 model on the CPU.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// What the weight matrices are held in (the run dtype asked for at load).
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
     }
 
     /// Device.

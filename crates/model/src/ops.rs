@@ -8,40 +8,75 @@ use candle_core::{DType, Tensor, D};
 
 use crate::config::Activation;
 use crate::error::Result;
+use crate::half_matmul::HalfMatmul;
 use crate::weights::Vb;
 
-/// A dense layer `x W^T + b` with HF's `nn.Linear` weight `W: (out, in)`, kept transposed as
-/// `(in, out)` in memory.
+/// A dense layer `x W^T + b` with HF's `nn.Linear` weight `W: (out, in)`, multiplied as the
+/// right-hand side `W^T: (in, out)`.
 ///
-/// Why transposed: candle's CPU matmul (the `gemm` crate) multiplies by a row-major `(in, out)`
-/// right-hand side up to 2.2x faster than by a transposed view of `(out, in)` (measured here:
-/// 400 x 3072 x 768, 9.2 ms against 20.6 ms; 20 x 768 x 3072, 0.6 ms against 1.6 ms).
+/// How `W^T` is held depends on where and in what it runs:
+/// - f32 on the CPU: transposed once at load into a contiguous `(in, out)` copy. candle's CPU
+///   matmul (the `gemm` crate) multiplies by a row-major `(in, out)` right-hand side up to 2.2x
+///   faster than by a transposed view of `(out, in)` (measured here: 400 x 3072 x 768, 9.2 ms
+///   against 20.6 ms; 20 x 768 x 3072, 0.6 ms against 1.6 ms).
+/// - bf16 / f16 on the CPU: the stored `(out, in)` matrix as it was read, viewed transposed, and
+///   multiplied by [`HalfMatmul`] (f32 arithmetic, widened block by block): no copy at load.
+/// - on a GPU: a transposed view; cuBLAS takes the transpose as a flag.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// `W^T`, `(in, out)`: contiguous, or a transposed view of a tied embedding table.
+    /// `W^T`, `(in, out)`: contiguous, or a transposed view.
     wt: Tensor,
     b: Option<Tensor>,
+}
+
+/// `t` transposed into a new contiguous matrix, rows split across threads (f32 on the CPU; any
+/// other tensor through candle's copy).
+fn transposed(t: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (r, c) = t.dims2()?;
+    if !t.device().is_cpu() || t.dtype() != DType::F32 || r * c < 1 << 16 {
+        return Ok(t.t()?.contiguous()?);
+    }
+    let src: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; r * c];
+    const B: usize = 32;
+    // Output row j is input column j; a band of 32 output rows reads 32-wide tiles of the input.
+    out.par_chunks_mut(B * r).enumerate().for_each(|(band, rows)| {
+        let j0 = band * B;
+        let nj = rows.len() / r;
+        for i0 in (0..r).step_by(B) {
+            for i in i0..(i0 + B).min(r) {
+                let line = &src[i * c + j0..i * c + j0 + nj];
+                for (jj, &v) in line.iter().enumerate() {
+                    rows[jj * r + i] = v;
+                }
+            }
+        }
+    });
+    Ok(Tensor::from_vec(out, (c, r), t.device())?)
 }
 
 impl Linear {
     /// Loads `weight` (and `bias` when `bias`) of shape `(out, in)`.
     pub fn load(vb: &Vb, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let w = vb.get("weight", &[d_out, d_in])?;
+        let w = vb.get_matrix("weight", &[d_out, d_in])?;
         let b = if bias {
             Some(vb.get("bias", &[d_out])?)
         } else {
             None
         };
-        Ok(Self {
-            wt: w.t()?.contiguous()?,
-            b,
-        })
+        let wt = if w.device().is_cpu() && w.dtype() == DType::F32 {
+            transposed(&w)?
+        } else {
+            w.t()?
+        };
+        Ok(Self { wt, b })
     }
 
     /// Loads GPT-2's `Conv1D`, whose weight is stored `(in, out)` already.
     pub fn load_conv1d(vb: &Vb, d_in: usize, d_out: usize) -> Result<Self> {
         Ok(Self {
-            wt: vb.get("weight", &[d_in, d_out])?,
+            wt: vb.get_matrix("weight", &[d_in, d_out])?,
             b: Some(vb.get("bias", &[d_out])?),
         })
     }
@@ -57,9 +92,10 @@ impl Linear {
 
     /// Applies the layer to `(..., in)`.
     ///
-    /// Under autograd on the CPU the product goes through [`InputOnlyLinear`], whose backward
-    /// gives the input's gradient only: candle's matmul backward also computes the weight's
-    /// (a second matmul per layer and a weight-sized buffer), which helixlab never needs.
+    /// Under autograd on the CPU the product goes through [`InputOnlyLinear`] (or
+    /// [`HalfMatmul`]), whose backward gives the input's gradient only: candle's matmul
+    /// backward also computes the weight's (a second matmul per layer and a weight-sized
+    /// buffer), which helixlab never needs.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let Some((&k, lead)) = dims.split_last() else {
@@ -76,7 +112,11 @@ impl Linear {
         } else {
             x.contiguous()?.reshape((rows, k))?
         };
-        let y = if x2.track_op() && x2.device().is_cpu() && !self.wt.track_op() {
+        let cpu = x2.device().is_cpu();
+        let half_weight = matches!(self.wt.dtype(), DType::BF16 | DType::F16);
+        let y = if cpu && half_weight && x2.dtype() == DType::F32 {
+            x2.apply_op2(&self.wt, HalfMatmul)?
+        } else if x2.track_op() && cpu && !self.wt.track_op() {
             x2.apply_op2(&self.wt, InputOnlyLinear)?
         } else {
             x2.matmul(&self.wt)?
@@ -220,15 +260,18 @@ pub fn softmax_last(x: &Tensor, differentiable: bool) -> Result<Tensor> {
 /// A token (or position) embedding table.
 #[derive(Clone, Debug)]
 pub struct Embedding {
-    /// `(n, d)`.
+    /// `(n, d)`, in the run dtype (a tied unembedding multiplies by it).
     pub table: Tensor,
+    /// What looked-up rows are given in (the compute dtype).
+    out: DType,
 }
 
 impl Embedding {
     /// Loads `weight` of shape `(n, d)`.
     pub fn load(vb: &Vb, n: usize, d: usize) -> Result<Self> {
         Ok(Self {
-            table: vb.get("weight", &[n, d])?,
+            table: vb.get_matrix("weight", &[n, d])?,
+            out: vb.weights().compute_dtype(),
         })
     }
 
@@ -239,7 +282,8 @@ impl Embedding {
         Ok(self
             .table
             .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, d))?)
+            .reshape((b, t, d))?
+            .to_dtype(self.out)?)
     }
 }
 

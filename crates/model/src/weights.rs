@@ -1,20 +1,34 @@
 //! Weights of a checkpoint: one safetensors file, a sharded safetensors index,
 //! pytorch_model.bin, a sharded .bin index, or a GGUF file (dequantized, under HF names), read
-//! lazily (safetensors are memory mapped) and checked against the shape the config implies,
-//! with errors that name the tensor and the file or directory.
+//! one tensor at a time when asked for and checked against the shape the config implies, with
+//! errors that name the tensor and the file or directory.
+//!
+//! Two dtypes: weight matrices (linear layers, embedding tables) are held in the run dtype;
+//! vectors (norms, biases) and activations in the compute dtype, which is f32 on the CPU when
+//! the run dtype is bf16 or f16 (candle has no fast half-precision CPU arithmetic; see
+//! `half_matmul`) and the run dtype otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{pickle::PthTensors, DType, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufTensors};
+use crate::safetensors_reader::SafetensorsShards;
+
+/// The dtype of activations, norms and biases for weights held in `dtype` on `device`: f32 on
+/// the CPU for bf16 and f16 weights, else `dtype` itself.
+pub fn compute_dtype(dtype: DType, device: &Device) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 if device.is_cpu() => DType::F32,
+        other => other,
+    }
+}
 
 enum Backend {
-    Safetensors(MmapedSafetensors),
+    Safetensors(SafetensorsShards),
     Pth {
         shards: Vec<PthTensors>,
         routing: HashMap<String, usize>,
@@ -27,7 +41,10 @@ pub struct Weights {
     dir: PathBuf,
     backend: Backend,
     names: Vec<String>,
+    /// What weight matrices are held in.
     dtype: DType,
+    /// What vectors (and activations) are computed in.
+    compute: DType,
     device: Device,
     /// The files the tensors come from, for provenance.
     pub files: Vec<PathBuf>,
@@ -78,14 +95,7 @@ impl Weights {
             } else {
                 shard_files(&st_index)?
             };
-            // SAFETY: the files are memory mapped read-only; like every mmap user we assume
-            // nobody truncates a checkpoint while it is being read.
-            let m =
-                unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::BadFile {
-                    path: files[0].clone(),
-                    message: format!("cannot read safetensors: {e}"),
-                })?;
-            (Backend::Safetensors(m), files)
+            (Backend::Safetensors(SafetensorsShards::open(&files)?), files)
         } else if bin.exists() || bin_index.exists() {
             let files = if bin.exists() {
                 vec![bin]
@@ -136,7 +146,7 @@ impl Weights {
         device: &Device,
     ) -> Self {
         let mut names: Vec<String> = match &backend {
-            Backend::Safetensors(m) => m.tensors().into_iter().map(|(n, _)| n).collect(),
+            Backend::Safetensors(m) => m.entries().map(|(n, _)| n.clone()).collect(),
             Backend::Pth { routing, .. } => routing.keys().cloned().collect(),
             Backend::Gguf(g) => g.names().cloned().collect(),
         };
@@ -146,9 +156,25 @@ impl Weights {
             backend,
             names,
             dtype,
+            compute: compute_dtype(dtype, device),
             device: device.clone(),
             files,
         }
+    }
+
+    /// What weight matrices are held in (the run dtype).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// What vectors and activations are computed in (see [`compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// The device tensors are put on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// How many tensors of each stored type the checkpoint holds (`F32`, `BF16` for
@@ -157,8 +183,9 @@ impl Weights {
         let mut out = BTreeMap::new();
         match &self.backend {
             Backend::Safetensors(m) => {
-                for (_, v) in m.tensors() {
-                    *out.entry(format!("{:?}", v.dtype())).or_insert(0) += 1;
+                for (_, e) in m.entries() {
+                    *out.entry(format!("{:?}", e.dtype).to_uppercase())
+                        .or_insert(0) += 1;
                 }
             }
             Backend::Pth { shards, .. } => {
@@ -176,9 +203,8 @@ impl Weights {
     pub fn parameter_count(&self) -> usize {
         match &self.backend {
             Backend::Safetensors(m) => m
-                .tensors()
-                .iter()
-                .map(|(_, v)| v.shape().iter().product::<usize>())
+                .entries()
+                .map(|(_, e)| e.shape.iter().product::<usize>())
                 .sum(),
             Backend::Pth { shards, .. } => shards
                 .iter()
@@ -201,8 +227,18 @@ impl Weights {
             .is_ok()
     }
 
-    /// The tensor `name`, checked to have `shape`, in the runtime's dtype and device.
+    /// The vector (or any tensor computed with as it is) `name`, checked to have `shape`, in
+    /// the compute dtype on the device.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.fetch(name, shape, self.compute)
+    }
+
+    /// The weight matrix `name`, checked to have `shape`, in the run dtype on the device.
+    pub fn get_matrix(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.fetch(name, shape, self.dtype)
+    }
+
+    fn fetch(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         if !self.contains(name) {
             return Err(ModelError::MissingTensor {
                 dir: self.dir.clone(),
@@ -218,7 +254,7 @@ impl Weights {
             });
         }
         let t = match &self.backend {
-            Backend::Safetensors(m) => m.load(name, &Device::Cpu)?,
+            Backend::Safetensors(m) => m.load(name)?,
             Backend::Pth { shards, routing } => shards[routing[name]]
                 .get(name)?
                 .expect("name listed by the shard's own index"),
@@ -232,7 +268,7 @@ impl Weights {
                 got: t.dims().to_vec(),
             });
         }
-        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+        Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
     }
 
     /// A view that prefixes names with `prefix.`.
@@ -268,9 +304,19 @@ impl<'a> Vb<'a> {
         }
     }
 
-    /// The tensor `name` under this prefix, checked to have `shape`.
+    /// The vector `name` under this prefix, checked to have `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.w.get(&self.full(name), shape)
+    }
+
+    /// The weight matrix `name` under this prefix, checked to have `shape`, in the run dtype.
+    pub fn get_matrix(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get_matrix(&self.full(name), shape)
+    }
+
+    /// The checkpoint's weights (dtypes, device).
+    pub fn weights(&self) -> &'a Weights {
+        self.w
     }
 
     /// Whether `name` exists under this prefix.

@@ -189,18 +189,19 @@ fn fixtures_cover_every_architecture_and_weight_format() {
     assert!(files.iter().any(|f| f.starts_with("model-0000")));
 }
 
-/// bf16 against HF's f32 logits. bf16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4 %),
-/// so each of the ~20 roundings on the path to a logit can move it by 0.4 % of the values
-/// involved; the test allows 5 % of the largest |logit|.
+/// bf16 weights against HF's f32 logits. On the CPU the arithmetic is f32, so only the weights
+/// are rounded: 8 bits of mantissa (relative step 2^-8 = 0.4 %) per weight, averaging out over
+/// each dot product; measured up to 0.8 % of the largest |logit|, the test allows 2 %.
 #[test]
 fn bf16_is_close_to_hf_f32() {
-    half_precision_is_close_to_hf_f32(DType::BF16, 0.05);
+    half_precision_is_close_to_hf_f32(DType::BF16, 0.02);
 }
 
-/// f16 keeps 11 bits of mantissa (0.05 %), 8x finer than bf16: 1 % of the largest |logit|.
+/// f16 keeps 11 bits of mantissa (0.05 %), 8x finer than bf16: measured up to 0.12 %, allowed
+/// 0.5 % of the largest |logit|.
 #[test]
 fn f16_is_close_to_hf_f32() {
-    half_precision_is_close_to_hf_f32(DType::F16, 0.01);
+    half_precision_is_close_to_hf_f32(DType::F16, 0.005);
 }
 
 fn half_precision_is_close_to_hf_f32(dtype: DType, rel_tol: f32) {
@@ -224,7 +225,9 @@ fn half_precision_is_close_to_hf_f32(dtype: DType, rel_tol: f32) {
             .forward(&batch, &ForwardRequest::new().logits(Logits::All))
             .unwrap();
         let logits = out.logits.unwrap();
-        assert_eq!(logits.dtype(), dtype);
+        // On the CPU half-precision weights are multiplied in f32.
+        assert_eq!(model.weight_dtype(), dtype);
+        assert_eq!(logits.dtype(), DType::F32);
         let d = max_diff_real(&logits, &r["logits"], &r["attention_mask"]);
         let scale = max_abs(&r["logits"]);
         eprintln!("{case} {dtype:?}: max |diff| {d:.4} against max |logit| {scale:.2}");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
+use helixlab_model::{dtype_name, parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
 use helixlab_model::{Model, Positions, Tokenizer};
 use helixlab_pipeline::{AnalysisTarget, Pipeline};
 use helixlab_store::manifest::{now_unix, sha256_file};
@@ -77,6 +77,7 @@ pub(crate) fn load_with_manifest(
             config_sha256: model.config_sha256(),
             weight_files: model.weight_files(),
             stored_types: model.stored_types(),
+            compute_dtype: dtype_name(model.dtype()),
         },
         &p.model.dtype,
         &p.model.device,

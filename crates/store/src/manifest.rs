@@ -22,8 +22,12 @@ pub struct ModelIdentity {
     /// Weight files with their sizes in bytes (hashing multi-GB checkpoints on every run would
     /// cost more than the run; name + size catches a swapped checkpoint).
     pub weights: BTreeMap<String, u64>,
-    /// Compute dtype.
+    /// Run dtype: what the weight matrices were held in (`f32`, `bf16`, `f16`).
     pub dtype: String,
+    /// What the arithmetic ran in: the run dtype, or `f32` for half-precision weights on the
+    /// CPU.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compute_dtype: String,
     /// Device.
     pub device: String,
     /// Tensors per stored type (`F32`; a GGUF file's quantization types, `Q4_1`, `Q8_0`, ...).
@@ -41,6 +45,8 @@ pub struct ModelFacts<'a> {
     pub weight_files: &'a [PathBuf],
     /// Tensors per stored type.
     pub stored_types: &'a BTreeMap<String, usize>,
+    /// What the arithmetic runs in (`f32`, `bf16`, `f16`).
+    pub compute_dtype: &'a str,
 }
 
 impl ModelIdentity {
@@ -52,6 +58,7 @@ impl ModelIdentity {
             config_sha256,
             weight_files,
             stored_types,
+            compute_dtype,
         } = facts;
         let weights = weight_files
             .iter()
@@ -70,6 +77,7 @@ impl ModelIdentity {
             config_sha256: config_sha256.to_string(),
             weights,
             dtype: dtype.to_string(),
+            compute_dtype: compute_dtype.to_string(),
             device: device.to_string(),
             stored_types: stored_types.clone(),
         })
