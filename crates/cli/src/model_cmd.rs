@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use helixlab_model::checkpoint::{available_memory, GB};
 use helixlab_model::{
-    dtype_name, parse_device, parse_dtype, Checkpoint, CheckpointInfo, DType, ForwardRequest, HookPoint,
-    LoadOptions, Logits, Model, Positions, Tensor, Tokenizer,
+    dtype_name, parse_device, parse_dtype, Checkpoint, CheckpointInfo, DType, ForwardRequest,
+    HookPoint, LoadOptions, Logits, Model, Positions, Tensor, Tokenizer,
 };
 
 #[derive(Subcommand)]

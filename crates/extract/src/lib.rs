@@ -19,8 +19,8 @@ pub mod prompts;
 use std::path::PathBuf;
 
 use helixlab_model::{
-    dtype_name, parse_device, parse_dtype, shared_prefix_split, ForwardOutput, ForwardRequest, HookPoint,
-    LoadOptions, Model, Tokenizer,
+    dtype_name, parse_device, parse_dtype, shared_prefix_split, ForwardOutput, ForwardRequest,
+    HookPoint, LoadOptions, Model, Tokenizer,
 };
 use helixlab_pipeline::{Pipeline, Site};
 use helixlab_store::{ModelFacts, ModelIdentity};

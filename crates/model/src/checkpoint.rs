@@ -170,9 +170,17 @@ impl CheckpointInfo {
         if !device.is_cpu() {
             return Ok(());
         }
-        let Some(available) = available_memory() else {
+        match available_memory() {
+            Some(available) => self.check_fits_in(dtype, device, available),
+            None => Ok(()),
+        }
+    }
+
+    /// [`CheckpointInfo::check_fits`] against `available` bytes.
+    pub fn check_fits_in(&self, dtype: DType, device: &Device, available: u64) -> Result<()> {
+        if !device.is_cpu() {
             return Ok(());
-        };
+        }
         // Activations, tokenizer and runtime: a few hundred MB for a study's batch.
         const HEADROOM: u64 = 500_000_000;
         let needed = self.weight_bytes(dtype);

@@ -14,8 +14,18 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// Columns of the weight widened at a time: k x 128 f32 (2 MB for k = 4096) stays in L2.
-const BLOCK: usize = 128;
+/// Columns of the weight widened at a time for `m` rows of input. Few rows: narrow blocks,
+/// many per thread, so widening overlaps the product and stays in L1/L2. Many rows: wider
+/// blocks, so the input (re-read by every block) is read fewer times. Measured here on GPT-J's
+/// fc_in (4096 -> 16384), ms per product against f32 weights: 20 rows 43 against 80, 400 rows
+/// 323 against 325, 2000 rows 1622 against 1529.
+fn block_cols(m: usize) -> usize {
+    if m <= 512 {
+        32
+    } else {
+        128
+    }
+}
 
 /// A half-precision scalar widened to f32.
 trait Widen: Copy + Send + Sync {
@@ -53,22 +63,24 @@ fn product<H: Widen>(
 ) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     let dst = Out(out.as_mut_ptr());
-    let blocks: Vec<usize> = (0..n).step_by(BLOCK).collect();
+    let block = block_cols(m);
+    let blocks: Vec<usize> = (0..n).step_by(block).collect();
     blocks.into_par_iter().for_each_init(
-        || vec![0f32; k * BLOCK],
+        || vec![0f32; k * block],
         |buf, j0| {
-            let nb = BLOCK.min(n - j0);
+            let nb = block.min(n - j0);
             // Widen columns j0..j0+nb into buf, reading the weight in its own order.
             let (buf_rs, buf_cs) = if rs == 1 {
-                // A transposed view of an (n, k) matrix (HF's nn.Linear): each column of the
-                // product is a contiguous row of the stored weight.
+                // A transposed view of an (n, k) matrix (HF's nn.Linear): read each stored row
+                // once, write it as a column of the row-major block (gemm packs a row-major
+                // right-hand side fastest: 154 against 127 GFLOP/s at 400 x 4096 x 16384).
                 for jj in 0..nb {
                     let src = &w[(j0 + jj) * cs..(j0 + jj) * cs + k];
-                    for (d, s) in buf[jj * k..(jj + 1) * k].iter_mut().zip(src) {
-                        *d = s.widen();
+                    for (i, s) in src.iter().enumerate() {
+                        buf[i * nb + jj] = s.widen();
                     }
                 }
-                (1, k)
+                (nb, 1)
             } else {
                 for i in 0..k {
                     let row = &mut buf[i * nb..(i + 1) * nb];
@@ -193,7 +205,10 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(diff < 1e-3, "{dtype:?} transposed={transposed}: off by {diff}");
+        assert!(
+            diff < 1e-3,
+            "{dtype:?} transposed={transposed}: off by {diff}"
+        );
     }
 
     #[test]
@@ -203,7 +218,8 @@ mod tests {
                 // n not a multiple of the block; a single row; a wide matrix.
                 check(dtype, transposed, (7, 33, 300));
                 check(dtype, transposed, (1, 64, 129));
-                check(dtype, transposed, (20, 96, 2 * BLOCK));
+                check(dtype, transposed, (20, 96, 64));
+                check(dtype, transposed, (600, 40, 300));
             }
         }
     }
@@ -216,7 +232,10 @@ mod tests {
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap();
-        let y = x.as_tensor().apply_op2(&w.t().unwrap(), HalfMatmul).unwrap();
+        let y = x
+            .as_tensor()
+            .apply_op2(&w.t().unwrap(), HalfMatmul)
+            .unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         let g = grads.get(x.as_tensor()).unwrap();
         // d/dx sum(x W^T) = ones(3, 10) W: every row is the column sums of W.

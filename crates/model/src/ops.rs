@@ -41,18 +41,20 @@ fn transposed(t: &Tensor) -> Result<Tensor> {
     let mut out = vec![0f32; r * c];
     const B: usize = 32;
     // Output row j is input column j; a band of 32 output rows reads 32-wide tiles of the input.
-    out.par_chunks_mut(B * r).enumerate().for_each(|(band, rows)| {
-        let j0 = band * B;
-        let nj = rows.len() / r;
-        for i0 in (0..r).step_by(B) {
-            for i in i0..(i0 + B).min(r) {
-                let line = &src[i * c + j0..i * c + j0 + nj];
-                for (jj, &v) in line.iter().enumerate() {
-                    rows[jj * r + i] = v;
+    out.par_chunks_mut(B * r)
+        .enumerate()
+        .for_each(|(band, rows)| {
+            let j0 = band * B;
+            let nj = rows.len() / r;
+            for i0 in (0..r).step_by(B) {
+                for i in i0..(i0 + B).min(r) {
+                    let line = &src[i * c + j0..i * c + j0 + nj];
+                    for (jj, &v) in line.iter().enumerate() {
+                        rows[jj * r + i] = v;
+                    }
                 }
             }
-        }
-    });
+        });
     Ok(Tensor::from_vec(out, (c, r), t.device())?)
 }
 

@@ -102,12 +102,13 @@ impl SafetensorsShards {
                 })?;
                 let shape: Vec<usize> = serde_json::from_value(field("shape")?.clone())
                     .map_err(|e| bad(format!("tensor {name}: bad `shape`: {e}")))?;
-                let [start, end]: [u64; 2] =
-                    serde_json::from_value(field("data_offsets")?.clone())
-                        .map_err(|e| bad(format!("tensor {name}: bad `data_offsets`: {e}")))?;
+                let [start, end]: [u64; 2] = serde_json::from_value(field("data_offsets")?.clone())
+                    .map_err(|e| bad(format!("tensor {name}: bad `data_offsets`: {e}")))?;
                 let want = shape
                     .iter()
-                    .try_fold(dtype.size_in_bytes() as u64, |a, &d| a.checked_mul(d as u64));
+                    .try_fold(dtype.size_in_bytes() as u64, |a, &d| {
+                        a.checked_mul(d as u64)
+                    });
                 if start > end || end > data_len || Some(end - start) != want {
                     return Err(bad(format!(
                         "tensor {name}: bytes {start}..{end} do not hold a {type_name} tensor of \
@@ -143,9 +144,9 @@ impl SafetensorsShards {
 
     /// The tensor `name` on the CPU in its stored type.
     pub fn load(&self, name: &str) -> Result<Tensor> {
-        let e = self.entries.get(name).ok_or_else(|| ModelError::BadRequest(format!(
-            "no tensor {name} in the safetensors files"
-        )))?;
+        let e = self.entries.get(name).ok_or_else(|| {
+            ModelError::BadRequest(format!("no tensor {name} in the safetensors files"))
+        })?;
         let shard = &self.shards[e.shard];
         let count: usize = e.shape.iter().product();
         let t = match e.dtype {
@@ -232,10 +233,19 @@ mod tests {
     fn a_truncated_file_names_the_tensor_at_open() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("m.safetensors");
-        write(&p, &[("w", Tensor::zeros((64, 64), DType::F32, &Device::Cpu).unwrap())]);
+        write(
+            &p,
+            &[(
+                "w",
+                Tensor::zeros((64, 64), DType::F32, &Device::Cpu).unwrap(),
+            )],
+        );
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
-        let e = SafetensorsShards::open(&[p.clone()]).err().unwrap().to_string();
+        let e = SafetensorsShards::open(&[p.clone()])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("tensor w") && e.contains("truncated"), "{e}");
         std::fs::write(&p, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
         let e = SafetensorsShards::open(&[p]).err().unwrap().to_string();
@@ -246,10 +256,16 @@ mod tests {
     fn a_tensor_in_two_shards_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let z = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
-        let (p1, p2) = (tmp.path().join("1.safetensors"), tmp.path().join("2.safetensors"));
+        let (p1, p2) = (
+            tmp.path().join("1.safetensors"),
+            tmp.path().join("2.safetensors"),
+        );
         write(&p1, &[("w", z.clone())]);
         write(&p2, &[("w", z)]);
-        let e = SafetensorsShards::open(&[p1, p2]).err().unwrap().to_string();
+        let e = SafetensorsShards::open(&[p1, p2])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("tensor w is also in"), "{e}");
     }
 }

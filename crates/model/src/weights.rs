@@ -95,7 +95,10 @@ impl Weights {
             } else {
                 shard_files(&st_index)?
             };
-            (Backend::Safetensors(SafetensorsShards::open(&files)?), files)
+            (
+                Backend::Safetensors(SafetensorsShards::open(&files)?),
+                files,
+            )
         } else if bin.exists() || bin_index.exists() {
             let files = if bin.exists() {
                 vec![bin]

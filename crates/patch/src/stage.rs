@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{dtype_name, parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits};
+use helixlab_model::{
+    dtype_name, parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits,
+};
 use helixlab_model::{Model, Positions, Tokenizer};
 use helixlab_pipeline::{AnalysisTarget, Pipeline};
 use helixlab_store::manifest::{now_unix, sha256_file};
