@@ -175,3 +175,41 @@ fn check_reads_headers_only() {
     assert!(!ok);
     assert!(stderr.contains("not found in the checkpoint"), "{stderr}");
 }
+
+/// A load that cannot fit in the machine's available memory stops before reading a tensor,
+/// with the size needed and a dtype that fits (HELIXLAB_MEMORY_AVAILABLE stands in for the
+/// machine's MemAvailable); `model check` reports the sizes per dtype.
+#[test]
+fn a_model_that_cannot_fit_is_refused_with_the_size_it_needs() {
+    let dir = fixture("llama_gqa_llama3");
+    let (ok, stdout, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let params = v["parameters"].as_f64().unwrap();
+    let f32_gb = v["memory_gb"]["f32"].as_f64().unwrap();
+    assert!((f32_gb - params * 4.0 / 1e9).abs() < 1e-9, "{v}");
+    assert!((v["memory_gb"]["bf16"].as_f64().unwrap() * 2.0 - f32_gb).abs() < 1e-9);
+    // Room for the bf16 weights and the headroom, not for f32.
+    let room = (0.5e9 + params * 3.0) as u64;
+    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
+        .args([
+            "model",
+            "run",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "1",
+            "--out",
+        ])
+        .arg(std::env::temp_dir().join("helixlab-never-written.safetensors"))
+        .env("HELIXLAB_MEMORY_AVAILABLE", room.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("config.json")
+            && stderr.contains("GB in f32")
+            && stderr.contains("in bf16 it needs"),
+        "{stderr}"
+    );
+}

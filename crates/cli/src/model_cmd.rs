@@ -227,7 +227,9 @@ fn check(a: &CheckArgs) -> Result<()> {
 }
 
 fn run_prompt(a: &RunArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     let model = a.load.open()?;
+    let load_s = started.elapsed().as_secs_f64();
     let tok = Tokenizer::for_checkpoint(&a.load.dir)?;
     let ids = tok.encode(&a.prompt, !a.no_special_tokens)?;
     if ids.is_empty() {
@@ -255,7 +257,9 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
         req = req.capture(*h, Positions::All);
     }
     let batch = model.batch(std::slice::from_ref(&ids))?;
+    let forward_started = std::time::Instant::now();
     let out = model.forward(&batch, &req)?;
+    let forward_s = forward_started.elapsed().as_secs_f64();
 
     let t = ids.len();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -284,7 +288,14 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
             "architecture".to_string(),
             model.config().arch.model_type().to_string(),
         ),
-        ("dtype".to_string(), dtype_name(model.dtype()).to_string()),
+        (
+            "dtype".to_string(),
+            dtype_name(model.weight_dtype()).to_string(),
+        ),
+        (
+            "compute_dtype".to_string(),
+            dtype_name(model.dtype()).to_string(),
+        ),
         ("device".to_string(), format!("{:?}", model.device())),
         ("prompt".to_string(), a.prompt.clone()),
         ("tokens".to_string(), serde_json::to_string(&tokens)?),
@@ -322,6 +333,11 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
         }
     }
     println!("wrote {} ({} tensors)", a.out.display(), tensors.len());
+    println!(
+        "loaded in {load_s:.2} s ({} weights, {} arithmetic), forward in {forward_s:.2} s",
+        dtype_name(model.weight_dtype()),
+        dtype_name(model.dtype())
+    );
     Ok(())
 }
 
