@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from run import run_measured  # noqa: E402
@@ -90,42 +92,44 @@ def write_checkpoint(model_dir, shape):
     def normal(*shape):
         return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
 
-    def tensors():
-        yield "transformer.wte.weight", lambda: normal(vocab, d)
-        for l in range(n_layer):
-            p = f"transformer.h.{l}"
-            yield f"{p}.ln_1.weight", lambda: torch.ones(d, dtype=torch.bfloat16)
-            yield f"{p}.ln_1.bias", lambda: torch.zeros(d, dtype=torch.bfloat16)
-            for m in ("q_proj", "k_proj", "v_proj", "out_proj"):
-                yield f"{p}.attn.{m}.weight", lambda: normal(d, d)
-            yield f"{p}.mlp.fc_in.weight", lambda: normal(d_mlp, d)
-            yield f"{p}.mlp.fc_in.bias", lambda: torch.zeros(d_mlp, dtype=torch.bfloat16)
-            yield f"{p}.mlp.fc_out.weight", lambda: normal(d, d_mlp)
-            yield f"{p}.mlp.fc_out.bias", lambda: torch.zeros(d, dtype=torch.bfloat16)
-        yield "transformer.ln_f.weight", lambda: torch.ones(d, dtype=torch.bfloat16)
-        yield "transformer.ln_f.bias", lambda: torch.zeros(d, dtype=torch.bfloat16)
-        yield "lm_head.weight", lambda: normal(vocab, d)
-        yield "lm_head.bias", lambda: torch.zeros(vocab, dtype=torch.bfloat16)
+    def ones(n):
+        return torch.ones(n, dtype=torch.bfloat16)
 
-    # 7 shards of about 1.75 GB, like EleutherAI's release.
-    limit, shards, current, size = 1_750_000_000, [], {}, 0
-    for name, make in tensors():
-        t = make()
-        current[name] = t
-        size += t.numel() * 2
+    def zeros(n):
+        return torch.zeros(n, dtype=torch.bfloat16)
+
+    # (name, shape, make): the plan first, so that shards are filled and written one at a time.
+    plan = [("transformer.wte.weight", (vocab, d), normal)]
+    for l in range(n_layer):
+        p = f"transformer.h.{l}"
+        plan += [(f"{p}.ln_1.weight", (d,), ones), (f"{p}.ln_1.bias", (d,), zeros)]
+        plan += [(f"{p}.attn.{m}.weight", (d, d), normal)
+                 for m in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        plan += [(f"{p}.mlp.fc_in.weight", (d_mlp, d), normal),
+                 (f"{p}.mlp.fc_in.bias", (d_mlp,), zeros),
+                 (f"{p}.mlp.fc_out.weight", (d, d_mlp), normal),
+                 (f"{p}.mlp.fc_out.bias", (d,), zeros)]
+    plan += [("transformer.ln_f.weight", (d,), ones), ("transformer.ln_f.bias", (d,), zeros),
+             ("lm_head.weight", (vocab, d), normal), ("lm_head.bias", (vocab,), zeros)]
+
+    # Shards of about 1.75 GB (7 for GPT-J-6B, like EleutherAI's release).
+    limit, groups, size = 1_750_000_000, [[]], 0
+    for entry in plan:
+        groups[-1].append(entry)
+        size += 2 * int(np.prod(entry[1]))
         if size >= limit:
-            shards.append(current)
-            current, size = {}, 0
-    if current:
-        shards.append(current)
+            groups.append([])
+            size = 0
+    groups = [g for g in groups if g]
     weight_map, total = {}, 0
-    for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    for i, group in enumerate(groups):
+        fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        shard = {name: make(*shape) for name, shape, make in group}
         save_file(shard, str(tmp / fname), metadata={"format": "pt"})
         for name, t in shard.items():
             weight_map[name] = fname
             total += t.numel() * 2
-        shards[i] = None
+        del shard
         print(f"  wrote {fname}", flush=True)
     (tmp / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
@@ -141,7 +145,7 @@ def write_checkpoint(model_dir, shape):
     (tmp / ".complete").write_text("")
     subprocess.run(["rm", "-rf", str(model_dir)], check=True)
     tmp.rename(model_dir)
-    print(f"wrote {model_dir}: {total / 1e9:.1f} GB in {len(shards)} shards")
+    print(f"wrote {model_dir}: {total / 1e9:.1f} GB in {len(groups)} shards")
 
 
 def helixlab_s(out, what):

@@ -337,12 +337,7 @@ fn run_prompt(a: &RunArgs) -> Result<()> {
         order.sort_by(|&x, &y| last[y].total_cmp(&last[x]));
         println!("next token (top 5 logits):");
         for &i in order.iter().take(5) {
-            println!(
-                "  {:>7}  {:>10.4}  {:?}",
-                i,
-                last[i],
-                decode(i as u32)
-            );
+            println!("  {:>7}  {:>10.4}  {:?}", i, last[i], decode(i as u32));
         }
     }
     println!("wrote {} ({} tensors)", a.out.display(), tensors.len());

@@ -28,6 +28,7 @@ pub mod error;
 pub mod gguf;
 pub mod half_matmul;
 pub mod hook;
+pub mod mapped;
 mod model;
 pub mod ops;
 mod prefix;

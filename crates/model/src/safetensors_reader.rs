@@ -1,21 +1,23 @@
-//! Safetensors files read with positioned reads into the tensors' own buffers: the header of
-//! every shard is parsed and checked at open (names, types, shapes, byte ranges inside the
-//! file), and a tensor's bytes are read only when it is asked for.
+//! Safetensors files: the header of every shard is parsed and checked at open (names, types,
+//! shapes, byte ranges inside the file), and a tensor's bytes are touched only when it is asked
+//! for. A tensor is the file's own bytes, mapped (see `mapped`: no copy, no zeroing, pages
+//! shared with the page cache and other processes), where the binary allows it; otherwise it is
+//! read with positioned reads into a fresh buffer.
 //!
-//! Why not a memory map: candle's CPU tensors own their buffers, so a mapped file is always
-//! copied once more, and the mapped pages count as resident memory while they are mapped: a
-//! 12 GB checkpoint loaded through a map peaks near twice its size. A read into the tensor's
-//! buffer touches each byte once and leaves the file in the page cache, which the kernel can
-//! drop. What this module does not do: write safetensors, or convert types (see `weights`).
+//! Why not candle's `MmapedSafetensors`: it copies every tensor out of the map into a new
+//! buffer while the mapped pages stay resident, so a 12 GB checkpoint peaked near twice its
+//! size. What this module does not do: write safetensors, or convert types (see `weights`).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::mapped::{self, Mapping};
 
 /// The largest header we accept (the format's own limit is 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
@@ -35,6 +37,8 @@ pub(crate) struct Entry {
 struct Shard {
     path: PathBuf,
     file: File,
+    /// The whole file mapped, where the binary allows it (see `mapped`).
+    mapping: Option<Arc<Mapping>>,
 }
 
 /// The tensors of one or more safetensors files (shards of one checkpoint).
@@ -129,9 +133,16 @@ impl SafetensorsShards {
                     )));
                 }
             }
+            // A failed map (address space, a file system that cannot map) falls back to reads.
+            let mapping = if mapped::available() {
+                Mapping::new(&file, len as usize).ok()
+            } else {
+                None
+            };
             shards.push(Shard {
                 path: path.clone(),
                 file,
+                mapping,
             });
         }
         Ok(Self { shards, entries })
@@ -164,26 +175,60 @@ impl SafetensorsShards {
 }
 
 /// Reads `count` little-endian values of `T` at the entry's offset into a new tensor.
+///
+/// Large tensors are read in 16 MB pieces by several threads, into memory asked for as huge
+/// pages: most of a load is the kernel faulting in and filling fresh pages, 4 KB at a time
+/// otherwise, on one core.
 fn read<T: candle_core::WithDType>(shard: &Shard, e: &Entry, count: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    if let Some(v) = shard
+        .mapping
+        .as_ref()
+        .and_then(|m| m.vec::<T>(e.offset as usize, count))
+    {
+        return Ok(Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu)?);
+    }
+    const PIECE: usize = 16 << 20;
     let mut v: Vec<T> = Vec::with_capacity(count);
+    let len = count * std::mem::size_of::<T>();
     // SAFETY: the spare capacity is `count` values of a plain numeric type (every bit pattern
-    // valid); it is exposed as bytes only to be filled by the read, and the length is set
-    // after the read has filled all of it.
+    // valid); it is exposed as bytes only to be filled by the reads, and the length is set
+    // after the reads have filled all of it.
     unsafe {
-        let bytes = std::slice::from_raw_parts_mut(
-            v.as_mut_ptr() as *mut u8,
-            count * std::mem::size_of::<T>(),
-        );
-        shard
-            .file
-            .read_exact_at(bytes, e.offset)
+        let bytes = std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, len);
+        if len >= 4 * PIECE {
+            advise_huge_pages(bytes);
+        }
+        bytes
+            .par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, piece)| {
+                shard
+                    .file
+                    .read_exact_at(piece, e.offset + (i * PIECE) as u64)
+            })
             .map_err(|err| ModelError::BadFile {
                 path: shard.path.clone(),
-                message: format!("reading a tensor's {} bytes: {err}", bytes.len()),
+                message: format!("reading a tensor's {len} bytes: {err}"),
             })?;
         v.set_len(count);
     }
     Ok(Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu)?)
+}
+
+/// Asks the kernel for transparent huge pages over the 2 MB-aligned interior of `buf` (a hint:
+/// where THP is off, nothing changes).
+fn advise_huge_pages(buf: &mut [u8]) {
+    const HUGE: usize = 2 << 20;
+    let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (buf.as_ptr() as usize + buf.len()) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: the range lies inside `buf`, memory this process owns; MADV_HUGEPAGE changes
+        // how it is backed, not its contents.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
 }
 
 #[cfg(target_endian = "big")]

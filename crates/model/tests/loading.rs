@@ -1,10 +1,16 @@
-//! The loading paths give the same model: weights stored in the run dtype (read as they are)
-//! and weights converted at load (stored f32 run in bf16, stored bf16 run in f32) produce
-//! identical logits, and bf16 weights multiplied in f32 blocks agree with f32 arithmetic on
-//! the same values. The checkpoints are the parity fixtures with every weight rounded to bf16,
-//! so that each value is exact in both stored types.
+//! The loading paths give the same model: weights mapped from their files and weights read into
+//! fresh buffers, weights stored in the run dtype and weights converted at load (stored f32 run
+//! in bf16, stored bf16 run in f32) produce identical logits, and bf16 weights multiplied in
+//! f32 blocks agree with f32 arithmetic on the same values. The checkpoints are the parity
+//! fixtures with every weight rounded to bf16, so that each value is exact in both stored
+//! types. This test binary installs the allocator that lets weights stay mapped, as the CLI
+//! does.
 
 mod common;
+
+#[global_allocator]
+static GLOBAL: helixlab_model::mapped::MappedAwareAlloc<std::alloc::System> =
+    helixlab_model::mapped::MappedAwareAlloc(std::alloc::System);
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -89,6 +95,40 @@ fn stored_and_converted_weights_give_identical_logits() {
             diff <= 1e-5 * scale.max(1.0),
             "{case}: bf16 weights computed in f32 differ from f32 by {diff} (scale {scale})"
         );
+    }
+}
+
+#[test]
+fn mapped_and_read_weights_give_identical_logits() {
+    assert!(
+        helixlab_model::mapped::available(),
+        "the test allocator is installed"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["gpt2_tied", "llama_gqa_llama3"] {
+        let dir = tmp.path().join(case);
+        rounded_copy(case, DType::BF16, &dir);
+        for run in [DType::F32, DType::BF16] {
+            helixlab_model::mapped::set_enabled(true);
+            let mapped = logits(&dir, run, case);
+            helixlab_model::mapped::set_enabled(false);
+            let read = logits(&dir, run, case);
+            helixlab_model::mapped::set_enabled(true);
+            assert_eq!(
+                mapped, read,
+                "{case} in {run:?}: mapped and read weights differ"
+            );
+        }
+        // The parity fixture itself (f32, several shards for Llama), mapped, equals HF.
+        let model = Model::load(&fixture(case), &LoadOptions::default()).unwrap();
+        let r = reference(case);
+        let batch = model.batch(&sequences(&r)).unwrap();
+        let out = model
+            .forward(&batch, &ForwardRequest::new().logits(Logits::All))
+            .unwrap();
+        let d = max_diff_real(&out.logits.unwrap(), &r["logits"], &r["attention_mask"]);
+        assert!(d <= 1e-4, "{case}: mapped weights differ from HF by {d}");
+        drop(model);
     }
 }
 
