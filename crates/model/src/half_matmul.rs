@@ -54,6 +54,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The output from column `j` of row 0 (a method, so closures capture the whole `Out`).
+    fn at(self, j: usize) -> *mut f32 {
+        self.0.wrapping_add(j)
+    }
+}
+
 /// `(m, k) x (k, n)`: `x` row-major contiguous, `w` element `(i, j)` at `w[i * rs + j * cs]`.
 fn product<H: Widen>(
     x: &[f32],
@@ -97,7 +104,6 @@ fn product<H: Widen>(
                 }
                 (nb, 1)
             };
-            let dst = dst;
             // SAFETY: `x` holds m * k values, `buf` k * nb laid out as (buf_rs, buf_cs), and
             // the destination columns j0..j0+nb of the m x n output belong to this block only.
             unsafe {
@@ -105,7 +111,7 @@ fn product<H: Widen>(
                     m,
                     nb,
                     k,
-                    dst.0.add(j0),
+                    dst.at(j0),
                     1,
                     n as isize,
                     false,

@@ -287,7 +287,7 @@ mod tests {
         );
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
-        let e = SafetensorsShards::open(&[p.clone()])
+        let e = SafetensorsShards::open(std::slice::from_ref(&p))
             .err()
             .unwrap()
             .to_string();

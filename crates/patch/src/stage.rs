@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use helixlab_model::{
     dtype_name, parse_device, parse_dtype, ForwardRequest, HookPoint, LoadOptions, Logits,
 };
-use helixlab_model::{Model, Positions, Tokenizer};
+use helixlab_model::{shared_prefix_split, Model, Positions, Tokenizer};
 use helixlab_pipeline::{AnalysisTarget, Pipeline};
 use helixlab_store::manifest::{now_unix, sha256_file};
 use helixlab_store::read;
@@ -561,12 +561,19 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
             .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
             .collect::<std::result::Result<_, _>>()?;
         let batch = model.batch(&seqs)?;
-        // One clean forward: its logits and the residual stream entering every block.
+        // One clean forward: its logits and the residual stream entering every block. Prompts
+        // that share a prefix (the paper's instruction) run it once, as in extraction.
         let mut req = ForwardRequest::new().logits(Logits::Last);
         for l in 0..n_layers {
             req = req.capture(HookPoint::ResidPre(l), Positions::All);
         }
-        let clean = model.forward(&batch, &req)?;
+        let split = (p.extract.share_prefixes && !unbatched && model.config().arch.is_causal_lm())
+            .then(|| shared_prefix_split(&seqs))
+            .flatten();
+        let clean = match split {
+            Some(split) => model.forward_shared_prefix(&seqs, split, &req)?,
+            None => model.forward(&batch, &req)?,
+        };
         timing.forwards += 1;
         timing.blocks_run += n_layers;
         let clean_logits = f32s(clean.logits.expect("asked for logits"))?;
