@@ -149,12 +149,14 @@ bench-scale: $(HELIXLAB) fetch-tokenizers
 	.venv-bench/bin/pip install -q -r tools/bench/requirements.txt
 	.venv-bench/bin/python tools/bench/scale.py --helixlab $(HELIXLAB) --out data/bench/scale
 
-# nvcc, its front ends and the CUDA headers, from NVIDIA's PyPI wheels (CUDA 13.0, ~270 MB
-# unpacked): candle compiles its kernels to PTX at build time; the driver and cuBLAS are only
-# needed where the binary runs (cudarc opens them at run time).
+# nvcc, its front ends and the CUDA headers (candle compiles its kernels to PTX at build time),
+# and the libraries the binary links against (runtime, cuBLAS, curand, NVRTC), from NVIDIA's
+# PyPI wheels: CUDA 13.0, ~620 MB downloaded, 1.3 GB unpacked. The driver's libcuda is stubbed
+# for the link (tools/build_cuda.sh); the real one comes with the GPU.
 CUDA_TOOLKIT := $(EXTERNAL)/cuda
 CUDA_WHEELS := nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
-	nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+	nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 \
+	nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88
 # The GPU generation to compile for: 90 is Hopper (H100, H200); 80 Ampere (A100); 89 Ada.
 CUDA_COMPUTE_CAP ?= 90
 
@@ -163,16 +165,14 @@ cuda-toolkit: $(CUDA_TOOLKIT)/.complete
 $(CUDA_TOOLKIT)/.complete:
 	rm -rf $(CUDA_TOOLKIT).tmp && mkdir -p $(CUDA_TOOLKIT).tmp
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(CUDA_TOOLKIT).tmp $(CUDA_WHEELS)
-	cd $(CUDA_TOOLKIT).tmp && for w in *.whl; do $(PYTHON) -m zipfile -e $$w unpacked; done
+	cd $(CUDA_TOOLKIT).tmp && for w in *.whl; do $(PYTHON) -m zipfile -e $$w unpacked && rm $$w; done
 	chmod +x $(CUDA_TOOLKIT).tmp/unpacked/nvidia/cu13/bin/* $(CUDA_TOOLKIT).tmp/unpacked/nvidia/cu13/nvvm/bin/*
 	rm -rf $(CUDA_TOOLKIT) && mv $(CUDA_TOOLKIT).tmp/unpacked/nvidia/cu13 $(CUDA_TOOLKIT)
 	rm -rf $(CUDA_TOOLKIT).tmp
 	touch $@
 
 build-cuda: cuda-toolkit
-	PATH="$(abspath $(CUDA_TOOLKIT))/bin:$$PATH" CUDA_ROOT="$(abspath $(CUDA_TOOLKIT))" \
-	CUDA_PATH="$(abspath $(CUDA_TOOLKIT))" CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
-	CARGO_TARGET_DIR=target/cuda $(CARGO) build --release -p helixlab-cli --features cuda
+	CARGO=$(CARGO) tools/build_cuda.sh $(CUDA_TOOLKIT) $(CUDA_COMPUTE_CAP)
 
 lint:
 	$(CARGO) fmt --all --check

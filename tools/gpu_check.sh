@@ -21,6 +21,13 @@ DEVICE=${DEVICE:-cuda}
 OUT=${1:-data/gpu-check}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+# cuBLAS, curand and the CUDA runtime (CUDA 13): from CUDA_LIBS, else the ones PyTorch's
+# nvidia-* wheels installed; the driver (libcuda.so.1) comes with the NVIDIA driver.
+if [ -z "${CUDA_LIBS:-}" ]; then
+  CUDA_LIBS=$("$PY" -c "import importlib.util as u, os; s = u.find_spec('nvidia'); \
+print(os.path.join(list(s.submodule_search_locations)[0], 'cu13', 'lib'))" 2>/dev/null || true)
+fi
+[ -n "$CUDA_LIBS" ] && export LD_LIBRARY_PATH="$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 REPORT="$OUT/gpu_check.md"
 FIX=crates/model/tests/fixtures/parity
 IDS=3,14,15,9,26,5,35,8,97,93,23,84
@@ -28,6 +35,7 @@ IDS=3,14,15,9,26,5,35,8,97,93,23,84
 {
   echo "# GPU check ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo
+  echo "CUDA libraries: ${CUDA_LIBS:-system}"
   echo "binary: $HX ($("$HX" --version 2>/dev/null || echo '?')); device: $DEVICE"
   (nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
     | sed 's/^/gpu: /') || echo "gpu: nvidia-smi not available"
