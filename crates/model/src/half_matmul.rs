@@ -189,6 +189,12 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     fn check(dtype: DType, transposed: bool, (m, k, n): (usize, usize, usize)) {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
@@ -201,16 +207,7 @@ mod tests {
         // Reference: candle's f32 matmul on the same (rounded) weight.
         let want = x.matmul(&wh.to_dtype(DType::F32).unwrap()).unwrap();
         let got = x.apply_op2_no_bwd(&wh, &HalfMatmul).unwrap();
-        let diff = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(
             diff < 1e-3,
             "{dtype:?} transposed={transposed}: off by {diff}"
@@ -252,16 +249,7 @@ mod tests {
             .unwrap()
             .broadcast_as((3, 16))
             .unwrap();
-        let diff = (g - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(g, &want);
         assert!(diff < 1e-4, "gradient off by {diff}");
     }
 }
