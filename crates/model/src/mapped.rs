@@ -33,6 +33,13 @@ static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// allocator takes this lock: nothing done under it may allocate.
 const SLOTS: usize = 1024;
 static REGIONS: Mutex<[(usize, usize, usize); SLOTS]> = Mutex::new([(0, 0, 0); SLOTS]);
+/// Slots ever used (a high-water mark): scans stop there, since frees inside the mapped
+/// address range (other allocations can lie between mappings) take this path.
+static USED: AtomicUsize = AtomicUsize::new(0);
+
+fn used() -> usize {
+    USED.load(Ordering::Acquire)
+}
 
 /// A global allocator that also frees buffers made over file mappings by this module; every
 /// other call goes to `A`.
@@ -47,7 +54,7 @@ pub struct MappedAwareAlloc<A>(pub A);
 fn in_mapping(p: usize) -> bool {
     p >= LOW.load(Ordering::Acquire) && p < HIGH.load(Ordering::Acquire) && {
         let regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
-        regions
+        regions[..used()]
             .iter()
             .any(|&(s, l, n)| n > 0 && p >= s && p < s + l)
     }
@@ -56,7 +63,7 @@ fn in_mapping(p: usize) -> bool {
 /// Drops one hold on the mapping that contains `p`; unmaps it with the last.
 fn release(p: usize) {
     let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = regions
+    if let Some(r) = regions[..used()]
         .iter_mut()
         .find(|&&mut (s, l, n)| n > 0 && p >= s && p < s + l)
     {
@@ -145,8 +152,11 @@ impl Mapping {
         let start = p as usize;
         {
             let mut regions = REGIONS.lock().unwrap_or_else(|e| e.into_inner());
-            match regions.iter_mut().find(|r| r.2 == 0) {
-                Some(r) => *r = (start, len, 1),
+            match regions.iter().position(|r| r.2 == 0) {
+                Some(i) => {
+                    regions[i] = (start, len, 1);
+                    USED.fetch_max(i + 1, Ordering::AcqRel);
+                }
                 None => {
                     drop(regions);
                     // SAFETY: the mapping just made, not yet shared.
