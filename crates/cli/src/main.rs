@@ -7,7 +7,8 @@ mod train_cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use stage_cmd::Stage;
 
 // candle allocates a fresh buffer for every op; glibc hands large ones back to the kernel and
 // faults them in again on the next op. mimalloc reuses them (training steps ~1.7x faster).
@@ -47,65 +48,44 @@ enum Command {
     /// GGUF file.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
-    /// Run every prompt of the study's task; write problems.parquet (answer, prediction,
-    /// correctness, answer logit and rank).
-    Accuracy(stage_cmd::StageArgs),
-    /// Write activations at the study's sites, layers and positions to Parquet partitions
-    /// (only those missing or stale).
-    Extract(stage_cmd::StageArgs),
-    /// Fourier spectra, PCA, similarity, mod-T probes and discovered periods of the number
-    /// representation at the study's [analysis] sites (reads activations; no model).
-    Spectral(stage_cmd::StageArgs),
-    /// Helix fits of the number representation, with baselines (circle, polynomials, PCA-k)
-    /// and controls (held-out numbers, shuffled numbers, random periods, continuity).
-    Fit(stage_cmd::StageArgs),
-    /// Draw clean/corrupt pairs of correct problems for patching, seeded: for the analysed
-    /// operand (same other operand, different answer) and for the last token (any different
-    /// answer); writes patch/pairs.parquet.
-    Pairs(stage_cmd::StageArgs),
-    /// Activation patching at the analysed operand's token, every layer: the corrupt
-    /// activation, its PCA-k projections, every stored fit's prediction, and a mean ablation;
-    /// logit difference, accuracy and normalised effect per pair.
-    Patch(stage_cmd::StageArgs),
-    /// The last token (hook_resid_post, every layer): fit helix(a+b), helix(a,b) and
-    /// helix(a,b,a+b) over every correct problem and patch their predictions for the corrupt
-    /// problem, against the activation itself and PCA-9/27; writes patch/last_token*.parquet
-    /// and patch/last_fits.parquet.
-    PatchLast(stage_cmd::StageArgs),
-    /// Total and direct effects of every MLP, attention layer and head at the last token;
-    /// top-k joint patches, the MLP circuit, helix fits of heads and MLPs, head types; writes
-    /// patch/components*.parquet and patch/component_roles.parquet.
-    Components(stage_cmd::StageArgs),
-    /// The gradient of the clean answer's logit with respect to every neuron (mlp.hook_post)
-    /// at the last token, for the last-token pairs' clean prompts, one forward and backward
-    /// per batch; writes patch/neuron_grads.parquet (mean and mean |gradient| per neuron).
-    NeuronGrads(stage_cmd::StageArgs),
-    /// Write the HTML report with figures from the study's tables.
-    Report(stage_cmd::StageArgs),
     /// Show a table's schema, size, provenance and first rows.
+    #[command(display_order = 20)]
     Inspect(stage_cmd::InspectArgs),
+    #[command(display_order = 21)]
     /// Train a toy adder (a small GPT-2 that adds) and export it as an HF checkpoint.
     Train(train_cmd::TrainArgs),
 }
 
-fn main() -> ExitCode {
-    keep_freed_pages();
-    let cli = Cli::parse();
-    let result = match cli.command {
+/// The whole command line: the derived subcommands plus one per [`Stage`], in running order
+/// after `model`.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for (i, stage) in Stage::ALL.into_iter().enumerate() {
+        // The stage's own about replaces the one `StageArgs` brings.
+        let sub = stage_cmd::StageArgs::augment_args(clap::Command::new(stage.name()))
+            .about(stage.about())
+            .display_order(i + 1);
+        cmd = cmd.subcommand(sub);
+    }
+    cmd
+}
+
+fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
+    if let Some((name, sub)) = matches.subcommand() {
+        if let Some(stage) = Stage::named(name) {
+            return stage.run(&stage_cmd::StageArgs::from_arg_matches(sub)?);
+        }
+    }
+    match Cli::from_arg_matches(&matches)?.command {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(&args),
-        Command::Accuracy(args) => stage_cmd::accuracy(&args),
-        Command::Extract(args) => stage_cmd::extract(&args),
-        Command::Spectral(args) => stage_cmd::spectral(&args),
-        Command::Fit(args) => stage_cmd::fit(&args),
-        Command::Pairs(args) => stage_cmd::pairs(&args),
-        Command::Patch(args) => stage_cmd::patch(&args),
-        Command::PatchLast(args) => stage_cmd::patch_last(&args),
-        Command::Components(args) => stage_cmd::components(&args),
-        Command::NeuronGrads(args) => stage_cmd::neuron_grads(&args),
-        Command::Report(args) => stage_cmd::report_stage(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
-    };
+    }
+}
+
+fn main() -> ExitCode {
+    keep_freed_pages();
+    let result = run(command().get_matches());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

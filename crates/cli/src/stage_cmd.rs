@@ -1,4 +1,4 @@
-//! The study stages: `accuracy`, `extract`, `report`, and `inspect` for any table.
+//! The study stages ([`Stage`]: accuracy to report) and `inspect` for any table.
 
 use std::path::PathBuf;
 
@@ -84,94 +84,166 @@ fn report(stage: &str, p: &Pipeline, outcome: Outcome) {
     }
 }
 
-/// `helixlab accuracy`.
-pub fn accuracy(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_extract::accuracy::run(&p, a.force, &Bar::new())
-        .with_context(|| format!("accuracy stage of {}", a.pipeline.display()))?;
-    report("accuracy", &p, out);
-    Ok(())
+/// The study's stages, in the order `make` runs them: the one list the CLI builds its stage
+/// subcommands from and dispatches through (a test holds it against the Makefile's targets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// `accuracy`.
+    Accuracy,
+    /// `extract`.
+    Extract,
+    /// `spectral`.
+    Spectral,
+    /// `fit`.
+    Fit,
+    /// `pairs`.
+    Pairs,
+    /// `patch`.
+    Patch,
+    /// `patch-last`.
+    PatchLast,
+    /// `components`.
+    Components,
+    /// `neuron-grads` (not part of the default study: nothing reads its table yet).
+    NeuronGrads,
+    /// `report`.
+    Report,
 }
 
-/// `helixlab extract`.
-pub fn extract(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_extract::extraction::run(&p, a.force, &Bar::new())
-        .with_context(|| format!("extract stage of {}", a.pipeline.display()))?;
-    report("extract", &p, out);
-    Ok(())
-}
+impl Stage {
+    /// Every stage, in running order.
+    pub const ALL: [Stage; 10] = [
+        Stage::Accuracy,
+        Stage::Extract,
+        Stage::Spectral,
+        Stage::Fit,
+        Stage::Pairs,
+        Stage::Patch,
+        Stage::PatchLast,
+        Stage::Components,
+        Stage::NeuronGrads,
+        Stage::Report,
+    ];
 
-/// `helixlab spectral`.
-pub fn spectral(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_spectral::stage::run(&p, a.force, &Bar::new())
-        .with_context(|| format!("spectral stage of {}", a.pipeline.display()))?;
-    report("spectral", &p, out);
-    Ok(())
-}
+    /// The subcommand.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Accuracy => "accuracy",
+            Stage::Extract => "extract",
+            Stage::Spectral => "spectral",
+            Stage::Fit => "fit",
+            Stage::Pairs => "pairs",
+            Stage::Patch => "patch",
+            Stage::PatchLast => "patch-last",
+            Stage::Components => "components",
+            Stage::NeuronGrads => "neuron-grads",
+            Stage::Report => "report",
+        }
+    }
 
-/// `helixlab fit`.
-pub fn fit(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_fit::stage::run(&p, a.force, &Bar::new())
-        .with_context(|| format!("fit stage of {}", a.pipeline.display()))?;
-    report("fit", &p, out);
-    Ok(())
-}
+    /// Whether `make` runs it in a study (`STAGES` in the Makefile).
+    #[cfg(test)]
+    fn in_study(self) -> bool {
+        self != Stage::NeuronGrads
+    }
 
-/// `helixlab pairs`.
-pub fn pairs(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_patch::stage::run_pairs(&p, a.force)
-        .with_context(|| format!("pairs stage of {}", a.pipeline.display()))?;
-    report("pairs", &p, out);
-    Ok(())
-}
+    /// What `--help` says.
+    pub fn about(self) -> &'static str {
+        match self {
+            Stage::Accuracy => {
+                "Run every prompt of the study's task; write problems.parquet (answer, \
+                 prediction, correctness, answer logit and rank)."
+            }
+            Stage::Extract => {
+                "Write activations at the study's sites, layers and positions to Parquet \
+                 partitions (only those missing or stale)."
+            }
+            Stage::Spectral => {
+                "Fourier spectra, PCA, similarity, mod-T probes and discovered periods of the \
+                 number representation at the study's [analysis] sites (reads activations; no \
+                 model)."
+            }
+            Stage::Fit => {
+                "Helix fits of the number representation, with baselines (circle, polynomials, \
+                 PCA-k) and controls (held-out numbers, shuffled numbers, random periods, \
+                 continuity)."
+            }
+            Stage::Pairs => {
+                "Draw clean/corrupt pairs of correct problems for patching, seeded: for the \
+                 analysed operand (same other operand, different answer) and for the last \
+                 token (any different answer); writes patch/pairs.parquet."
+            }
+            Stage::Patch => {
+                "Activation patching at the analysed operand's token, every layer: the corrupt \
+                 activation, its PCA-k projections, every stored fit's prediction, and a mean \
+                 ablation; logit difference, accuracy and normalised effect per pair."
+            }
+            Stage::PatchLast => {
+                "The last token (hook_resid_post, every layer): fit helix(a+b), helix(a,b) and \
+                 helix(a,b,a+b) over every correct problem and patch their predictions for the \
+                 corrupt problem, against the activation itself and PCA-9/27; writes \
+                 patch/last_token*.parquet and patch/last_fits.parquet."
+            }
+            Stage::Components => {
+                "Total and direct effects of every MLP, attention layer and head at the last \
+                 token; top-k joint patches, the MLP circuit, helix fits of heads and MLPs, \
+                 head types; writes patch/components*.parquet and patch/component_roles.parquet."
+            }
+            Stage::NeuronGrads => {
+                "The gradient of the clean answer's logit with respect to every neuron \
+                 (mlp.hook_post) at the last token, for the last-token pairs' clean prompts, \
+                 one forward and backward per batch; writes patch/neuron_grads.parquet (mean \
+                 and mean |gradient| per neuron)."
+            }
+            Stage::Report => "Write the HTML report with figures from the study's tables.",
+        }
+    }
 
-/// `helixlab patch`.
-pub fn patch(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_patch::stage::run_patch(&p, a.force, &Bar::new())
-        .with_context(|| format!("patch stage of {}", a.pipeline.display()))?;
-    report("patch", &p, out);
-    Ok(())
-}
+    /// The stage named `name`.
+    pub fn named(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
 
-/// `helixlab patch-last`.
-pub fn patch_last(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_patch::last::run_last(&p, a.force, &Bar::new())
-        .with_context(|| format!("patch-last stage of {}", a.pipeline.display()))?;
-    report("patch-last", &p, out);
-    Ok(())
-}
-
-/// `helixlab components`.
-pub fn components(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_patch::components::run_components(&p, a.force, &Bar::new())
-        .with_context(|| format!("components stage of {}", a.pipeline.display()))?;
-    report("components", &p, out);
-    Ok(())
-}
-
-/// `helixlab neuron-grads`.
-pub fn neuron_grads(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let out = helixlab_patch::gradients::run_neuron_grads(&p, a.force, &Bar::new())
-        .with_context(|| format!("neuron-grads stage of {}", a.pipeline.display()))?;
-    report("neuron-grads", &p, out);
-    Ok(())
-}
-
-/// `helixlab report`.
-pub fn report_stage(a: &StageArgs) -> Result<()> {
-    let p = a.load()?;
-    let index = helixlab_report::write_report(&p)
-        .with_context(|| format!("report of {}", a.pipeline.display()))?;
-    println!("report: {}", index.display());
-    Ok(())
+    /// Runs the stage of the study in `a` and prints what it did.
+    pub fn run(self, a: &StageArgs) -> Result<()> {
+        let p = a.load()?;
+        let bar = Bar::new();
+        let (force, progress) = (a.force, &bar as &dyn Progress);
+        let context = || format!("{} stage of {}", self.name(), a.pipeline.display());
+        let outcome = match self {
+            Stage::Accuracy => {
+                helixlab_extract::accuracy::run(&p, force, progress).with_context(context)?
+            }
+            Stage::Extract => {
+                helixlab_extract::extraction::run(&p, force, progress).with_context(context)?
+            }
+            Stage::Spectral => {
+                helixlab_spectral::stage::run(&p, force, progress).with_context(context)?
+            }
+            Stage::Fit => helixlab_fit::stage::run(&p, force, progress).with_context(context)?,
+            Stage::Pairs => helixlab_patch::pairs::run_pairs(&p, force).with_context(context)?,
+            Stage::Patch => {
+                helixlab_patch::patching::run_patch(&p, force, progress).with_context(context)?
+            }
+            Stage::PatchLast => {
+                helixlab_patch::patch_last::run_last(&p, force, progress).with_context(context)?
+            }
+            Stage::Components => helixlab_patch::components::run_components(&p, force, progress)
+                .with_context(context)?,
+            Stage::NeuronGrads => {
+                helixlab_patch::neuron_grads::run_neuron_grads(&p, force, progress)
+                    .with_context(context)?
+            }
+            Stage::Report => {
+                let index = helixlab_report::write_report(&p)
+                    .with_context(|| format!("report of {}", a.pipeline.display()))?;
+                println!("report: {}", index.display());
+                return Ok(());
+            }
+        };
+        report(self.name(), &p, outcome);
+        Ok(())
+    }
 }
 
 /// Arguments of `inspect`.
@@ -188,4 +260,34 @@ pub struct InspectArgs {
 pub fn inspect(a: &InspectArgs) -> Result<()> {
     print!("{}", helixlab_store::inspect::inspect(&a.path, a.rows)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Makefile's `STAGES` and its targets are the CLI's stages in the same order.
+    #[test]
+    fn the_makefile_runs_the_cli_stages() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Makefile");
+        let make = std::fs::read_to_string(path).unwrap();
+        let line = make
+            .lines()
+            .find_map(|l| l.strip_prefix("STAGES :="))
+            .expect("STAGES in the Makefile");
+        let listed: Vec<&str> = line.split_whitespace().collect();
+        let study: Vec<&str> = Stage::ALL
+            .into_iter()
+            .filter(|s| s.in_study())
+            .map(Stage::name)
+            .collect();
+        assert_eq!(listed, study);
+        for stage in study {
+            assert!(
+                make.lines().any(|l| l.starts_with(&format!("{stage}: "))),
+                "no `{stage}:` target in the Makefile"
+            );
+            assert_eq!(Stage::named(stage).map(Stage::name), Some(stage));
+        }
+    }
 }

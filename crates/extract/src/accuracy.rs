@@ -1,43 +1,36 @@
 //! `helixlab accuracy`: every prompt of the task through the model; one row per prompt with
 //! the predicted token, whether it is the answer, the answer's logit and rank.
 
-use std::time::Instant;
-
 use helixlab_model::{ForwardRequest, Logits};
 use helixlab_pipeline::Pipeline;
-use helixlab_store::manifest::now_unix;
 use helixlab_store::problems::{self, ProblemRow};
-use helixlab_store::Manifest;
+use helixlab_store::{tables, RunLayout, StageRun};
+use helixlab_study::StudyModel;
 
 use crate::prompts::encode_task;
-use crate::{command_line, load_model, model_identity, resolve_sites, Outcome, Progress, Result};
+use crate::{Outcome, Progress, Result};
 
 /// The table this stage writes.
 pub fn output(p: &Pipeline) -> std::path::PathBuf {
-    p.run_dir().join("problems.parquet")
+    RunLayout::new(p.run_dir()).path(tables::PROBLEMS)
 }
 
 /// Runs the accuracy sweep unless problems.parquet is current (or `force`).
 pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
-    let (model, tok) = load_model(p)?;
-    let encoded = encode_task(p, &tok, model.config().max_positions)?;
-    resolve_sites(p, &model)?;
+    let study = StudyModel::load(p)?;
+    let (model, tok) = (&study.model, &study.tokenizer);
+    let encoded = encode_task(p, tok, model.config().max_positions)?;
+    study.sites(p)?;
     let path = output(p);
-    let mut manifest = Manifest {
-        stage: "accuracy".into(),
-        settings: serde_json::json!({ "task": p.task, "share_prefixes": p.extract.share_prefixes }),
-        inputs: Default::default(),
-        model: Some(model_identity(p, &model)?),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        command: command_line(),
-        completed_unix: 0,
-        rows: 0,
-        wall_s: 0.0,
-    };
-    if !force && manifest.is_fresh(&path) {
+    let mut run = StageRun::new(
+        "accuracy",
+        serde_json::json!({ "task": p.task, "share_prefixes": p.extract.share_prefixes }),
+    )
+    .with_model(study.identity.clone());
+    if !force && run.is_fresh(std::slice::from_ref(&path)) {
         return Ok(Outcome::UpToDate);
     }
-    let start = Instant::now();
+    run.begin();
     let mut rows = Vec::with_capacity(encoded.len());
     // A task without answers (bare numbers) has nothing to score: its problems are listed
     // without running the model (an encoder such as BERT has no head to run).
@@ -62,18 +55,14 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     progress.start("accuracy", encoded.len() as u64);
     for chunk in encoded.chunks(p.extract.batch_size).filter(|_| scored) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let logits = crate::forward_prompts(
-            p,
-            &model,
-            &seqs,
-            &ForwardRequest::new().logits(Logits::Last),
-        )?
-        .logits
-        .expect("logits were asked for")
-        .to_dtype(helixlab_model::DType::F32)
-        .map_err(helixlab_model::ModelError::from)?
-        .to_vec2::<f32>()
-        .map_err(helixlab_model::ModelError::from)?;
+        let logits = study
+            .forward_prompts(p, &seqs, &ForwardRequest::new().logits(Logits::Last))?
+            .logits
+            .expect("logits were asked for")
+            .to_dtype(helixlab_model::DType::F32)
+            .map_err(helixlab_model::ModelError::from)?
+            .to_vec2::<f32>()
+            .map_err(helixlab_model::ModelError::from)?;
         for (e, l) in chunk.iter().zip(logits) {
             let (pred, top) =
                 l.iter()
@@ -106,13 +95,9 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
+    let mut manifest = run.finished();
     manifest.rows = rows.len() as u64;
-    manifest.completed_unix = now_unix();
-    manifest.wall_s = start.elapsed().as_secs_f64();
     problems::write(&path, &rows, &manifest)?;
-    Ok(Outcome::Wrote {
-        tables: vec![path],
-        rows: rows.len() as u64,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    run.record(path, rows.len() as u64);
+    Ok(run.outcome())
 }

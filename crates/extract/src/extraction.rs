@@ -6,34 +6,32 @@ use std::time::Instant;
 
 use helixlab_model::{DType, ForwardRequest, HookPoint, Positions};
 use helixlab_pipeline::Pipeline;
-use helixlab_store::activations::{partition_dir, ActivationRows, PartitionWriter};
-use helixlab_store::manifest::now_unix;
-use helixlab_store::Manifest;
+use helixlab_store::activations::{ActivationRows, PartitionWriter};
+use helixlab_store::{RunLayout, StageRun};
+use helixlab_study::StudyModel;
 
 use crate::prompts::{encode_task, extraction_offsets};
-use crate::{
-    command_line, forward_prompts, load_model, model_identity, resolve_sites, Outcome, Progress,
-    Result,
-};
+use crate::{Outcome, Progress, Result};
 
 struct Target {
     hook: HookPoint,
     dir: PathBuf,
-    manifest: Manifest,
+    run: StageRun,
 }
 
 /// Extracts every (site, layer) partition that is missing or stale (all of them with
 /// `force`); current partitions are left untouched.
 pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
-    let (model, tok) = load_model(p)?;
-    let encoded = encode_task(p, &tok, model.config().max_positions)?;
+    let study = StudyModel::load(p)?;
+    let model = &study.model;
+    let encoded = encode_task(p, &study.tokenizer, model.config().max_positions)?;
     let offsets = extraction_offsets(p, &encoded)?;
-    let identity = model_identity(p, &model)?;
+    let layout = RunLayout::new(p.run_dir());
     let mut targets = Vec::new();
-    for (site, layer, hook) in resolve_sites(p, &model)? {
-        let manifest = Manifest {
-            stage: "extract".into(),
-            settings: serde_json::json!({
+    for (site, layer, hook) in study.sites(p)? {
+        let run = StageRun::new(
+            "extract",
+            serde_json::json!({
                 "task": p.task,
                 "site": site.name(),
                 "layer": layer,
@@ -41,32 +39,25 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 "positions": offsets,
                 "share_prefixes": p.extract.share_prefixes,
             }),
-            inputs: Default::default(),
-            model: Some(identity.clone()),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            command: command_line(),
-            completed_unix: 0,
-            rows: 0,
-            wall_s: 0.0,
-        };
-        let dir = partition_dir(&p.run_dir(), site.name(), layer);
-        if force || !manifest.is_fresh(&dir) {
-            targets.push(Target {
-                hook,
-                dir,
-                manifest,
-            });
+        )
+        .with_model(study.identity.clone());
+        let dir = layout.partition(site.name(), layer);
+        if force || !run.is_fresh(std::slice::from_ref(&dir)) {
+            targets.push(Target { hook, dir, run });
         }
     }
     if targets.is_empty() {
         return Ok(Outcome::UpToDate);
     }
     let start = Instant::now();
+    for t in &mut targets {
+        t.run.begin();
+    }
     let positions: Vec<i64> = offsets.iter().map(|(_, o)| *o).collect();
     let mut writers = Vec::with_capacity(targets.len());
     for t in &targets {
         let d: usize = model.hook_shape(t.hook, 0).iter().product();
-        writers.push(PartitionWriter::create(&t.dir, d, &t.manifest)?);
+        writers.push(PartitionWriter::create(&t.dir, d, t.run.manifest())?);
     }
     let mut req = ForwardRequest::new();
     for t in &targets {
@@ -83,7 +74,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             std::process::abort();
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let out = forward_prompts(p, &model, &seqs, &req)?;
+        let out = study.forward_prompts(p, &seqs, &req)?;
         for (w, captured) in writers.iter_mut().zip(&out.captures) {
             let values: Vec<f32> = captured
                 .to_dtype(DType::F32)
@@ -101,7 +92,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                     rows.b.push(e.problem.b);
                     rows.answer.push(e.problem.answer);
                     rows.position.push(*off as i32);
-                    rows.position_name.push(name.clone());
+                    rows.position_name.push(name.to_string());
                 }
             }
             w.write(rows)?;
@@ -113,10 +104,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let mut rows = 0;
     let mut tables = Vec::new();
     for (w, t) in writers.into_iter().zip(targets) {
-        let mut m = t.manifest;
-        m.completed_unix = now_unix();
-        m.wall_s = seconds;
-        rows += w.finish(m)?;
+        rows += w.finish(t.run.finished())?;
         tables.push(t.dir);
     }
     Ok(Outcome::Wrote {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use helixlab_model::Tokenizer;
-use helixlab_pipeline::{Pipeline, Problem};
+use helixlab_pipeline::{Pipeline, Position, Problem};
 
 use crate::{ExtractError, Result};
 
@@ -16,7 +16,7 @@ pub struct Encoded {
     /// Token ids of the prompt (with special tokens if the task asks for them).
     pub ids: Vec<u32>,
     /// Named positions (`a`, `b`, `x`, `last`), counted from the end (-1 = last token).
-    pub positions: BTreeMap<String, i64>,
+    pub positions: BTreeMap<Position, i64>,
     /// The answer as one token (the bare number, no special tokens).
     pub answer_token: Option<u32>,
 }
@@ -81,9 +81,12 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
                     problem.prompt
                 )));
             }
-            positions.insert(name.to_string(), idx as i64 - n);
+            positions.insert(
+                name.parse().expect("operands are positions"),
+                idx as i64 - n,
+            );
         }
-        positions.insert("last".to_string(), -1);
+        positions.insert(Position::Last, -1);
         let answer_token = match problem.answer {
             None => None,
             Some(ans) => Some(tok.single_token(&ans.to_string())?.ok_or_else(|| {
@@ -116,7 +119,7 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
 
 /// The pipeline's named extraction positions as offsets from the end, which must be the same
 /// for every problem (they are when every number is one token).
-pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Result<Vec<(String, i64)>> {
+pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Result<Vec<(Position, i64)>> {
     let first = &encoded[0];
     let mut out = Vec::new();
     for name in &p.extract.positions {
@@ -131,7 +134,7 @@ pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Result<Vec<(Stri
                 ),
             });
         }
-        out.push((name.clone(), off));
+        out.push((*name, off));
     }
     Ok(out)
 }

@@ -1,5 +1,5 @@
 //! The fit stage: how well does a generalized helix describe the representation of numbers,
-//! against baselines and controls? (method.md E3.)
+//! against baselines and controls? (docs/method.md E3.)
 //!
 //! For every analysed (site, layer), one row per number (activations averaged per number), the
 //! fit of [`linear_fit`] with each variant of [`variants`]: the helix with the paper's periods,
@@ -12,7 +12,8 @@
 //! (crate `patch`).
 #![deny(missing_docs)]
 
-pub mod basis;
+/// The bases live in `helixlab-numeric`, shared with `patch`, which evaluates stored fits.
+pub use helixlab_numeric::basis;
 pub mod linear_fit;
 pub mod stage;
 pub mod variants;

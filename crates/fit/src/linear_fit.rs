@@ -6,7 +6,7 @@
 use helixlab_numeric::{lstsq, NumericError, Pca};
 use ndarray::{Array1, Array2, ArrayView2};
 
-use crate::basis::Basis;
+use helixlab_numeric::Basis;
 
 /// A fitted basis-to-activation map.
 #[derive(Clone, Debug)]
@@ -109,9 +109,9 @@ impl LinearFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::basis::BasisKind;
     use helixlab_numeric::split;
     use helixlab_numeric::stats::r2;
+    use helixlab_numeric::BasisKind;
     use ndarray::Array2;
 
     fn helix(periods: &[f64], xs: &[f64]) -> Basis {

@@ -2,46 +2,32 @@
 //! discovered periods, when `spectral` ran) and writes
 //! `<run>/fit/{fits,coefficients,predictions,helix_coords,continuity,split}.parquet`.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
 use discovered_table::discovered_periods;
 use helixlab_numeric::stats::{mse, r2};
 use helixlab_numeric::{split, Pca};
-use helixlab_pipeline::{AnalysisTarget, Pipeline};
-use helixlab_store::manifest::{now_unix, sha256_file};
+use helixlab_pipeline::{AnalysisTarget, FitName, Pipeline};
 use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::Manifest;
+use helixlab_store::{tables, RunLayout, StageRun, TableName};
 use ndarray::{Array2, ArrayView2, Axis};
 
-use crate::basis::{Basis, BasisKind};
 use crate::linear_fit::LinearFit;
 use crate::variants::{variants, Family, Method};
 use crate::{FitError, Result};
+use helixlab_numeric::{Basis, BasisKind};
 
 /// The tables this stage writes, in writing order.
-pub const TABLES: [&str; 6] = [
-    "split",
-    "coefficients",
-    "predictions",
-    "helix_coords",
-    "continuity",
-    "fits",
-];
+pub const TABLES: [TableName; 6] = tables::FIT;
 
 /// Suffix of the stored training-split fits (`helix:train`): fitted without the held-out
 /// numbers.
 pub const TRAIN_SUFFIX: &str = ":train";
 
 /// Variants whose per-number predictions and helix coordinates are written.
-pub const DETAILED: [&str; 2] = ["helix", "helix_discovered"];
-
-/// Where the stage writes table `name`.
-pub fn table_path(run_dir: &Path, name: &str) -> PathBuf {
-    run_dir.join("fit").join(format!("{name}.parquet"))
-}
+pub const DETAILED: [FitName; 2] = [FitName::Helix, FitName::HelixDiscovered];
 
 mod discovered_table {
     //! The discovered periods of the spectral stage, read with polars.
@@ -87,9 +73,9 @@ fn number_matrix(
     site: &str,
     layer: usize,
 ) -> Result<(Vec<i64>, Array2<f64>)> {
-    let m = read::activations(run_dir, site, layer, &target.position)?;
+    let m = read::activations(run_dir, site, layer, target.position.name())?;
     let rows = m
-        .mean_by(&target.number_column, target.range)
+        .mean_by(target.number_column, target.range)
         .map_err(FitError::Input)?;
     if rows.numbers.len() < 8 {
         return Err(FitError::Input(format!(
@@ -185,45 +171,29 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let target = p.analysis_target().map_err(|(field, message)| {
         FitError::Input(format!("{}: {field}: {message}", p.path.display()))
     })?;
-    let run_dir = p.run_dir();
+    let layout = RunLayout::new(p.run_dir());
+    let run_dir = layout.root();
     let cfg = &p.fit;
-    let (work, mut inputs) =
-        read::extracted_partitions(&run_dir, target.sites.iter().map(|s| s.name()))?;
+    let (work, inputs) =
+        read::extracted_partitions(run_dir, target.sites.iter().map(|s| s.name()))?;
+    let mut run = StageRun::new("fit", serde_json::json!({ "analysis": target, "fit": cfg }));
+    run.inputs(inputs);
     // The spectral stage's periods, when it ran: a fit of the model's own periods.
-    let periods_path = run_dir.join("spectral").join("periods.parquet");
-    let discovered = if Manifest::read_for(&periods_path).is_some() {
-        inputs.insert(
-            periods_path.display().to_string(),
-            sha256_file(&Manifest::path_for(&periods_path))?,
-        );
+    let periods_path = layout.path(tables::PERIODS);
+    let discovered = if run.optional_input(&periods_path)? {
         Some(discovered_periods(&periods_path).map_err(FitError::Input)?)
     } else {
         None
     };
-    let mut manifest = Manifest {
-        stage: "fit".into(),
-        settings: serde_json::json!({ "analysis": target, "fit": cfg }),
-        inputs,
-        model: None,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        completed_unix: 0,
-        rows: 0,
-        wall_s: 0.0,
-    };
-    if !force
-        && TABLES
-            .iter()
-            .all(|t| manifest.is_fresh(&table_path(&run_dir, t)))
-    {
+    if !force && run.tables_fresh(&layout, &TABLES) {
         return Ok(Outcome::UpToDate);
     }
-    let start = Instant::now();
+    run.begin();
     let mut out = Out::default();
     let mut split_numbers: Option<(Vec<i64>, Vec<bool>)> = None;
     progress.start("fit", work.len() as u64);
     for (site, layer) in &work {
-        let (numbers, x) = number_matrix(&run_dir, &target, site, *layer)?;
+        let (numbers, x) = number_matrix(run_dir, &target, site, *layer)?;
         let n = numbers.len();
         // The split is drawn once from the seed over the numbers and must be the same numbers
         // at every (site, layer): it is stored once.
@@ -281,7 +251,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             )?;
             out.f_site.push(site.clone());
             out.f_layer.push(*layer as u32);
-            out.f_variant.push(v.name.clone());
+            out.f_variant.push(v.name.to_string());
             out.f_family.push(v.family.as_str().into());
             out.f_periods.push(v.periods());
             out.f_params.push(s.n_params as u32);
@@ -375,21 +345,10 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             .column("mse_out", Values::F64(out.f_mse_out))
             .column("continuity_mae", Values::OptF64(out.f_cont)),
     ];
-    manifest.completed_unix = now_unix();
-    manifest.wall_s = start.elapsed().as_secs_f64();
-    let mut paths = Vec::new();
-    let mut rows = 0;
     for (name, t) in TABLES.iter().zip(&tables) {
-        let path = table_path(&run_dir, name);
-        t.write(&path, &manifest)?;
-        rows += t.rows() as u64;
-        paths.push(path);
+        run.write_table(&layout, *name, t)?;
     }
-    Ok(Outcome::Wrote {
-        tables: paths,
-        rows,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(run.outcome())
 }
 
 /// What a variant leaves behind beyond its scores.
@@ -406,7 +365,7 @@ fn record_detail(
     out: &mut Out,
     site: &str,
     layer: usize,
-    variant: &str,
+    variant: &FitName,
     numbers: &[i64],
     held_out: &[bool],
     x: ArrayView2<f64>,
@@ -442,21 +401,21 @@ fn record_detail(
                 };
                 out.c_vec.extend(row.iter().map(|&v| v as f32));
             }
-            if suffix.is_none() && DETAILED.contains(&variant) {
+            if suffix.is_none() && DETAILED.contains(variant) {
                 let xs: Vec<f64> = numbers.iter().map(|&v| v as f64).collect();
                 let pred = f.predict(&xs);
                 let coords = f.coordinates(x)?;
                 for (i, &num) in numbers.iter().enumerate() {
                     out.p_site.push(site.into());
                     out.p_layer.push(layer as u32);
-                    out.p_variant.push(variant.into());
+                    out.p_variant.push(variant.to_string());
                     out.p_x.push(num);
                     out.p_held.push(held_out[i]);
                     out.p_vec.extend(pred.row(i).iter().map(|&v| v as f32));
                     for (j, name) in names.iter().enumerate() {
                         out.h_site.push(site.into());
                         out.h_layer.push(layer as u32);
-                        out.h_variant.push(variant.into());
+                        out.h_variant.push(variant.to_string());
                         out.h_x.push(num);
                         out.h_basis.push(name.clone());
                         out.h_value.push(coords[[i, j]]);

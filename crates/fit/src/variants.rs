@@ -1,6 +1,8 @@
 //! The variants fitted at every (site, layer), named as they appear in `fits.parquet`.
 
-use crate::basis::BasisKind;
+use helixlab_pipeline::FitName;
+
+use helixlab_numeric::BasisKind;
 
 /// What a variant is, for grouping in tables and figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +52,7 @@ pub enum Method {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Variant {
     /// Name in tables (`helix`, `helix[2,10]`, `circle`, `poly5`, `pca9`, ...).
-    pub name: String,
+    pub name: FitName,
     /// Group.
     pub family: Family,
     /// Computation.
@@ -76,20 +78,6 @@ fn helix(periods: &[f64]) -> BasisKind {
     }
 }
 
-fn list(periods: &[f64]) -> String {
-    periods
-        .iter()
-        .map(|t| {
-            if t.fract() == 0.0 {
-                format!("{t:.0}")
-            } else {
-                format!("{t:.2}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Every variant for one (site, layer): `paper` periods, `discovered` periods (if the spectral
 /// stage ran), `random` periods (as many as discovered, or as the paper's), degrees and PCA
 /// ks of the baselines, and the continuity digit.
@@ -102,13 +90,13 @@ pub fn variants(
     continuity_digit: i64,
 ) -> Vec<Variant> {
     let mut v = vec![Variant {
-        name: "helix".into(),
+        name: FitName::Helix,
         family: Family::Helix,
         method: Method::Basis(helix(paper)),
     }];
     if let Some(d) = discovered {
         v.push(Variant {
-            name: "helix_discovered".into(),
+            name: FitName::HelixDiscovered,
             family: Family::Helix,
             method: Method::Basis(helix(d)),
         });
@@ -126,13 +114,13 @@ pub fn variants(
     subsets.sort_by_key(|s| s.len());
     for s in subsets {
         v.push(Variant {
-            name: format!("helix[{}]", list(&s)),
+            name: FitName::HelixSubset(s.clone()),
             family: Family::HelixSubset,
             method: Method::Basis(helix(&s)),
         });
     }
     v.push(Variant {
-        name: "circle".into(),
+        name: FitName::Circle,
         family: Family::Circle,
         method: Method::Basis(BasisKind::Helix {
             periods: paper.to_vec(),
@@ -141,30 +129,30 @@ pub fn variants(
     });
     for &degree in poly_degrees {
         v.push(Variant {
-            name: format!("poly{degree}"),
+            name: FitName::Poly(degree),
             family: Family::Poly,
             method: Method::Basis(BasisKind::Poly { degree }),
         });
     }
     for &k in pca_ks {
         v.push(Variant {
-            name: format!("pca{k}"),
+            name: FitName::Pca(k),
             family: Family::Pca,
             method: Method::Pca(k),
         });
     }
     v.push(Variant {
-        name: "helix_random".into(),
+        name: FitName::HelixRandom,
         family: Family::Control,
         method: Method::Basis(helix(random)),
     });
     v.push(Variant {
-        name: "helix_shuffled".into(),
+        name: FitName::HelixShuffled,
         family: Family::Control,
         method: Method::Shuffled(helix(paper)),
     });
     v.push(Variant {
-        name: format!("helix_continuity{continuity_digit}"),
+        name: FitName::HelixContinuity(continuity_digit),
         family: Family::Control,
         method: Method::Continuity(helix(paper)),
     });
@@ -180,7 +168,7 @@ mod tests {
         let v = variants(&[2.0, 5.0, 10.0, 100.0], None, &[7.5], &[3], &[9], 3);
         let subsets = v.iter().filter(|v| v.family == Family::HelixSubset).count();
         assert_eq!(subsets, 14);
-        assert!(v.iter().any(|v| v.name == "helix[5,100]"));
-        assert_eq!(v.last().unwrap().name, "helix_continuity3");
+        assert!(v.iter().any(|v| v.name.to_string() == "helix[5,100]"));
+        assert_eq!(v.last().unwrap().name.to_string(), "helix_continuity3");
     }
 }

@@ -618,6 +618,7 @@ impl Model {
             ForwardOutput {
                 logits,
                 captures,
+                hooks: req.captures.iter().map(|c| c.hook).collect(),
                 layers_run: start..end,
             },
             ctx.kv_record,

@@ -213,6 +213,7 @@ impl Model {
         Ok(ForwardOutput {
             logits: tail.logits,
             captures,
+            hooks: req.captures.iter().map(|c| c.hook).collect(),
             layers_run: tail.layers_run,
         })
     }

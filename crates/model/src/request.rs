@@ -153,6 +153,20 @@ pub struct ForwardOutput {
     pub logits: Option<Tensor>,
     /// One tensor per capture, in request order, `(b, n_positions, per-token shape...)`.
     pub captures: Vec<Tensor>,
+    /// The hook of each capture, in request order.
+    pub hooks: Vec<HookPoint>,
     /// The blocks that ran (a forward stops after the last one it needs).
     pub layers_run: std::ops::Range<usize>,
+}
+
+impl ForwardOutput {
+    /// The capture at `hook` (the first, if it was asked for twice): looked up by hook, so
+    /// the order in which a request lists its captures cannot swap two of them.
+    pub fn capture(&self, hook: HookPoint) -> crate::Result<&Tensor> {
+        self.hooks
+            .iter()
+            .position(|h| *h == hook)
+            .map(|i| &self.captures[i])
+            .ok_or_else(|| crate::ModelError::BadRequest(format!("hook {hook} was not captured")))
+    }
 }

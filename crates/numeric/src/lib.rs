@@ -1,4 +1,5 @@
-//! The linear algebra the analysis stages (spectral, fit, patch) share: PCA, minimum-norm
+//! The linear algebra the analysis stages (spectral, fit, patch) share: the helix and
+//! polynomial bases of a number with typed function names ([`basis`]), PCA, minimum-norm
 //! least squares, ridge-classifier probes, R^2, seeded splits, and the helices of several
 //! numbers (a, b, a+b) that `patch` fits at the last token and on heads and MLPs.
 //!
@@ -12,6 +13,7 @@
 //! Not here: models, tables, or which periods a study uses. Those are the stage crates' business.
 #![deny(missing_docs)]
 
+pub mod basis;
 pub mod lstsq;
 pub mod multi_helix;
 pub mod pca;
@@ -19,6 +21,7 @@ pub mod probe;
 pub mod split;
 pub mod stats;
 
+pub use basis::{Basis, BasisKind, BasisTerm};
 pub use lstsq::lstsq;
 pub use pca::Pca;
 pub use probe::RidgeProbe;

@@ -22,7 +22,6 @@
 //! (means), component_roles (ranks, DE/TE, fit ratios, head types, circuit membership).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use helixlab_model::{Batch, Logits, Model, Positions, Tokenizer};
@@ -30,15 +29,16 @@ use helixlab_model::{Edit, ForwardRequest, HookPoint, Intervention};
 use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::{split, Pca};
 use helixlab_pipeline::{Pipeline, TaskKind};
-use helixlab_store::manifest::now_unix;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use ndarray::Array2;
 
 use crate::effects::{means_table, EffectKey, EffectMean, EffectRows};
+use crate::inputs::{load, read_pairs};
 use crate::pairs::{problems, Pair, ProblemInfo};
-use crate::stage::{add_input, load_with_manifest, read_pairs, table_path};
 use crate::{PatchError, Result};
+use helixlab_pipeline::Position;
+use helixlab_store::{tables, RunLayout};
 
 /// A component whose output is patched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,19 +104,28 @@ fn capture_last(model: &Model, batch: &Batch, with_resid: bool) -> Result<LastCa
         }
     }
     let out = model.forward(batch, &req)?;
-    let c = out.captures;
+    let at = |hook: HookPoint| -> Result<Tensor> { Ok(out.capture(hook)?.clone()) };
     Ok(LastCaptures {
         logits: out
             .logits
+            .clone()
             .expect("asked for logits")
             .to_dtype(DType::F32)?
             .to_vec2()?,
-        attn_out: (0..n).map(|l| c[3 * l].clone()).collect(),
-        mlp_out: (0..n).map(|l| c[3 * l + 1].clone()).collect(),
-        z: (0..n).map(|l| c[3 * l + 2].clone()).collect(),
-        final_resid: c[3 * n].squeeze(1)?,
+        attn_out: (0..n)
+            .map(|l| at(HookPoint::AttnOut(l)))
+            .collect::<Result<_>>()?,
+        mlp_out: (0..n)
+            .map(|l| at(HookPoint::MlpOut(l)))
+            .collect::<Result<_>>()?,
+        z: (0..n)
+            .map(|l| at(HookPoint::AttnZ(l)))
+            .collect::<Result<_>>()?,
+        final_resid: at(HookPoint::ResidPost(n - 1))?.squeeze(1)?,
         resid_pre: if with_resid {
-            c[3 * n + 1..].to_vec()
+            (0..n)
+                .map(|l| at(HookPoint::ResidPre(l)))
+                .collect::<Result<_>>()?
         } else {
             Vec::new()
         },
@@ -194,7 +203,7 @@ fn contribution_change(
                 .intervene(replace(component, corrupt_value(component, corrupt)?))
                 .capture(HookPoint::AttnOut(l), Positions::last());
             let out = model.forward(batch, &req)?;
-            (&out.captures[0] - &clean.attn_out[l])?.squeeze(1)?
+            (out.capture(HookPoint::AttnOut(l))? - &clean.attn_out[l])?.squeeze(1)?
         }
     })
 }
@@ -243,19 +252,18 @@ fn fit_components(
     progress.start("component fits: forwards", sample.len() as u64);
     for chunk in sample.chunks(p.extract.batch_size.max(1)) {
         let batch = encode(tok, p, model, chunk)?;
+        let output_of = |c: &Component| match c {
+            Component::Mlp(l) => HookPoint::MlpOut(*l),
+            Component::Attn(l) => HookPoint::AttnOut(*l),
+            Component::Head(l, _) => HookPoint::AttnZ(*l),
+        };
         let mut req = ForwardRequest::new();
         for c in components {
-            req = req.capture(
-                match c {
-                    Component::Mlp(l) => HookPoint::MlpOut(*l),
-                    Component::Attn(l) => HookPoint::AttnOut(*l),
-                    Component::Head(l, _) => HookPoint::AttnZ(*l),
-                },
-                Positions::last(),
-            );
+            req = req.capture(output_of(c), Positions::last());
         }
         let out = model.forward(&batch, &req)?;
-        for (c, t) in components.iter().zip(&out.captures) {
+        for c in components {
+            let t = out.capture(output_of(c))?;
             let t = match c {
                 Component::Head(_, h) => t.narrow(2, *h, 1)?,
                 _ => t.clone(),
@@ -322,7 +330,7 @@ pub fn head_scores(te: f64, de: f64, te_ab: f64, te_sum: f64, te_full: f64) -> (
 /// `helixlab components`: TE and DE of every MLP, attention layer and head at the last token,
 /// top-k curves, the MLP circuit, and fits of the top heads and circuit MLPs.
 pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
-    let run = p.run_dir();
+    let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {
         return Err(PatchError::Input(format!(
             "{}: task.kind: the component experiment fits a, b and a+b, so it needs an \
@@ -331,7 +339,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             p.task.kind
         )));
     }
-    let (model, tok, mut m) = load_with_manifest(
+    let (study, mut m) = load(
         p,
         "components",
         serde_json::json!({
@@ -339,25 +347,19 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             "batch_size": p.extract.batch_size,
         }),
     )?;
+    let (model, tok) = (&study.model, &study.tokenizer);
     let cfg = model.config().clone();
-
-    add_input(
-        &mut m,
-        &table_path(&run, "pairs"),
-        "run `helixlab pairs` first",
-    )?;
-    let out_path = table_path(&run, "components");
-    let summary_path = table_path(&run, "components_summary");
-    let roles_path = table_path(&run, "component_roles");
-    if !force
-        && [&out_path, &summary_path, &roles_path]
-            .iter()
-            .all(|x| m.is_fresh(x))
-    {
+    m.input_table(&run, tables::PAIRS)?;
+    let outputs = [
+        tables::COMPONENTS,
+        tables::COMPONENTS_SUMMARY,
+        tables::COMPONENT_ROLES,
+    ];
+    if !force && m.tables_fresh(&run, &outputs) {
         return Ok(Outcome::UpToDate);
     }
-    let start = Instant::now();
-    let pairs = read_pairs(&run, "last")?;
+    m.begin();
+    let pairs = read_pairs(&run, Position::Last)?;
     let n_layers = cfg.n_layers;
     let mut singles: Vec<Component> = Vec::new();
     for l in 0..n_layers {
@@ -372,13 +374,13 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     for chunk in pairs.chunks(chunk_size) {
         let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
         let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
-        let batch = encode(&tok, p, &model, &clean_p)?;
-        let clean = capture_last(&model, &batch, true)?;
-        let corrupt = capture_last(&model, &encode(&tok, p, &model, &corrupt_p)?, false)?;
+        let batch = encode(tok, p, model, &clean_p)?;
+        let clean = capture_last(model, &batch, true)?;
+        let corrupt = capture_last(model, &encode(tok, p, model, &corrupt_p)?, false)?;
         let mut finals = Vec::with_capacity(singles.len());
         for &c in &singles {
             let logits = patched_logits(
-                &model,
+                model,
                 &batch,
                 &clean,
                 vec![replace(c, corrupt_value(c, &corrupt)?)],
@@ -386,7 +388,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             for (i, pair) in chunk.iter().enumerate() {
                 rows.push(c.key("total"), pair, &clean.logits[i], &logits[i]);
             }
-            let delta = contribution_change(&model, &batch, &clean, &corrupt, c)?;
+            let delta = contribution_change(model, &batch, &clean, &corrupt, c)?;
             finals.push((&clean.final_resid + delta)?);
         }
         // Every direct effect of the chunk in one final norm + unembedding.
@@ -419,7 +421,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     // all MLPs costs one PCA per layer).
     let top_heads: Vec<Component> = heads.iter().copied().take(p.patch.head_top).collect();
     let fit_targets: Vec<Component> = top_heads.iter().chain(&mlps).copied().collect();
-    let mut problems = problems(&run, p.patch.correct_only)?;
+    let mut problems = problems(run.root(), p.patch.correct_only)?;
     problems.retain(|x| x.b.is_some());
     let order = split::permutation(problems.len(), p.patch.seed);
     let sample: Vec<&ProblemInfo> = order
@@ -430,11 +432,11 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     if sample.len() < 10 {
         return Err(PatchError::Input(format!(
             "{}: {} correct problems; the component fits need at least 10",
-            run.join("problems.parquet").display(),
+            run.path(tables::PROBLEMS).display(),
             sample.len()
         )));
     }
-    let fits = fit_components(&model, &tok, p, &sample, &fit_targets, progress)?;
+    let fits = fit_components(model, tok, p, &sample, &fit_targets, progress)?;
     let fit_names: Vec<String> = MultiHelix::paper_sets()
         .iter()
         .map(|s| MultiHelix::variant_name(s))
@@ -445,9 +447,9 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     for chunk in pairs.chunks(chunk_size) {
         let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
         let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
-        let batch = encode(&tok, p, &model, &clean_p)?;
-        let clean = capture_last(&model, &batch, true)?;
-        let corrupt = capture_last(&model, &encode(&tok, p, &model, &corrupt_p)?, false)?;
+        let batch = encode(tok, p, model, &clean_p)?;
+        let clean = capture_last(model, &batch, true)?;
+        let corrupt = capture_last(model, &encode(tok, p, model, &corrupt_p)?, false)?;
         let joint = |set: &[Component]| -> Result<Vec<Intervention>> {
             // Heads of one layer go in one intervention on that layer's z.
             let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -482,7 +484,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 ks.push(ranked.len());
             }
             for k in ks {
-                let logits = patched_logits(&model, &batch, &clean, joint(&ranked[..k])?)?;
+                let logits = patched_logits(model, &batch, &clean, joint(&ranked[..k])?)?;
                 let key = EffectKey {
                     component: name.into(),
                     layer: k as u32,
@@ -500,8 +502,8 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 _ => vec![chunk.len(), 1, cfg.d_model],
             };
             for name in &fit_names {
-                let value = f.value(name, chunk, &shape, &model)?;
-                let logits = patched_logits(&model, &batch, &clean, vec![replace(c, value)])?;
+                let value = f.value(name, chunk, &shape, model)?;
+                let logits = patched_logits(model, &batch, &clean, vec![replace(c, value)])?;
                 for (i, pair) in chunk.iter().enumerate() {
                     rows.push(c.key(name), pair, &clean.logits[i], &logits[i]);
                 }
@@ -534,16 +536,10 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         ))
         .collect();
     let roles = roles_table(p, &means, &heads, &mlps, &top_heads, &circuit);
-    m.completed_unix = now_unix();
-    m.wall_s = start.elapsed().as_secs_f64();
-    rows.table().write(&out_path, &m)?;
-    means_table(&means).write(&summary_path, &m)?;
-    roles.write(&roles_path, &m)?;
-    Ok(Outcome::Wrote {
-        tables: vec![out_path, summary_path, roles_path],
-        rows: rows.len() as u64,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    m.write_table(&run, tables::COMPONENTS, &rows.table())?;
+    m.write_table(&run, tables::COMPONENTS_SUMMARY, &means_table(&means))?;
+    m.write_table(&run, tables::COMPONENT_ROLES, &roles)?;
+    Ok(m.outcome())
 }
 
 /// One row per head and MLP: rank by TE, TE, DE, DE/TE, the fits' TE over TE, and for the top

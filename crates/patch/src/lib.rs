@@ -1,12 +1,22 @@
-//! Causal tests: is the fitted helix the representation the model uses? (method.md E3.)
+//! Causal tests: is the fitted helix the representation the model uses, and which components
+//! compute a + b with it? (docs/method.md E3-E6.) One module per command:
 //!
-//! `helixlab pairs` draws clean/corrupt pairs of correct problems by the paper's rules
-//! ([`pairs`]); `helixlab patch` runs each clean prompt with the activation at the analysed
-//! operand's token replaced, layer by layer, by a patch for the corrupt number ([`patches`]):
-//! the corrupt activation itself (`layer`), its PCA-k projection, every fit the `fit` stage
-//! stored (helix, discovered periods, subsets, circle, polynomials, random periods), or the
-//! mean over numbers (an ablation that should recover nothing); and scores how far the answer
-//! moves to the corrupt one ([`stage`]).
+//! - [`pairs`] (`helixlab pairs`): clean/corrupt pairs of correct problems by the paper's
+//!   rules.
+//! - [`patching`] (`helixlab patch`, E3): each clean prompt run with the activation at the
+//!   analysed operand's token replaced, layer by layer, by a patch for the corrupt number
+//!   ([`patches`]): the corrupt activation itself (`layer`), its PCA-k projection, every fit
+//!   the `fit` stage stored (helix, discovered periods, subsets, circle, polynomials, random
+//!   periods), or the mean over numbers (an ablation that should recover nothing); scored by
+//!   how far the answer moves to the corrupt one.
+//! - [`patch_last`] (`helixlab patch-last`, E4): the last token as helix(a+b), helix(a,b) and
+//!   helix(a,b,a+b).
+//! - [`components`] (`helixlab components`, E5): total and direct effects of every MLP,
+//!   attention layer and head, the MLP circuit, head types ([`effects`] holds the rows).
+//! - [`neuron_grads`] (`helixlab neuron-grads`, the input of E6): per-neuron gradients.
+//!
+//! [`inputs`] is what they read in common: the analysed operand, the study's model with the
+//! stage's run record, the drawn pairs.
 //!
 //! A key design decision is that the patch values come from the tables, not from extra
 //! forwards: the corrupt prompt's own activation is its row in the extraction, and a fit's
@@ -14,16 +24,17 @@
 //! `a` gives the paper's a-token experiment, `b` the b-token one (with fits at b). One clean forward per batch captures
 //! the residual stream of every layer; each (layer, patch) then resumes at the patched layer.
 //!
-//! Not here yet: the last-token experiment and component effects (E4, E5).
+//! Not here: the neuron attribution and sparsity experiments of E6 (only their gradients).
 #![deny(missing_docs)]
 
 pub mod components;
 pub mod effects;
-pub mod gradients;
-pub mod last;
+pub mod inputs;
+pub mod neuron_grads;
 pub mod pairs;
+pub mod patch_last;
 pub mod patches;
-pub mod stage;
+pub mod patching;
 
 /// Errors of the stages.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +42,9 @@ pub enum PatchError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] helixlab_model::ModelError),
+    /// Loading the study's model or resolving its sites failed.
+    #[error(transparent)]
+    Study(#[from] helixlab_study::StudyError),
     /// Reading or writing a table failed.
     #[error(transparent)]
     Store(#[from] helixlab_store::StoreError),

@@ -8,8 +8,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use helixlab_numeric::split;
+use helixlab_pipeline::{Pipeline, Position};
 use helixlab_store::read;
+use helixlab_store::stage::Outcome;
+use helixlab_store::table::{Table, Values};
+use helixlab_store::{tables, RunLayout};
 
+use crate::inputs::{stage_run, target};
 use crate::{PatchError, Result};
 
 /// One problem as the patch stage needs it.
@@ -104,20 +109,15 @@ pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> 
 /// `n` pairs in which `operand` (`a` or `b`) differs and the other operand is the same, or
 /// (`last`) any two problems with different answers, drawn with `seed` from `problems`
 /// (correct ones). Fewer when fewer exist.
-pub fn draw(problems: &[ProblemInfo], operand: &str, n: usize, seed: u64) -> Result<Vec<Pair>> {
+pub fn draw(problems: &[ProblemInfo], operand: Position, n: usize, seed: u64) -> Vec<Pair> {
     let key = |p: &ProblemInfo| -> (Option<i64>, i64) {
         // Group by the operand that stays fixed.
         match operand {
-            "b" => (Some(p.a), 0),
-            "last" => (None, 0),
-            _ => (p.b, 0),
+            Position::B => (Some(p.a), 0),
+            Position::Last => (None, 0),
+            Position::A | Position::X => (p.b, 0),
         }
     };
-    if !["a", "b", "x", "last"].contains(&operand) {
-        return Err(PatchError::Input(format!(
-            "pairs vary an operand (a or b) or the whole problem (last), not `{operand}`"
-        )));
-    }
     let mut groups: BTreeMap<(Option<i64>, i64), Vec<usize>> = BTreeMap::new();
     for (i, p) in problems.iter().enumerate() {
         groups.entry(key(p)).or_default().push(i);
@@ -144,7 +144,55 @@ pub fn draw(problems: &[ProblemInfo], operand: &str, n: usize, seed: u64) -> Res
             corrupt: problems[candidates[pick]].clone(),
         });
     }
-    Ok(out)
+    out
+}
+
+/// `helixlab pairs`: draws the pairs unless pairs.parquet is current (or `force`).
+pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
+    let t = target(p)?;
+    let run = RunLayout::new(p.run_dir());
+    let problems_path = run.path(tables::PROBLEMS);
+    let mut m = stage_run(
+        p,
+        "pairs",
+        serde_json::json!({ "operand": t.position, "patch": p.patch }),
+    );
+    m.input_table(&run, tables::PROBLEMS)?;
+    if !force && m.tables_fresh(&run, &[tables::PAIRS]) {
+        return Ok(Outcome::UpToDate);
+    }
+    m.begin();
+    let problems = problems(run.root(), p.patch.correct_only)?;
+    // The operand's pairs (E3), then the last-token pairs (E4, E5), each from the same seed.
+    let mut pairs = Vec::new();
+    for operand in [t.position, Position::Last] {
+        let drawn = draw(&problems, operand, p.patch.pairs, p.patch.seed);
+        if drawn.is_empty() {
+            return Err(PatchError::Input(format!(
+                "{}: no clean/corrupt pairs for `{operand}`: the model gets too few problems right",
+                problems_path.display()
+            )));
+        }
+        pairs.extend(drawn.into_iter().map(|x| (operand.name().to_string(), x)));
+    }
+    let col_u32 = |f: &dyn Fn(&Pair) -> u32| Values::U32(pairs.iter().map(|x| f(&x.1)).collect());
+    let col_i64 = |f: &dyn Fn(&Pair) -> i64| Values::I64(pairs.iter().map(|x| f(&x.1)).collect());
+    let table = Table::new()
+        .column(
+            "operand",
+            Values::Str(pairs.iter().map(|x| x.0.clone()).collect()),
+        )
+        .column("pair_id", col_u32(&|x| x.pair_id))
+        .column("clean_prompt_id", col_u32(&|x| x.clean.prompt_id))
+        .column("corrupt_prompt_id", col_u32(&|x| x.corrupt.prompt_id))
+        .column("clean_a", col_i64(&|x| x.clean.a))
+        .column("clean_b", col_i64(&|x| x.clean.b.unwrap_or(-1)))
+        .column("corrupt_a", col_i64(&|x| x.corrupt.a))
+        .column("corrupt_b", col_i64(&|x| x.corrupt.b.unwrap_or(-1)))
+        .column("clean_answer", col_i64(&|x| x.clean.answer))
+        .column("corrupt_answer", col_i64(&|x| x.corrupt.answer));
+    m.write_table(&run, tables::PAIRS, &table)?;
+    Ok(m.outcome())
 }
 
 #[cfg(test)]
@@ -172,19 +220,19 @@ mod tests {
     #[test]
     fn a_pairs_share_b_and_differ_in_the_answer() {
         let g = grid();
-        let p = draw(&g, "a", 30, 42).unwrap();
+        let p = draw(&g, Position::A, 30, 42);
         assert_eq!(p.len(), 30);
         for pair in &p {
             assert_eq!(pair.clean.b, pair.corrupt.b);
             assert_ne!(pair.clean.a, pair.corrupt.a);
         }
-        assert_eq!(p, draw(&g, "a", 30, 42).unwrap());
-        assert_ne!(p, draw(&g, "a", 30, 43).unwrap());
-        let q = draw(&g, "b", 10, 1).unwrap();
+        assert_eq!(p, draw(&g, Position::A, 30, 42));
+        assert_ne!(p, draw(&g, Position::A, 30, 43));
+        let q = draw(&g, Position::B, 10, 1);
         assert!(q
             .iter()
             .all(|x| x.clean.a == x.corrupt.a && x.clean.b != x.corrupt.b));
-        let l = draw(&g, "last", 40, 1).unwrap();
+        let l = draw(&g, Position::Last, 40, 1);
         assert_eq!(l.len(), 40);
         assert!(l.iter().all(|x| x.clean.answer != x.corrupt.answer));
         // Not restricted to a shared operand.

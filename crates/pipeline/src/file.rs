@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use helixlab_model::HookPoint;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{AnalysisSection, AnalysisTarget, FitSection, PatchSection, SpectralSection};
 use crate::task::{Task, TaskKind};
+use crate::vocab::{Device, Dtype, NumberLabel, Position, Site};
 
 /// Errors in a pipeline file.
 #[derive(Debug, thiserror::Error)]
@@ -49,61 +49,19 @@ pub struct ModelSection {
     /// `${VAR}` is replaced by the environment variable.
     pub dir: String,
     /// f32 (default), bf16 or f16.
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: Dtype,
     /// cpu (default), cuda, cuda:N, metal.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: Device,
 }
 
-fn default_dtype() -> String {
-    "f32".into()
-}
-fn default_device() -> String {
-    "cpu".into()
-}
-fn default_true() -> bool {
+fn share_prefixes_by_default() -> bool {
     true
 }
 
-fn default_batch() -> usize {
+fn prompts_per_batch() -> usize {
     256
-}
-
-/// A block hook to extract, named as after `blocks.{l}.` (e.g. `hook_resid_pre`,
-/// `attn.hook_z`, `mlp.hook_post`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Site(String);
-
-impl Site {
-    /// The hook of this site at `layer`.
-    pub fn at(&self, layer: usize) -> HookPoint {
-        format!("blocks.{layer}.{}", self.0)
-            .parse()
-            .expect("validated when the site was made")
-    }
-
-    /// The suffix (`hook_resid_pre`).
-    pub fn name(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Site {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        format!("blocks.0.{s}")
-            .parse::<HookPoint>()
-            .map(|_| Site(s))
-            .map_err(|e| e.to_string().replace("blocks.0.", ""))
-    }
-}
-
-impl From<Site> for String {
-    fn from(s: Site) -> String {
-        s.0
-    }
 }
 
 /// Which layers: `"all"` or a list.
@@ -146,15 +104,15 @@ pub struct ExtractSection {
     /// Layers.
     pub layers: Layers,
     /// Named positions: operands of the task (`a`, `b`, `x`) and `last`.
-    pub positions: Vec<String>,
+    pub positions: Vec<Position>,
     /// Prompts per forward pass.
-    #[serde(default = "default_batch")]
+    #[serde(default = "prompts_per_batch")]
     pub batch_size: usize,
     /// Run a prefix several prompts of a batch share (`37+` in `37+45=` and `37+46=`, or an
     /// instruction before every problem) once, and only the rest of each prompt (results equal
     /// to float rounding; a causal model's activations over a prefix do not depend on what
     /// follows). On by default; off runs every prompt whole.
-    #[serde(default = "default_true")]
+    #[serde(default = "share_prefixes_by_default")]
     pub share_prefixes: bool,
 }
 
@@ -259,7 +217,7 @@ impl Pipeline {
             return Err(invalid("extract.batch_size", "must be at least 1".into()));
         }
         for pos in &p.extract.positions {
-            if pos != "last" && !p.task.kind.operands().contains(&pos.as_str()) {
+            if *pos != Position::Last && !p.task.kind.operands().contains(&pos.name()) {
                 return Err(invalid(
                     "extract.positions",
                     format!(
@@ -320,27 +278,30 @@ impl Pipeline {
     pub fn analysis_target(&self) -> Result<AnalysisTarget, (&'static str, String)> {
         let a = &self.analysis;
         let ops = self.task.kind.operands();
-        let position = a.position.clone().unwrap_or_else(|| ops[0].to_string());
+        let position = a
+            .position
+            .unwrap_or_else(|| ops[0].parse().expect("operands are positions"));
         if !self.extract.positions.contains(&position) {
             return Err((
                 "analysis.position",
                 format!(
                     "`{position}` is not extracted (extract.positions: {})",
-                    self.extract.positions.join(", ")
+                    self.extract
+                        .positions
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
-        let number = a.number.clone().unwrap_or_else(|| {
-            if position == "last" {
-                "answer".to_string()
-            } else {
-                position.clone()
-            }
-        });
-        let (number_column, default_range) = match number.as_str() {
-            "a" | "x" if ops.contains(&number.as_str()) => ("a", Some(self.task.a)),
-            "b" if ops.contains(&"b") => ("b", self.task.b),
-            "answer" if self.task.kind != TaskKind::Numbers => ("answer", None),
+        let number = a
+            .number
+            .unwrap_or_else(|| position.operand().unwrap_or(NumberLabel::Answer));
+        let default_range = match number {
+            NumberLabel::A | NumberLabel::X if ops.contains(&number.name()) => Some(self.task.a),
+            NumberLabel::B if ops.contains(&"b") => self.task.b,
+            NumberLabel::Answer if self.task.kind != TaskKind::Numbers => None,
             _ => {
                 return Err((
                     "analysis.number",
@@ -381,7 +342,7 @@ impl Pipeline {
         Ok(AnalysisTarget {
             sites,
             position,
-            number_column: number_column.to_string(),
+            number_column: number.column(),
             number,
             range,
         })
@@ -429,12 +390,15 @@ dir = "data/runs/toy-adder"
     fn a_good_file_parses_with_defaults() {
         let p = parse(GOOD).unwrap();
         assert_eq!(p.name, "test");
-        assert_eq!(p.model.dtype, "f32");
+        assert_eq!(p.model.dtype, Dtype::F32);
         assert_eq!(p.extract.batch_size, 256);
         assert_eq!(p.extract.layers.resolve(2).unwrap(), vec![0, 1]);
-        assert_eq!(p.extract.sites[1].at(3), HookPoint::AttnZ(3));
+        assert_eq!(
+            p.extract.sites[1].at(3),
+            helixlab_hooks::HookPoint::AttnZ(3)
+        );
         let t = p.analysis_target().unwrap();
-        assert_eq!((t.position.as_str(), t.number_column.as_str()), ("a", "a"));
+        assert_eq!((t.position, t.number_column), (Position::A, "a"));
         assert_eq!((t.range, t.sites.len()), ([0, 99], 2));
         assert_eq!(p.fit.periods, vec![2.0, 5.0, 10.0, 100.0]);
         assert_eq!(p.spectral.probe_periods.len(), 14);

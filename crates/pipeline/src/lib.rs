@@ -16,7 +16,9 @@
 mod analysis;
 mod file;
 mod task;
+mod vocab;
 
 pub use analysis::{AnalysisSection, AnalysisTarget, FitSection, PatchSection, SpectralSection};
-pub use file::{ExtractSection, ModelSection, OutputSection, Pipeline, PipelineError, Site};
+pub use file::{ExtractSection, Layers, ModelSection, OutputSection, Pipeline, PipelineError};
 pub use task::{Problem, Task, TaskKind};
+pub use vocab::{period_list, Device, Dtype, FitName, NumberLabel, PatchKind, Position, Site};

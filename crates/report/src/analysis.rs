@@ -5,75 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use helixlab_store::{read, Manifest};
-use polars::prelude::*;
-
 use crate::charts::{heatmaps, hue, palette, panels, Heatmap, Mark, Panel, Series};
-use crate::{ReportError, Result};
+use crate::Result;
 
-/// A table read whole, with typed column access that names the table in errors.
-pub(crate) struct Tbl {
-    path: std::path::PathBuf,
-    df: DataFrame,
-}
-
-impl Tbl {
-    pub(crate) fn open(path: &Path) -> Result<Option<Tbl>> {
-        if Manifest::read_for(path).is_none() {
-            return Ok(None);
-        }
-        let df = read::scan(path)?
-            .collect()
-            .map_err(|source| ReportError::Table {
-                table: path.to_path_buf(),
-                source,
-            })?;
-        Ok(Some(Tbl {
-            path: path.to_path_buf(),
-            df,
-        }))
-    }
-    fn err(&self) -> impl Fn(PolarsError) -> ReportError + '_ {
-        move |source| ReportError::Table {
-            table: self.path.clone(),
-            source,
-        }
-    }
-    pub(crate) fn f64(&self, c: &str) -> Result<Vec<f64>> {
-        let s = self.df.column(c).map_err(self.err())?;
-        let s = s.cast(&DataType::Float64).map_err(self.err())?;
-        Ok(s.f64()
-            .map_err(self.err())?
-            .iter()
-            .map(|v| v.unwrap_or(f64::NAN))
-            .collect())
-    }
-    pub(crate) fn i64(&self, c: &str) -> Result<Vec<i64>> {
-        let s = self.df.column(c).map_err(self.err())?;
-        let s = s.cast(&DataType::Int64).map_err(self.err())?;
-        Ok(s.i64()
-            .map_err(self.err())?
-            .iter()
-            .map(|v| v.unwrap_or(0))
-            .collect())
-    }
-    pub(crate) fn str(&self, c: &str) -> Result<Vec<String>> {
-        let s = self.df.column(c).map_err(self.err())?;
-        Ok(s.str()
-            .map_err(self.err())?
-            .iter()
-            .map(|v| v.unwrap_or("").to_string())
-            .collect())
-    }
-    pub(crate) fn bool(&self, c: &str) -> Result<Vec<bool>> {
-        let s = self.df.column(c).map_err(self.err())?;
-        Ok(s.bool()
-            .map_err(self.err())?
-            .iter()
-            .map(|v| v.unwrap_or(false))
-            .collect())
-    }
-}
+/// Result tables are read as [`Frame`]s (typed columns; errors name the table).
+pub(crate) use helixlab_store::Frame as Tbl;
 
 /// (site, layer) keys: sites in the order the stage wrote them (the pipeline's), layers
 /// ascending.
@@ -578,15 +514,7 @@ pub fn fit_section(run: &Path, out: &Path) -> Result<String> {
             coef.str("variant")?,
             coef.str("basis")?,
         );
-        let vecs = coef.df.column("coefficient").map_err(coef.err())?;
-        let arr = vecs.array().map_err(coef.err())?;
-        let d = arr.width();
-        let flat: Vec<f32> = arr
-            .get_inner()
-            .f32()
-            .map_err(coef.err())?
-            .into_no_null_iter()
-            .collect();
+        let (d, flat) = coef.vectors("coefficient")?;
         let site0 = all_keys[0].0.clone();
         let rows: Vec<usize> = (0..cs.len())
             .filter(|&i| cs[i] == site0 && cv[i] == "helix" && cb[i] != "mean" && cb[i] != "bias")

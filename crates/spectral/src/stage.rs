@@ -1,34 +1,20 @@
 //! `helixlab spectral`: reads the activations the pipeline's `[analysis]` section selects and
 //! writes `<run>/spectral/{spectra,pca,pca_scores,similarity,separability,periods}.parquet`.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
 use helixlab_numeric::Pca;
 use helixlab_pipeline::{AnalysisTarget, Pipeline};
-use helixlab_store::manifest::now_unix;
 use helixlab_store::read::{self, NumberRows};
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::Manifest;
+use helixlab_store::{tables, RunLayout, StageRun, TableName};
 use ndarray::{s, Array2, ArrayView2};
 
 use crate::{fourier, geometry, periods, separability, Result, SpectralError};
 
 /// The tables this stage writes, in writing order.
-pub const TABLES: [&str; 6] = [
-    "spectra",
-    "pca",
-    "pca_scores",
-    "similarity",
-    "separability",
-    "periods",
-];
-
-/// Where the stage writes table `name`.
-pub fn table_path(run_dir: &Path, name: &str) -> PathBuf {
-    run_dir.join("spectral").join(format!("{name}.parquet"))
-}
+pub const TABLES: [TableName; 6] = tables::SPECTRAL;
 
 /// The rows of one (site, layer), one per number in `span`, as a matrix.
 pub(crate) fn number_matrix(
@@ -38,9 +24,9 @@ pub(crate) fn number_matrix(
     site: &str,
     layer: usize,
 ) -> Result<(NumberRows, Array2<f64>)> {
-    let m = read::activations(run_dir, site, layer, &target.position)?;
+    let m = read::activations(run_dir, site, layer, target.position.name())?;
     let rows = m
-        .mean_by(&target.number_column, span)
+        .mean_by(target.number_column, span)
         .map_err(SpectralError::Input)?;
     if rows.numbers.len() < 4 {
         return Err(SpectralError::Input(format!(
@@ -100,25 +86,16 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let span = ranges
         .iter()
         .fold(target.range, |s, r| [s[0].min(r[0]), s[1].max(r[1])]);
-    let mut manifest = Manifest {
-        stage: "spectral".into(),
-        settings: serde_json::json!({ "analysis": target, "spectral": p.spectral, "ranges": ranges }),
-        inputs,
-        model: None,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        completed_unix: 0,
-        rows: 0,
-        wall_s: 0.0,
-    };
-    if !force
-        && TABLES
-            .iter()
-            .all(|t| manifest.is_fresh(&table_path(&run_dir, t)))
-    {
+    let mut run = StageRun::new(
+        "spectral",
+        serde_json::json!({ "analysis": target, "spectral": p.spectral, "ranges": ranges }),
+    );
+    run.inputs(inputs);
+    let layout = RunLayout::new(&run_dir);
+    if !force && run.tables_fresh(&layout, &TABLES) {
         return Ok(Outcome::UpToDate);
     }
-    let start = Instant::now();
+    run.begin();
 
     let (mut sk, mut pk, mut psk, mut simk, mut sepk, mut perk): (Key, Key, Key, Key, Key, Key) =
         Default::default();
@@ -294,21 +271,10 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             .column("r2", Values::F64(per_r2))
             .column("r2_linear_only", Values::F64(per_lin)),
     ];
-    manifest.completed_unix = now_unix();
-    manifest.wall_s = start.elapsed().as_secs_f64();
-    let mut paths = Vec::new();
-    let mut rows = 0;
     for (name, t) in TABLES.iter().zip(&tables) {
-        let path = table_path(&run_dir, name);
-        t.write(&path, &manifest)?;
-        rows += t.rows() as u64;
-        paths.push(path);
+        run.write_table(&layout, *name, t)?;
     }
-    Ok(Outcome::Wrote {
-        tables: paths,
-        rows,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(run.outcome())
 }
 
 /// Coordinates on up to `k` principal components: the representation with its noise floor

@@ -17,16 +17,20 @@
 
 pub mod activations;
 pub mod atomic;
+pub mod frame;
 pub mod inspect;
 pub mod manifest;
 pub mod problems;
 pub mod read;
+pub mod run;
 pub mod stage;
 pub mod table;
 
 use std::path::PathBuf;
 
+pub use frame::Frame;
 pub use manifest::{Manifest, ModelFacts, ModelIdentity};
+pub use run::{tables, RunLayout, StageRun, TableName};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -1,29 +1,28 @@
 //! `helixlab neuron-grads`: the gradient of the clean answer's logit with respect to every
 //! neuron's activation (`mlp.hook_post`) at the last token, for the clean prompts of the
 //! last-token pairs, in one forward and one backward per batch. This is the gradient half of
-//! attribution patching (method.md E6); the attribution scores themselves (gradient times the
+//! attribution patching (docs/method.md E6); the attribution scores themselves (gradient times the
 //! clean-minus-corrupt activation) are not computed yet.
 //!
 //! Writes `patch/neuron_grads.parquet`: one row per layer x neuron with the mean gradient and
 //! the mean absolute gradient over the prompts.
 
-use std::time::Instant;
-
 use candle_core::{DType, Tensor};
 use helixlab_model::{Capture, ForwardRequest, HookPoint};
 use helixlab_model::{Logits, Positions};
 use helixlab_pipeline::Pipeline;
-use helixlab_store::manifest::now_unix;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 
-use crate::stage::{add_input, load_with_manifest, read_pairs, table_path};
+use crate::inputs::{load, read_pairs};
 use crate::Result;
+use helixlab_pipeline::Position;
+use helixlab_store::{tables, RunLayout};
 
 /// `helixlab neuron-grads`.
 pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
-    let run = p.run_dir();
-    let (model, tok, mut m) = load_with_manifest(
+    let run = RunLayout::new(p.run_dir());
+    let (study, mut m) = load(
         p,
         "neuron-grads",
         serde_json::json!({
@@ -31,19 +30,15 @@ pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> R
             "metric": "clean answer logit", "batch_size": p.extract.batch_size,
         }),
     )?;
+    let (model, tok) = (&study.model, &study.tokenizer);
     let cfg = model.config().clone();
 
-    add_input(
-        &mut m,
-        &table_path(&run, "pairs"),
-        "run `helixlab pairs` first",
-    )?;
-    let out_path = table_path(&run, "neuron_grads");
-    if !force && m.is_fresh(&out_path) {
+    m.input_table(&run, tables::PAIRS)?;
+    if !force && m.tables_fresh(&run, &[tables::NEURON_GRADS]) {
         return Ok(Outcome::UpToDate);
     }
-    let start = Instant::now();
-    let pairs = read_pairs(&run, "last")?;
+    m.begin();
+    let pairs = read_pairs(&run, Position::Last)?;
     let targets: Vec<Capture> = (0..cfg.n_layers)
         .map(|l| Capture {
             hook: HookPoint::MlpPost(l),
@@ -104,13 +99,6 @@ pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> R
             "grad_abs_mean",
             Values::F64(abs.iter().map(|v| v / n).collect()),
         );
-    m.completed_unix = now_unix();
-    m.wall_s = start.elapsed().as_secs_f64();
-    m.rows = rows as u64;
-    table.write(&out_path, &m)?;
-    Ok(Outcome::Wrote {
-        tables: vec![out_path],
-        rows: rows as u64,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    m.write_table(&run, tables::NEURON_GRADS, &table)?;
+    Ok(m.outcome())
 }

@@ -13,7 +13,6 @@
 //! row per number) and exist only to be patched and compared.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use helixlab_model::Positions;
@@ -22,16 +21,17 @@ use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::stats::r2;
 use helixlab_numeric::Pca;
 use helixlab_pipeline::{Pipeline, TaskKind};
-use helixlab_store::manifest::now_unix;
 use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use ndarray::{Array1, Array2, Axis};
 
 use crate::effects::{means_table, EffectKey, EffectRows};
+use crate::inputs::{load, read_pairs};
 use crate::pairs::{problems, Pair};
-use crate::stage::{add_input, load_with_manifest, read_pairs, table_path};
 use crate::{PatchError, Result};
+use helixlab_pipeline::Position;
+use helixlab_store::{tables, RunLayout};
 
 /// The site of the experiment.
 pub const SITE: &str = "hook_resid_post";
@@ -76,7 +76,7 @@ fn patch_value(plan: &LayerPlan, kind: &str, pair: &Pair) -> Result<Array1<f64>>
 
 /// `helixlab patch-last`: fits and patches the last token at every layer.
 pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
-    let run = p.run_dir();
+    let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {
         return Err(PatchError::Input(format!(
             "{}: task.kind: the last-token experiment fits a, b and a+b, so it needs an \
@@ -85,7 +85,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             p.task.kind
         )));
     }
-    let (model, tok, mut m) = load_with_manifest(
+    let (study, mut m) = load(
         p,
         "patch-last",
         serde_json::json!({
@@ -93,27 +93,21 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             "patch": p.patch, "batch_size": p.extract.batch_size,
         }),
     )?;
-
-    let (names, inputs) = read::extracted_partitions(&run, [SITE])?;
-    m.inputs.extend(inputs);
-    add_input(
-        &mut m,
-        &table_path(&run, "pairs"),
-        "run `helixlab pairs` first",
-    )?;
-    let out_path = table_path(&run, "last_token");
-    let summary_path = table_path(&run, "last_token_summary");
-    let fits_path = table_path(&run, "last_fits");
-    if !force
-        && [&out_path, &summary_path, &fits_path]
-            .iter()
-            .all(|x| m.is_fresh(x))
-    {
+    let (model, tok) = (&study.model, &study.tokenizer);
+    let (names, inputs) = read::extracted_partitions(run.root(), [SITE])?;
+    m.inputs(inputs);
+    m.input_table(&run, tables::PAIRS)?;
+    let outputs = [
+        tables::LAST_TOKEN,
+        tables::LAST_TOKEN_SUMMARY,
+        tables::LAST_FITS,
+    ];
+    if !force && m.tables_fresh(&run, &outputs) {
         return Ok(Outcome::UpToDate);
     }
-    let start = Instant::now();
-    let pairs = read_pairs(&run, "last")?;
-    let correct: BTreeSet<u32> = problems(&run, p.patch.correct_only)?
+    m.begin();
+    let pairs = read_pairs(&run, Position::Last)?;
+    let correct: BTreeSet<u32> = problems(run.root(), p.patch.correct_only)?
         .iter()
         .map(|x| x.prompt_id)
         .collect();
@@ -134,7 +128,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
     let mut fit_rows = FitRows::default();
     progress.start("last-token fits", names.len() as u64);
     for (_, layer) in &names {
-        let mat = read::activations(&run, SITE, *layer, "last")?;
+        let mat = read::activations(run.root(), SITE, *layer, Position::Last.name())?;
         let keep: Vec<usize> = (0..mat.rows())
             .filter(|&i| correct.contains(&mat.prompt_id[i]) && mat.b[i].is_some())
             .collect();
@@ -189,7 +183,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             .collect();
         plans.push(LayerPlan {
             layer: *layer,
-            offset: read::position_offset(&run, SITE, *layer, "last")?,
+            offset: read::position_offset(run.root(), SITE, *layer, Position::Last.name())?,
             pca,
             fits,
             prompts,
@@ -217,6 +211,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
         let clean = model.forward(&batch, &req)?;
         let clean_logits = clean
             .logits
+            .clone()
             .expect("asked for logits")
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
@@ -236,7 +231,10 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
                         Positions::At(vec![plan.offset]),
                         value,
                     )
-                    .resume(plan.layer, clean.captures[plan.layer].clone());
+                    .resume(
+                        plan.layer,
+                        clean.capture(HookPoint::ResidPre(plan.layer))?.clone(),
+                    );
                 let out = model.forward(&batch, &req)?;
                 let logits = out
                     .logits
@@ -264,14 +262,12 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
         .column("n_params", Values::U32(fit_rows.2))
         .column("pca_dim", Values::U32(fit_rows.3))
         .column("r2", Values::F64(fit_rows.4));
-    m.completed_unix = now_unix();
-    m.wall_s = start.elapsed().as_secs_f64();
-    rows.table().write(&out_path, &m)?;
-    means_table(&rows.means()).write(&summary_path, &m)?;
-    fits_table.write(&fits_path, &m)?;
-    Ok(Outcome::Wrote {
-        tables: vec![out_path, summary_path, fits_path],
-        rows: rows.len() as u64,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    m.write_table(&run, tables::LAST_TOKEN, &rows.table())?;
+    m.write_table(
+        &run,
+        tables::LAST_TOKEN_SUMMARY,
+        &means_table(&rows.means()),
+    )?;
+    m.write_table(&run, tables::LAST_FITS, &fits_table)?;
+    Ok(m.outcome())
 }

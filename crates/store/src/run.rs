@@ -1,0 +1,333 @@
+//! A run directory and the tables in it: where each stage's tables live ([`RunLayout`],
+//! [`TableName`]), and the skeleton every stage runs through ([`StageRun`]): record the
+//! inputs, build the manifest, decide freshness, time the work, write atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::activations::partition_dir;
+use crate::manifest::{now_unix, sha256_file, Manifest, ModelIdentity};
+use crate::stage::Outcome;
+use crate::table::Table;
+use crate::{Result, StoreError};
+
+/// A table of a run: its stage directory (empty for the run's root) and file stem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TableName {
+    /// Directory under the run (`spectral`, `fit`, `patch`; empty for the root).
+    pub dir: &'static str,
+    /// File stem (`spectra` for `spectral/spectra.parquet`).
+    pub stem: &'static str,
+    /// The command that writes it, named in "missing" errors.
+    pub writer: &'static str,
+}
+
+const fn table(dir: &'static str, stem: &'static str, writer: &'static str) -> TableName {
+    TableName { dir, stem, writer }
+}
+
+/// Every table a study writes, by stage. The activation partitions are addressed by
+/// [`RunLayout::partition`].
+pub mod tables {
+    use super::{table, TableName};
+
+    /// `problems.parquet` (accuracy).
+    pub const PROBLEMS: TableName = table("", "problems", "accuracy");
+
+    /// `spectral/spectra.parquet`.
+    pub const SPECTRA: TableName = table("spectral", "spectra", "spectral");
+    /// `spectral/pca.parquet`.
+    pub const PCA: TableName = table("spectral", "pca", "spectral");
+    /// `spectral/pca_scores.parquet`.
+    pub const PCA_SCORES: TableName = table("spectral", "pca_scores", "spectral");
+    /// `spectral/similarity.parquet`.
+    pub const SIMILARITY: TableName = table("spectral", "similarity", "spectral");
+    /// `spectral/separability.parquet`.
+    pub const SEPARABILITY: TableName = table("spectral", "separability", "spectral");
+    /// `spectral/periods.parquet`.
+    pub const PERIODS: TableName = table("spectral", "periods", "spectral");
+    /// What `helixlab spectral` writes, in order.
+    pub const SPECTRAL: [TableName; 6] =
+        [SPECTRA, PCA, PCA_SCORES, SIMILARITY, SEPARABILITY, PERIODS];
+
+    /// `fit/split.parquet`.
+    pub const SPLIT: TableName = table("fit", "split", "fit");
+    /// `fit/coefficients.parquet`.
+    pub const COEFFICIENTS: TableName = table("fit", "coefficients", "fit");
+    /// `fit/predictions.parquet`.
+    pub const PREDICTIONS: TableName = table("fit", "predictions", "fit");
+    /// `fit/helix_coords.parquet`.
+    pub const HELIX_COORDS: TableName = table("fit", "helix_coords", "fit");
+    /// `fit/continuity.parquet`.
+    pub const CONTINUITY: TableName = table("fit", "continuity", "fit");
+    /// `fit/fits.parquet`.
+    pub const FITS: TableName = table("fit", "fits", "fit");
+    /// What `helixlab fit` writes, in order.
+    pub const FIT: [TableName; 6] = [
+        SPLIT,
+        COEFFICIENTS,
+        PREDICTIONS,
+        HELIX_COORDS,
+        CONTINUITY,
+        FITS,
+    ];
+
+    /// `patch/pairs.parquet`.
+    pub const PAIRS: TableName = table("patch", "pairs", "pairs");
+    /// `patch/patching.parquet`.
+    pub const PATCHING: TableName = table("patch", "patching", "patch");
+    /// `patch/patching_summary.parquet`.
+    pub const PATCHING_SUMMARY: TableName = table("patch", "patching_summary", "patch");
+    /// `patch/last_token.parquet`.
+    pub const LAST_TOKEN: TableName = table("patch", "last_token", "patch-last");
+    /// `patch/last_token_summary.parquet`.
+    pub const LAST_TOKEN_SUMMARY: TableName = table("patch", "last_token_summary", "patch-last");
+    /// `patch/last_fits.parquet`.
+    pub const LAST_FITS: TableName = table("patch", "last_fits", "patch-last");
+    /// `patch/components.parquet`.
+    pub const COMPONENTS: TableName = table("patch", "components", "components");
+    /// `patch/components_summary.parquet`.
+    pub const COMPONENTS_SUMMARY: TableName = table("patch", "components_summary", "components");
+    /// `patch/component_roles.parquet`.
+    pub const COMPONENT_ROLES: TableName = table("patch", "component_roles", "components");
+    /// `patch/neuron_grads.parquet`.
+    pub const NEURON_GRADS: TableName = table("patch", "neuron_grads", "neuron-grads");
+}
+
+/// The directory of one run (`[output] dir`) and the path of everything in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunLayout {
+    root: PathBuf,
+}
+
+impl RunLayout {
+    /// The run at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunLayout { root: root.into() }
+    }
+
+    /// The run directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where `table` lives.
+    pub fn path(&self, table: TableName) -> PathBuf {
+        let file = format!("{}.parquet", table.stem);
+        if table.dir.is_empty() {
+            self.root.join(file)
+        } else {
+            self.root.join(table.dir).join(file)
+        }
+    }
+
+    /// The activation tables (hive partitions under `activations/`).
+    pub fn activations(&self) -> PathBuf {
+        self.root.join("activations")
+    }
+
+    /// The partition of one (site, layer).
+    pub fn partition(&self, site: &str, layer: usize) -> PathBuf {
+        partition_dir(&self.root, site, layer)
+    }
+
+    /// `patch/timing.json`: how much resuming saved in the last `helixlab patch`.
+    pub fn patch_timing(&self) -> PathBuf {
+        self.root.join("patch").join("timing.json")
+    }
+
+    /// The report's directory.
+    pub fn report_dir(&self) -> PathBuf {
+        self.root.join("report")
+    }
+
+    /// The "missing" error of `table`, naming the command that writes it.
+    pub fn missing(&self, table: TableName) -> StoreError {
+        StoreError::Missing {
+            path: self.path(table),
+            hint: format!("run `helixlab {}` first", table.writer),
+        }
+    }
+}
+
+/// One run of a stage: the manifest its outputs will carry, built from the stage name, its
+/// settings, its inputs (recorded by the hash of their manifests) and the model; whether the
+/// outputs are already current; the timing; and the atomic writes.
+///
+/// The manifest's `completed_unix` and `wall_s` are set at each write, so a table's manifest
+/// says when it was finished; neither is compared by freshness.
+#[derive(Debug)]
+pub struct StageRun {
+    manifest: Manifest,
+    start: Instant,
+    written: Vec<PathBuf>,
+    rows: u64,
+}
+
+impl StageRun {
+    /// A run of `stage` with `settings` (what shapes its outputs), by this build of helixlab,
+    /// from this process's command line.
+    pub fn new(stage: &str, settings: serde_json::Value) -> Self {
+        StageRun {
+            manifest: Manifest {
+                stage: stage.into(),
+                settings,
+                inputs: BTreeMap::new(),
+                model: None,
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                completed_unix: 0,
+                rows: 0,
+                wall_s: 0.0,
+            },
+            start: Instant::now(),
+            written: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// The model the stage runs.
+    pub fn with_model(mut self, model: ModelIdentity) -> Self {
+        self.manifest.model = Some(model);
+        self
+    }
+
+    /// Records the complete table at `path` as an input; a table without a manifest is an
+    /// error that says which command writes it (`hint`).
+    pub fn input(&mut self, path: &Path, hint: &str) -> Result<()> {
+        let sha = sha256_file(&Manifest::path_for(path)).map_err(|_| StoreError::Missing {
+            path: path.to_path_buf(),
+            hint: hint.into(),
+        })?;
+        self.manifest.inputs.insert(path.display().to_string(), sha);
+        Ok(())
+    }
+
+    /// Records the run's `table` as an input (missing: says which command writes it).
+    pub fn input_table(&mut self, run: &RunLayout, table: TableName) -> Result<()> {
+        let path = run.path(table);
+        self.input(&path, &format!("run `helixlab {}` first", table.writer))
+    }
+
+    /// Records `path` as an input when it is complete; `false` when it is not there.
+    pub fn optional_input(&mut self, path: &Path) -> Result<bool> {
+        if Manifest::read_for(path).is_none() {
+            return Ok(false);
+        }
+        self.input(path, "")?;
+        Ok(true)
+    }
+
+    /// Records inputs already hashed (path -> sha256 of its manifest).
+    pub fn inputs(&mut self, inputs: BTreeMap<String, String>) {
+        self.manifest.inputs.extend(inputs);
+    }
+
+    /// The manifest as it stands.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Whether every one of `outputs` is complete and was made by the same work.
+    pub fn is_fresh(&self, outputs: &[PathBuf]) -> bool {
+        outputs.iter().all(|p| self.manifest.is_fresh(p))
+    }
+
+    /// Whether the run's `tables` are all current.
+    pub fn tables_fresh(&self, run: &RunLayout, tables: &[TableName]) -> bool {
+        tables.iter().all(|t| self.manifest.is_fresh(&run.path(*t)))
+    }
+
+    /// Starts the clock (the work after the freshness check).
+    pub fn begin(&mut self) {
+        self.start = Instant::now();
+    }
+
+    /// Seconds since [`StageRun::begin`].
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// The manifest a finished output carries now (completion time and wall time set), for
+    /// writers that stream (activation partitions).
+    pub fn finished(&self) -> Manifest {
+        let mut m = self.manifest.clone();
+        m.completed_unix = now_unix();
+        m.wall_s = self.elapsed();
+        m
+    }
+
+    /// Counts an output written by a streaming writer.
+    pub fn record(&mut self, path: PathBuf, rows: u64) {
+        self.written.push(path);
+        self.rows += rows;
+    }
+
+    /// Writes `table` to `path` with its manifest, atomically.
+    pub fn write(&mut self, path: &Path, table: &Table) -> Result<()> {
+        table.write(path, &self.finished())?;
+        self.record(path.to_path_buf(), table.rows() as u64);
+        Ok(())
+    }
+
+    /// Writes the run's `name` table.
+    pub fn write_table(&mut self, run: &RunLayout, name: TableName, table: &Table) -> Result<()> {
+        self.write(&run.path(name), table)
+    }
+
+    /// What the stage did: the outputs, their rows and the time since [`StageRun::begin`].
+    pub fn outcome(self) -> Outcome {
+        let seconds = self.elapsed();
+        Outcome::Wrote {
+            tables: self.written,
+            rows: self.rows,
+            seconds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Values;
+
+    #[test]
+    fn every_table_has_one_path() {
+        let run = RunLayout::new("/r");
+        assert_eq!(
+            run.path(tables::PROBLEMS),
+            PathBuf::from("/r/problems.parquet")
+        );
+        assert_eq!(
+            run.path(tables::PATCHING_SUMMARY),
+            PathBuf::from("/r/patch/patching_summary.parquet")
+        );
+        let all = [tables::SPECTRAL.as_slice(), tables::FIT.as_slice()].concat();
+        let mut paths: Vec<PathBuf> = all.iter().map(|t| run.path(*t)).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), 12);
+    }
+
+    #[test]
+    fn a_stage_run_is_fresh_only_for_the_same_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunLayout::new(dir.path());
+        let t = Table::new().column("x", Values::U32(vec![1, 2, 3]));
+        let mut s = StageRun::new("test", serde_json::json!({ "k": 1 }));
+        assert!(!s.tables_fresh(&run, &[tables::PAIRS]));
+        s.write_table(&run, tables::PAIRS, &t).unwrap();
+        assert!(s.tables_fresh(&run, &[tables::PAIRS]));
+        let Outcome::Wrote { rows, tables, .. } = s.outcome() else {
+            panic!("wrote")
+        };
+        assert_eq!((rows, tables.len()), (3, 1));
+        let other = StageRun::new("test", serde_json::json!({ "k": 2 }));
+        assert!(!other.tables_fresh(&run, &[tables::PAIRS]));
+        let mut reader = StageRun::new("next", serde_json::json!({}));
+        reader.input_table(&run, tables::PAIRS).unwrap();
+        let e = reader.input_table(&run, tables::PATCHING).unwrap_err();
+        assert!(e.to_string().contains("helixlab patch"), "{e}");
+    }
+}

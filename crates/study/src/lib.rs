@@ -1,0 +1,161 @@
+//! What every stage that runs the model shares (accuracy, extract, pairs-based patching,
+//! components, neuron gradients): the study's `[model]` loaded once with the identity its
+//! manifests record ([`StudyModel::load`]), the study's sites resolved against that model
+//! ([`StudyModel::sites`]), and a forward over prompts that shares their common prefix where
+//! the study allows it ([`StudyModel::forward_prompts`]).
+//!
+//! A key design decision is that this is the only place a study's dtype and device become
+//! candle values, and the only place a model's identity is described: two stages can then
+//! never disagree on what "the same model" means.
+//!
+//! Not here: tasks and prompts (extract), manifests and tables (store), any stage's work.
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+
+use helixlab_model::{
+    dtype_name, shared_prefix_split, DType, Device, ForwardOutput, ForwardRequest, HookPoint,
+    LoadOptions, Model, Tokenizer,
+};
+use helixlab_pipeline::{ModelSection, Pipeline, Site};
+use helixlab_store::{ModelFacts, ModelIdentity};
+
+/// Errors of loading and resolving.
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    /// The model or tokenizer failed.
+    #[error(transparent)]
+    Model(#[from] helixlab_model::ModelError),
+    /// Describing the model's files failed.
+    #[error(transparent)]
+    Store(#[from] helixlab_store::StoreError),
+    /// A site or layer of the study that this model does not have.
+    #[error("{pipeline}: {message}")]
+    Sites {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, StudyError>;
+
+/// The candle dtype and device a study's `[model]` asks for.
+pub fn load_options(m: &ModelSection) -> Result<LoadOptions> {
+    let dtype = match m.dtype {
+        helixlab_pipeline::Dtype::F32 => DType::F32,
+        helixlab_pipeline::Dtype::Bf16 => DType::BF16,
+        helixlab_pipeline::Dtype::F16 => DType::F16,
+    };
+    let gpu = |r: candle_core::Result<Device>, feature: &str| {
+        r.map_err(|e| {
+            StudyError::Model(helixlab_model::ModelError::BadRequest(format!(
+                "device `{}` is not available ({e}); build with `--features {feature}`",
+                m.device
+            )))
+        })
+    };
+    let device = match m.device {
+        helixlab_pipeline::Device::Cpu => Device::Cpu,
+        helixlab_pipeline::Device::Cuda(n) => gpu(Device::new_cuda(n), "cuda")?,
+        helixlab_pipeline::Device::Metal => gpu(Device::new_metal(0), "metal")?,
+    };
+    Ok(LoadOptions { dtype, device })
+}
+
+/// The study's model, its tokenizer and the identity its outputs' manifests record.
+pub struct StudyModel {
+    /// The model.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// What the manifests say produced a table.
+    pub identity: ModelIdentity,
+}
+
+impl StudyModel {
+    /// Loads the pipeline's `[model]` (weights and tokenizer, from local files only).
+    pub fn load(p: &Pipeline) -> Result<Self> {
+        let dir = p.model_dir();
+        let opts = load_options(&p.model)?;
+        let tokenizer = Tokenizer::for_checkpoint(&dir)?;
+        let model = Model::load(&dir, &opts)?;
+        let identity = ModelIdentity::describe(
+            &p.model.dir,
+            ModelFacts {
+                architecture: model.config().arch.model_type(),
+                config_sha256: model.config_sha256(),
+                weight_files: model.weight_files(),
+                stored_types: model.stored_types(),
+                compute_dtype: dtype_name(model.dtype()),
+            },
+            p.model.dtype.name(),
+            &p.model.device.to_string(),
+        )?;
+        Ok(StudyModel {
+            model,
+            tokenizer,
+            identity,
+        })
+    }
+
+    /// Every (site, layer, hook) the pipeline extracts, checked against the model (layers
+    /// that exist, hooks the architecture has). Every model stage calls it, so a bad site
+    /// fails before any work, whichever stage runs first.
+    pub fn sites(&self, p: &Pipeline) -> Result<Vec<(Site, usize, HookPoint)>> {
+        let bad = |message: String| StudyError::Sites {
+            pipeline: p.path.clone(),
+            message,
+        };
+        let layers = p
+            .extract
+            .layers
+            .resolve(self.model.config().n_layers)
+            .map_err(|m| bad(format!("extract.layers: {m}")))?;
+        let mut out = Vec::new();
+        for site in &p.extract.sites {
+            for &layer in &layers {
+                let hook = site.at(layer);
+                self.model
+                    .check_hook(hook)
+                    .map_err(|e| bad(format!("extract.sites: {e}")))?;
+                out.push((site.clone(), layer, hook));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward of a batch of prompts under `req`: through
+    /// [`Model::forward_shared_prefix`] when the study shares prefixes (`[extract]
+    /// share_prefixes`), the prompts have one length and sharing saves work, otherwise the
+    /// plain forward.
+    pub fn forward_prompts(
+        &self,
+        p: &Pipeline,
+        seqs: &[Vec<u32>],
+        req: &ForwardRequest,
+    ) -> Result<ForwardOutput> {
+        forward_prompts(p, &self.model, seqs, req)
+    }
+}
+
+/// [`StudyModel::forward_prompts`] for a model held elsewhere.
+pub fn forward_prompts(
+    p: &Pipeline,
+    model: &Model,
+    seqs: &[Vec<u32>],
+    req: &ForwardRequest,
+) -> Result<ForwardOutput> {
+    let pattern = req
+        .captures
+        .iter()
+        .any(|c| matches!(c.hook, HookPoint::AttnPattern(_)));
+    if p.extract.share_prefixes && !pattern && model.config().arch.is_causal_lm() {
+        if let Some(split) = shared_prefix_split(seqs) {
+            return Ok(model.forward_shared_prefix(seqs, split, req)?);
+        }
+    }
+    Ok(model.forward(&model.batch(seqs)?, req)?)
+}
