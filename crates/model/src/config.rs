@@ -3,7 +3,9 @@
 //! HF spells the same quantity differently per model (`n_embd`, `hidden_size`) and changed
 //! how rotary settings are written between transformers 4 (`rope_theta`, `rope_scaling`,
 //! `rotary_pct`, `rotary_emb_base`) and 5 (`rope_parameters`); both spellings are read here so
-//! that the architecture code never sees a JSON field.
+//! that the architecture code never sees a JSON field. The fields every architecture has are
+//! read here; each architecture reads its own beside its forward (`arch/<x>.rs`,
+//! `read_config`), as candle keeps a model's config with its model.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +37,11 @@ impl Architecture {
         !matches!(self, Architecture::Bert)
     }
 
+    /// Whether positions are a learned embedding (`hook_pos_embed`) rather than rotary.
+    pub fn has_learned_positions(&self) -> bool {
+        matches!(self, Architecture::Gpt2 | Architecture::Bert)
+    }
+
     /// The HF `model_type` string.
     pub fn model_type(&self) -> &'static str {
         match self {
@@ -61,7 +68,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn parse(name: &str, path: &Path, field: &str) -> Result<Self> {
+    pub(crate) fn parse(name: &str, path: &Path, field: &str) -> Result<Self> {
         Ok(match name {
             "gelu" => Activation::GeluErf,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
@@ -162,13 +169,14 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
 }
 
-struct Fields<'a> {
+/// A config.json being read: typed field access whose errors name the file and the field.
+pub(crate) struct Fields<'a> {
     v: &'a Value,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Fields<'_> {
-    fn err(&self, field: &str, message: impl Into<String>) -> ModelError {
+    pub(crate) fn err(&self, field: &str, message: impl Into<String>) -> ModelError {
         ModelError::BadConfig {
             path: self.path.clone(),
             field: field.to_string(),
@@ -176,11 +184,11 @@ impl Fields<'_> {
         }
     }
 
-    fn get(&self, field: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, field: &str) -> Option<&Value> {
         self.v.get(field).filter(|v| !v.is_null())
     }
 
-    fn usize(&self, field: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, field: &str) -> Result<usize> {
         match self.get(field) {
             None => Err(self.err(field, "missing")),
             Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
@@ -189,14 +197,14 @@ impl Fields<'_> {
         }
     }
 
-    fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+    pub(crate) fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
             Some(_) => self.usize(field).map(Some),
         }
     }
 
-    fn first_usize(&self, fields: &[&str]) -> Result<usize> {
+    pub(crate) fn first_usize(&self, fields: &[&str]) -> Result<usize> {
         for f in fields {
             if self.get(f).is_some() {
                 return self.usize(f);
@@ -208,7 +216,7 @@ impl Fields<'_> {
         ))
     }
 
-    fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
+    pub(crate) fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
         match self.get(field) {
             None => Ok(default),
             Some(v) => v
@@ -217,7 +225,7 @@ impl Fields<'_> {
         }
     }
 
-    fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
+    pub(crate) fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
         match self.get(field) {
             None => Ok(default),
             Some(v) => v
@@ -226,7 +234,7 @@ impl Fields<'_> {
         }
     }
 
-    fn str_or<'b>(&'b self, field: &str, default: &'b str) -> Result<&'b str> {
+    pub(crate) fn str_or<'b>(&'b self, field: &str, default: &'b str) -> Result<&'b str> {
         match self.get(field) {
             None => Ok(default),
             Some(v) => v
@@ -235,7 +243,7 @@ impl Fields<'_> {
         }
     }
 
-    fn token_id(&self, field: &str) -> Option<u32> {
+    pub(crate) fn token_id(&self, field: &str) -> Option<u32> {
         match self.get(field)? {
             Value::Number(n) => n.as_u64().map(|x| x as u32),
             Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
@@ -244,7 +252,7 @@ impl Fields<'_> {
     }
 
     /// A rotary setting from transformers 5's `rope_parameters`, else the top level.
-    fn rope_f64(&self, names: &[&str]) -> Result<Option<f64>> {
+    pub(crate) fn rope_f64(&self, names: &[&str]) -> Result<Option<f64>> {
         if let Some(rp) = self.get("rope_parameters") {
             for n in names {
                 if let Some(v) = rp.get(*n).filter(|v| !v.is_null()) {
@@ -262,7 +270,7 @@ impl Fields<'_> {
         Ok(None)
     }
 
-    fn llama3_scaling(&self) -> Result<Option<Llama3Scaling>> {
+    pub(crate) fn llama3_scaling(&self) -> Result<Option<Llama3Scaling>> {
         let (field, obj) = match (self.get("rope_scaling"), self.get("rope_parameters")) {
             (Some(s), _) => ("rope_scaling", s),
             (None, Some(p)) => ("rope_parameters", p),
@@ -380,105 +388,11 @@ impl ModelConfig {
             pad_token_id: f.token_id("pad_token_id"),
         };
         match arch {
-            Architecture::Gpt2 => {
-                cfg.d_mlp = f.opt_usize("n_inner")?.unwrap_or(4 * d_model);
-                cfg.max_positions = Some(f.first_usize(&["n_positions", "n_ctx"])?);
-                cfg.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
-                cfg.activation = Activation::parse(
-                    f.str_or("activation_function", "gelu_new")?,
-                    path,
-                    "activation_function",
-                )?;
-                for unsupported in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
-                    if f.bool_or(unsupported, false)? {
-                        return Err(f.err(unsupported, "true is not supported"));
-                    }
-                }
-            }
-            Architecture::GptJ => {
-                cfg.d_mlp = f.opt_usize("n_inner")?.unwrap_or(4 * d_model);
-                cfg.max_positions = f.opt_usize("n_positions")?;
-                cfg.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
-                cfg.activation = Activation::parse(
-                    f.str_or("activation_function", "gelu_new")?,
-                    path,
-                    "activation_function",
-                )?;
-                cfg.parallel_block = true;
-                cfg.attention_bias = false;
-                cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
-                let dim = f.opt_usize("rotary_dim")?.unwrap_or(cfg.d_head);
-                cfg.rotary = Some(RotaryConfig {
-                    dim,
-                    theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
-                    style: RotaryStyle::Interleaved,
-                    llama3: None,
-                });
-            }
-            Architecture::GptNeoX => {
-                cfg.d_mlp = f.usize("intermediate_size")?;
-                cfg.max_positions = f.opt_usize("max_position_embeddings")?;
-                cfg.norm_eps = f.f64_or("layer_norm_eps", 1e-5)?;
-                cfg.activation =
-                    Activation::parse(f.str_or("hidden_act", "gelu")?, path, "hidden_act")?;
-                cfg.parallel_block = f.bool_or("use_parallel_residual", true)?;
-                cfg.attention_bias = f.bool_or("attention_bias", true)?;
-                cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
-                let pct = f
-                    .rope_f64(&["partial_rotary_factor", "rotary_pct"])?
-                    .unwrap_or(0.25);
-                cfg.rotary = Some(RotaryConfig {
-                    dim: (cfg.d_head as f64 * pct) as usize,
-                    theta: f
-                        .rope_f64(&["rope_theta", "rotary_emb_base"])?
-                        .unwrap_or(10000.0),
-                    style: RotaryStyle::HalfSplit,
-                    llama3: None,
-                });
-            }
-            Architecture::Llama => {
-                cfg.d_mlp = f.usize("intermediate_size")?;
-                cfg.max_positions = f.opt_usize("max_position_embeddings")?;
-                cfg.norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
-                cfg.activation =
-                    Activation::parse(f.str_or("hidden_act", "silu")?, path, "hidden_act")?;
-                cfg.gated_mlp = true;
-                cfg.n_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-                if cfg.n_kv_heads == 0 || n_heads % cfg.n_kv_heads != 0 {
-                    return Err(f.err(
-                        "num_key_value_heads",
-                        format!(
-                            "{} does not divide num_attention_heads {n_heads}",
-                            cfg.n_kv_heads
-                        ),
-                    ));
-                }
-                cfg.d_head = f.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
-                cfg.attention_bias = f.bool_or("attention_bias", false)?;
-                cfg.mlp_bias = f.bool_or("mlp_bias", false)?;
-                cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
-                cfg.rotary = Some(RotaryConfig {
-                    dim: cfg.d_head,
-                    theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
-                    style: RotaryStyle::HalfSplit,
-                    llama3: f.llama3_scaling()?,
-                });
-            }
-            Architecture::Bert => {
-                cfg.d_mlp = f.usize("intermediate_size")?;
-                cfg.max_positions = Some(f.usize("max_position_embeddings")?);
-                cfg.norm_eps = f.f64_or("layer_norm_eps", 1e-12)?;
-                cfg.activation =
-                    Activation::parse(f.str_or("hidden_act", "gelu")?, path, "hidden_act")?;
-                cfg.type_vocab_size = f.opt_usize("type_vocab_size")?.unwrap_or(2);
-                let pe = f.str_or("position_embedding_type", "absolute")?;
-                if pe != "absolute" {
-                    return Err(f.err(
-                        "position_embedding_type",
-                        format!("`{pe}` is not supported (absolute)"),
-                    ));
-                }
-            }
+            Architecture::Gpt2 => crate::arch::gpt2::read_config(&f, &mut cfg)?,
+            Architecture::GptJ => crate::arch::gptj::read_config(&f, &mut cfg)?,
+            Architecture::GptNeoX => crate::arch::gpt_neox::read_config(&f, &mut cfg)?,
+            Architecture::Llama => crate::arch::llama::read_config(&f, &mut cfg)?,
+            Architecture::Bert => crate::arch::bert::read_config(&f, &mut cfg)?,
         }
         if let Some(r) = cfg.rotary {
             if r.dim == 0 || r.dim % 2 != 0 || r.dim > cfg.d_head {

@@ -4,7 +4,7 @@
 
 pub use helixlab_hooks::{HookParseError, HookPoint, Stage};
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::ModelError;
 
 impl From<HookParseError> for ModelError {
@@ -39,7 +39,7 @@ impl ModelConfig {
                 name: hook.to_string(),
                 message: format!(
                     "{why}; this model's hooks are: hook_embed{}, blocks.{{0..{}}}.{{{}}}{}",
-                    if matches!(c.arch, Architecture::Gpt2 | Architecture::Bert) {
+                    if c.arch.has_learned_positions() {
                         ", hook_pos_embed"
                     } else {
                         ""
@@ -78,7 +78,7 @@ impl ModelConfig {
             return Ok(());
         }
         match hook {
-            HookPoint::PosEmbed if !matches!(c.arch, Architecture::Gpt2 | Architecture::Bert) => {
+            HookPoint::PosEmbed if !c.arch.has_learned_positions() => {
                 refuse(format!("{name} has no learned position embedding"))
             }
             HookPoint::LnFinal | HookPoint::Logits if !c.arch.is_causal_lm() => refuse(format!(

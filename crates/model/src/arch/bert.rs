@@ -10,13 +10,31 @@ use candle_core::Tensor;
 use super::{Arch, Mlp};
 use crate::attention::{attend, merge_heads, split_heads, Env};
 use crate::batch::Batch;
-use crate::config::ModelConfig;
+use crate::config::{Activation, Fields, ModelConfig};
 use crate::context::HookCtx;
 use crate::error::Result;
 use crate::hook::HookPoint;
 use crate::ops::{Embedding, LayerNorm, Linear};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
+
+/// The config.json fields of this architecture (the shared ones are read by
+/// [`ModelConfig::from_json`]); errors name the field.
+pub(crate) fn read_config(f: &Fields<'_>, cfg: &mut ModelConfig) -> Result<()> {
+    cfg.d_mlp = f.usize("intermediate_size")?;
+    cfg.max_positions = Some(f.usize("max_position_embeddings")?);
+    cfg.norm_eps = f.f64_or("layer_norm_eps", 1e-12)?;
+    cfg.activation = Activation::parse(f.str_or("hidden_act", "gelu")?, &f.path, "hidden_act")?;
+    cfg.type_vocab_size = f.opt_usize("type_vocab_size")?.unwrap_or(2);
+    let pe = f.str_or("position_embedding_type", "absolute")?;
+    if pe != "absolute" {
+        return Err(f.err(
+            "position_embedding_type",
+            format!("`{pe}` is not supported (absolute)"),
+        ));
+    }
+    Ok(())
+}
 
 struct Block {
     query: Linear,

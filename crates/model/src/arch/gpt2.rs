@@ -6,13 +6,33 @@ use candle_core::Tensor;
 use super::{Arch, Mlp};
 use crate::attention::{attend, merge_heads, split_heads, Env};
 use crate::batch::Batch;
-use crate::config::ModelConfig;
+use crate::config::{Activation, Fields, ModelConfig};
 use crate::context::HookCtx;
 use crate::error::Result;
 use crate::hook::HookPoint;
 use crate::ops::{Embedding, LayerNorm, Linear};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
+
+/// The config.json fields of this architecture (the shared ones are read by
+/// [`ModelConfig::from_json`]); errors name the field.
+pub(crate) fn read_config(f: &Fields<'_>, cfg: &mut ModelConfig) -> Result<()> {
+    let d_model = cfg.d_model;
+    cfg.d_mlp = f.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+    cfg.max_positions = Some(f.first_usize(&["n_positions", "n_ctx"])?);
+    cfg.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
+    cfg.activation = Activation::parse(
+        f.str_or("activation_function", "gelu_new")?,
+        &f.path,
+        "activation_function",
+    )?;
+    for unsupported in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
+        if f.bool_or(unsupported, false)? {
+            return Err(f.err(unsupported, "true is not supported"));
+        }
+    }
+    Ok(())
+}
 
 struct Block {
     ln_1: LayerNorm,

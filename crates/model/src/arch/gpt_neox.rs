@@ -7,13 +7,37 @@ use candle_core::Tensor;
 use super::{rope, Arch, Mlp};
 use crate::attention::{attend, merge_heads, Env};
 use crate::batch::Batch;
-use crate::config::ModelConfig;
+use crate::config::{Activation, Fields, ModelConfig, RotaryConfig, RotaryStyle};
 use crate::context::HookCtx;
 use crate::error::Result;
 use crate::hook::HookPoint;
 use crate::ops::{Embedding, LayerNorm, Linear};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
+
+/// The config.json fields of this architecture (the shared ones are read by
+/// [`ModelConfig::from_json`]); errors name the field.
+pub(crate) fn read_config(f: &Fields<'_>, cfg: &mut ModelConfig) -> Result<()> {
+    cfg.d_mlp = f.usize("intermediate_size")?;
+    cfg.max_positions = f.opt_usize("max_position_embeddings")?;
+    cfg.norm_eps = f.f64_or("layer_norm_eps", 1e-5)?;
+    cfg.activation = Activation::parse(f.str_or("hidden_act", "gelu")?, &f.path, "hidden_act")?;
+    cfg.parallel_block = f.bool_or("use_parallel_residual", true)?;
+    cfg.attention_bias = f.bool_or("attention_bias", true)?;
+    cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+    let pct = f
+        .rope_f64(&["partial_rotary_factor", "rotary_pct"])?
+        .unwrap_or(0.25);
+    cfg.rotary = Some(RotaryConfig {
+        dim: (cfg.d_head as f64 * pct) as usize,
+        theta: f
+            .rope_f64(&["rope_theta", "rotary_emb_base"])?
+            .unwrap_or(10000.0),
+        style: RotaryStyle::HalfSplit,
+        llama3: None,
+    });
+    Ok(())
+}
 
 struct Block {
     input_layernorm: LayerNorm,

@@ -7,13 +7,38 @@ use candle_core::Tensor;
 use super::{rope, Arch, Mlp};
 use crate::attention::{attend, merge_heads, split_heads, Env};
 use crate::batch::Batch;
-use crate::config::ModelConfig;
+use crate::config::{Activation, Fields, ModelConfig, RotaryConfig, RotaryStyle};
 use crate::context::HookCtx;
 use crate::error::Result;
 use crate::hook::HookPoint;
 use crate::ops::{Embedding, LayerNorm, Linear};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
+
+/// The config.json fields of this architecture (the shared ones are read by
+/// [`ModelConfig::from_json`]); errors name the field.
+pub(crate) fn read_config(f: &Fields<'_>, cfg: &mut ModelConfig) -> Result<()> {
+    let d_model = cfg.d_model;
+    cfg.d_mlp = f.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+    cfg.max_positions = f.opt_usize("n_positions")?;
+    cfg.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
+    cfg.activation = Activation::parse(
+        f.str_or("activation_function", "gelu_new")?,
+        &f.path,
+        "activation_function",
+    )?;
+    cfg.parallel_block = true;
+    cfg.attention_bias = false;
+    cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+    let dim = f.opt_usize("rotary_dim")?.unwrap_or(cfg.d_head);
+    cfg.rotary = Some(RotaryConfig {
+        dim,
+        theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
+        style: RotaryStyle::Interleaved,
+        llama3: None,
+    });
+    Ok(())
+}
 
 struct Block {
     ln_1: LayerNorm,

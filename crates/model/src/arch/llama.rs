@@ -7,13 +7,45 @@ use candle_core::Tensor;
 use super::{rope, Arch};
 use crate::attention::{attend, merge_heads, split_heads, Env};
 use crate::batch::Batch;
-use crate::config::{Activation, ModelConfig};
+use crate::config::{Activation, Fields, ModelConfig, RotaryConfig, RotaryStyle};
 use crate::context::HookCtx;
 use crate::error::Result;
 use crate::hook::HookPoint;
 use crate::ops::{activate, Embedding, Linear, RmsNorm};
 use crate::rotary::Rotary;
 use crate::weights::Weights;
+
+/// The config.json fields of this architecture (the shared ones are read by
+/// [`ModelConfig::from_json`]); errors name the field.
+pub(crate) fn read_config(f: &Fields<'_>, cfg: &mut ModelConfig) -> Result<()> {
+    let (d_model, n_heads) = (cfg.d_model, cfg.n_heads);
+    cfg.d_mlp = f.usize("intermediate_size")?;
+    cfg.max_positions = f.opt_usize("max_position_embeddings")?;
+    cfg.norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
+    cfg.activation = Activation::parse(f.str_or("hidden_act", "silu")?, &f.path, "hidden_act")?;
+    cfg.gated_mlp = true;
+    cfg.n_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+    if cfg.n_kv_heads == 0 || n_heads % cfg.n_kv_heads != 0 {
+        return Err(f.err(
+            "num_key_value_heads",
+            format!(
+                "{} does not divide num_attention_heads {n_heads}",
+                cfg.n_kv_heads
+            ),
+        ));
+    }
+    cfg.d_head = f.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
+    cfg.attention_bias = f.bool_or("attention_bias", false)?;
+    cfg.mlp_bias = f.bool_or("mlp_bias", false)?;
+    cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+    cfg.rotary = Some(RotaryConfig {
+        dim: cfg.d_head,
+        theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
+        style: RotaryStyle::HalfSplit,
+        llama3: f.llama3_scaling()?,
+    });
+    Ok(())
+}
 
 struct Block {
     input_layernorm: RmsNorm,
