@@ -13,10 +13,14 @@
 //! of one.
 #![deny(missing_docs)]
 
-mod analysis;
 pub mod charts;
-mod circuit;
+mod components_section;
 mod figures;
+mod fit_section;
+mod last_token_section;
+mod patching_section;
+mod sections;
+mod spectral_section;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -161,11 +165,15 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
     } else {
         html.push_str("<p>No problems.parquet yet: run <code>helixlab accuracy</code>.</p>\n");
     }
-    html.push_str(&analysis::spectral_section(&run, &out, &p.fit.periods)?);
-    html.push_str(&analysis::fit_section(&run, &out)?);
-    html.push_str(&analysis::patch_section(&run, &out)?);
-    html.push_str(&circuit::last_token_section(&run, &out)?);
-    html.push_str(&circuit::components_section(&run, &out)?);
+    html.push_str(&spectral_section::spectral_section(
+        &run,
+        &out,
+        &p.fit.periods,
+    )?);
+    html.push_str(&fit_section::fit_section(&run, &out, &p.fit)?);
+    html.push_str(&patching_section::patch_section(&run, &out, p)?);
+    html.push_str(&last_token_section::last_token_section(&run, &out)?);
+    html.push_str(&components_section::components_section(&run, &out)?);
     for (stage, table) in [
         ("spectral", "spectral/periods.parquet"),
         ("fit", "fit/fits.parquet"),

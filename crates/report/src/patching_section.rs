@@ -1,0 +1,108 @@
+//! The report's a/b-token patching section (docs/method.md E3): patching curves and the best
+//! patch per kind, read from `<run>/patch/patching_summary.parquet`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::charts::{palette, panels, Mark, Panel, Series};
+use helixlab_pipeline::{FitName, PatchKind, Pipeline};
+
+use crate::sections::{matched_size, short, Tbl};
+use crate::Result;
+
+/// Writes the patching figure into `out` and returns the HTML section ("" when the stage has
+/// not run).
+pub fn patch_section(run: &Path, out: &Path, p: &Pipeline) -> Result<String> {
+    let Some(sum) = Tbl::open(&run.join("patch").join("patching_summary.parquet"))? else {
+        return Ok(String::new());
+    };
+    let (s, l, k) = (sum.str("site")?, sum.i64("layer")?, sum.str("kind")?);
+    let (ld, acc, norm) = (
+        sum.f64("logit_diff")?,
+        sum.f64("accuracy")?,
+        sum.f64("normalized")?,
+    );
+    let mut sites: Vec<String> = Vec::new();
+    for x in &s {
+        if !sites.contains(x) {
+            sites.push(x.clone());
+        }
+    }
+    // The helix against patches of its own size (pca9 and poly9 under the paper's periods).
+    let periods = &p.fit.periods;
+    let shown: Vec<String> = [
+        Some(PatchKind::Layer),
+        matched_size(&p.patch.pca_ks, periods).map(PatchKind::Pca),
+        Some(PatchKind::Fit(FitName::Helix)),
+        Some(PatchKind::Fit(FitName::HelixDiscovered)),
+        Some(PatchKind::Fit(FitName::Circle)),
+        matched_size(&p.fit.poly_degrees, periods).map(|d| PatchKind::Fit(FitName::Poly(d))),
+        Some(PatchKind::Fit(FitName::HelixRandom)),
+        Some(PatchKind::MeanAblation),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|k| k.to_string())
+    .collect();
+    let mut ps = Vec::new();
+    for site in &sites {
+        for (what, vals) in [("logit difference", &ld), ("accuracy", &acc)] {
+            ps.push(Panel {
+                title: format!("{}: {what}", short(site)),
+                x_desc: "layer".into(),
+                y_desc: what.into(),
+                series: shown
+                    .iter()
+                    .enumerate()
+                    .map(|(ci, name)| Series {
+                        label: name.to_string(),
+                        points: (0..s.len())
+                            .filter(|&i| &s[i] == site && k[i] == *name)
+                            .map(|i| (l[i] as f64, vals[i]))
+                            .collect(),
+                        mark: Mark::Line,
+                        color: palette(ci),
+                    })
+                    .collect(),
+                vlines: vec![],
+            });
+        }
+    }
+    panels(
+        &out.join("patching.png"),
+        "Patching the operand's token with the corrupt number (paper Fig 4)",
+        &ps,
+        2,
+        520,
+        360,
+    )?;
+    let mut html = String::from(
+        "<h2>Patching</h2>\n<p>Each clean prompt is run with the activation at the operand's \
+         token replaced by a patch for the corrupt number; the logit difference is the corrupt \
+         answer's logit patched minus clean (the paper's metric).</p>\n\
+         <img src=\"patching.png\" alt=\"patching curves\">\n\
+         <table border=1 cellpadding=4><tr><th>site</th><th>patch</th><th>max logit difference \
+         over layers</th><th>at layer</th><th>accuracy there</th><th>normalised there</th></tr>\n",
+    );
+    for site in &sites {
+        let mut best: BTreeMap<String, usize> = BTreeMap::new();
+        for i in (0..s.len()).filter(|&i| &s[i] == site) {
+            let e = best.entry(k[i].clone()).or_insert(i);
+            if ld[i] > ld[*e] {
+                *e = i;
+            }
+        }
+        let mut order: Vec<(String, usize)> = best.into_iter().collect();
+        order.sort_by(|a, b| ld[b.1].total_cmp(&ld[a.1]));
+        for (kind, i) in order {
+            let _ = writeln!(
+                html,
+                "<tr><td>{site}</td><td>{kind}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+                ld[i], l[i], acc[i], norm[i]
+            );
+        }
+    }
+    html.push_str("</table>\n");
+    Ok(html)
+}
