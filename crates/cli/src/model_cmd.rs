@@ -83,6 +83,8 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
     }
 }
 
+// Long (about 145 lines): it prints every fact of `model check` in both text and JSON, side by
+// side, so the two stay in step.
 fn check(a: &CheckArgs) -> Result<()> {
     // Headers only: no tensor is read, so a 6B checkpoint is checked as fast as a toy.
     let (dtype, device) = (parse_dtype(&a.load.dtype)?, parse_device(&a.load.device)?);
@@ -230,6 +232,8 @@ fn check(a: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
+// Long (about 120 lines): `model run` prints the load, the forward and every capture in text or
+// JSON, side by side.
 fn run_prompt(a: &RunArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let model = a.load.open()?;

@@ -167,6 +167,8 @@ struct Out {
 }
 
 /// Runs the stage unless its tables are current (or `force`).
+// Long (about 180 lines) because every variant of every (site, layer) shares one split, one set
+// of PCAs and the output columns; scoring and the detail tables are in score and record_detail.
 pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let target = p.analysis_target().map_err(|(field, message)| {
         FitError::Input(format!("{}: {field}: {message}", p.path.display()))

@@ -493,6 +493,9 @@ impl Model {
 
     /// The forward driver; `extras` lets the shared-prefix forward run a fixed plan, record
     /// keys and values, or attend over a prefix's (see `prefix.rs`).
+    // Long (about 130 lines) because it is the forward driver: embedding or resume, each block
+    // with its hooks, the final norm and logits, and where to stop, in that order; each step is
+    // one call into the architecture.
     pub(crate) fn run_with(
         &self,
         batch: &Batch,

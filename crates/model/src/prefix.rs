@@ -47,6 +47,9 @@ impl Model {
     /// `sequences[i][..split]` once: its keys and values are computed once and every
     /// sequence's remaining tokens attend over them. Captures come back laid out as the plain
     /// forward's (positions are of the whole sequence).
+    // Long (about 170 lines) because the head and tail forwards and the re-assembly of their
+    // captures must agree on the same position bookkeeping; splitting it would pass that
+    // bookkeeping through several signatures.
     pub fn forward_shared_prefix(
         &self,
         sequences: &[Vec<u32>],

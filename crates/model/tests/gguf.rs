@@ -62,6 +62,7 @@ struct Case {
     tol: f32,
 }
 
+// Long: a table of test cases, one block per GGUF type and layout.
 fn cases() -> Vec<Case> {
     use GgmlDType::*;
     let c = |gguf, hf, rows, cols, dtype, permute, tol| Case {

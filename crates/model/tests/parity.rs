@@ -16,6 +16,8 @@ const TOL: f32 = 1e-4;
 
 type Metric = Box<dyn Fn(&ForwardOutput) -> candle_core::Result<Tensor>>;
 
+// Long: one HF reference case checked at every hook, the logits and the gradients, each with its
+// own tolerance and message.
 fn check_case(case: &str) {
     let model = load(case);
     let r = reference(case);

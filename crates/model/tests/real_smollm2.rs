@@ -92,6 +92,7 @@ fn the_gguf_file_reads_as_smollm2s_config() {
     assert_eq!(model.config_sha256().len(), 64);
 }
 
+// Long: one real checkpoint compared with HF at every hook, the logits and the gradients.
 #[test]
 fn every_hook_logits_and_gradients_equal_hf_loading_the_same_gguf() {
     let model = Model::load(&model_dir(), &LoadOptions::default()).unwrap();

@@ -329,6 +329,10 @@ pub fn head_scores(te: f64, de: f64, te_ab: f64, te_sum: f64, te_full: f64) -> (
 
 /// `helixlab components`: TE and DE of every MLP, attention layer and head at the last token,
 /// top-k curves, the MLP circuit, and fits of the top heads and circuit MLPs.
+// Long (about 210 lines) because E5 is one sequence over shared state: the clean and corrupt
+// captures of each batch feed the single, joint, top-k and circuit patches, whose means pick the
+// heads and MLPs that the fits then read; its steps are in helpers (capture_last, patched_logits,
+// fit_components, roles_table).
 pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {

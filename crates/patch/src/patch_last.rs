@@ -75,6 +75,8 @@ fn patch_value(plan: &LayerPlan, kind: &str, pair: &Pair) -> Result<Array1<f64>>
 }
 
 /// `helixlab patch-last`: fits and patches the last token at every layer.
+// Long (about 190 lines) because the fits of every layer (planned first) and the patched forwards
+// of every batch share the clean run's captures; the fits and patch values are in helpers.
 pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {

@@ -69,6 +69,8 @@ fn summary_row(
 /// paper's periods (`helix_best<params>`): chosen by its mean logit difference over layers on
 /// the even pairs, reported on the odd ones, so the choice is not scored on the pairs that
 /// made it (the original code never updated its running best).
+// Long (about 110 lines) because the best-subset rows are chosen on even pairs and scored on odd
+// ones over the same groups as the plain means, which it builds first.
 fn summarize(rows: &Rows, paper: &[f64]) -> Table {
     let mut groups: Vec<((String, u32, String), Vec<usize>)> = Vec::new();
     let mut index: BTreeMap<(String, u32, String), usize> = BTreeMap::new();
@@ -407,6 +409,8 @@ struct PatchBatch<'a> {
 
 /// One clean forward for a batch of pairs, then one patched forward per (site, layer, kind),
 /// resumed at the patched layer where the hook is a block's input.
+// Long (about 105 lines) because the clean forward, each patched forward resumed from it and the
+// row bookkeeping share one batch's tensors.
 fn patch_chunk(
     p: &Pipeline,
     model: &Model,

@@ -10,6 +10,8 @@ use crate::Result;
 
 /// MLP and attention TE/DE per layer (Fig 6), top-k curves (Figs 25, 30), head effects
 /// (Fig 24), circuit MLPs (Fig 7) and head types (Figs 26-28).
+// Long (about 160 lines): one figure after another from the same two tables, in the order the
+// section shows them.
 pub fn components_section(run: &Path, out: &Path) -> Result<String> {
     let Some(sum) = Tbl::open(&run.join("patch").join("components_summary.parquet"))? else {
         return Ok(String::new());

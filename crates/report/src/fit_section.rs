@@ -110,6 +110,8 @@ pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
 }
 
 /// The helix subspace: one circle per period, coloured by x mod T, plus the line.
+// Long (about 105 lines): one figure, one circle panel per period plus the linear term, laid out
+// together.
 fn helix_circles(
     dir: &Path,
     out: &Path,

@@ -9,6 +9,8 @@ use crate::sections::{line, Tbl};
 use crate::Result;
 
 /// Patching the last token with the helix fits (paper Fig 5) and the fits' R^2.
+// Long (about 110 lines): the last-token figure and its two tables from the same summary, in the
+// order the section shows them.
 pub fn last_token_section(run: &Path, out: &Path) -> Result<String> {
     let Some(sum) = Tbl::open(&run.join("patch").join("last_token_summary.parquet"))? else {
         return Ok(String::new());

@@ -11,6 +11,8 @@ use crate::Result;
 
 /// Writes the spectral figures into `out` and returns the HTML section ("" when the stage
 /// has not run).
+// Long (about 110 lines): the spectrum figures per range and the discovered-period table share
+// the strongest-period map built from the spectra; the other figures are in their own functions.
 pub fn spectral_section(run: &Path, out: &Path, paper_periods: &[f64]) -> Result<String> {
     let dir = run.join("spectral");
     let Some(spectra) = Tbl::open(&dir.join("spectra.parquet"))? else {

@@ -71,6 +71,9 @@ impl Key {
 }
 
 /// Runs the stage unless its tables are current (or `force`).
+// Long (about 200 lines) because it fills six tables column by column in one pass over the (site,
+// layer) partitions, each loaded once; the analyses themselves are in fourier, geometry,
+// separability and periods.
 pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let target = p.analysis_target().map_err(|(field, message)| {
         SpectralError::Input(format!("{}: {field}: {message}", p.path.display()))

@@ -49,6 +49,8 @@ fn split_for(pre: &str) -> Option<&'static str> {
     }
 }
 
+// Long (about 150 lines) because it maps llama.cpp's tokenizer metadata field by field onto one
+// HF tokenizer.json, following llama.cpp's own reader in order.
 pub(super) fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
     let path = g.path();
     let kind = g.str_of("tokenizer.ggml.model")?.ok_or_else(|| {
