@@ -1,4 +1,4 @@
-//! The fit of method.md E3: PCA of the activations to `k` components (fitted on the same
+//! The fit of docs/method.md E3: PCA of the activations to `k` components (fitted on the same
 //! sample), ordinary least squares of each PCA coordinate on the basis (no separate intercept:
 //! the bias is a basis column), then back to activation space: `C = coef . components`
 //! (`basis x d`) and `prediction(x) = basis(x) . C + mean`.

@@ -1,4 +1,4 @@
-//! The helix fit of method.md E3 (PCA to k, least squares, C = coef . components) against the
+//! The helix fit of docs/method.md E3 (PCA to k, least squares, C = coef . components) against the
 //! same computation in numpy / scikit-learn (tools/make_numeric_reference.py).
 
 use helixlab_fit::basis::{Basis, BasisKind};

@@ -1,4 +1,4 @@
-//! Helices of several numbers at once (method.md E4): at the last token of `a+b=` the model
+//! Helices of several numbers at once (docs/method.md E4): at the last token of `a+b=` the model
 //! holds a, b and the answer a+b, so the fit is a concatenation of one helix block per number,
 //! `[cos(2 pi t / T), sin(2 pi t / T) for T in periods] + [t / max t]` for t in the chosen
 //! operands, then one bias. helix(a+b) has 9 parameters, helix(a, b) 18, helix(a, b, a+b) 27

@@ -1,4 +1,4 @@
-//! `helixlab components` (method.md E5): which MLPs, attention layers and heads move the
+//! `helixlab components` (docs/method.md E5): which MLPs, attention layers and heads move the
 //! answer, directly or through later layers, and what they carry.
 //!
 //! For every last-token pair (clean and corrupt problems with different answers), at the last
@@ -34,7 +34,7 @@ use helixlab_store::table::{Table, Values};
 use ndarray::Array2;
 
 use crate::effects::{means_table, EffectKey, EffectMean, EffectRows};
-use crate::inputs::{load, read_pairs};
+use crate::inputs::{load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair, ProblemInfo};
 use crate::{PatchError, Result};
 use helixlab_pipeline::Position;
@@ -209,11 +209,23 @@ fn contribution_change(
 }
 
 fn encode(tok: &Tokenizer, p: &Pipeline, model: &Model, probs: &[&ProblemInfo]) -> Result<Batch> {
-    let seqs: Vec<Vec<u32>> = probs
-        .iter()
-        .map(|pr| tok.encode(&pr.prompt, p.task.special_tokens))
-        .collect::<std::result::Result<_, _>>()?;
-    Ok(model.batch(&seqs)?)
+    Ok(model.batch(&prompt_ids(tok, p, probs.iter().copied())?)?)
+}
+
+/// The clean prompts' batch with their captures (and the residual stream to resume from),
+/// and the corrupt prompts' captures.
+fn capture_pairs(
+    tok: &Tokenizer,
+    p: &Pipeline,
+    model: &Model,
+    chunk: &[Pair],
+) -> Result<(Batch, LastCaptures, LastCaptures)> {
+    let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
+    let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
+    let batch = encode(tok, p, model, &clean_p)?;
+    let clean = capture_last(model, &batch, true)?;
+    let corrupt = capture_last(model, &encode(tok, p, model, &corrupt_p)?, false)?;
+    Ok((batch, clean, corrupt))
 }
 
 /// The fits of one component's output over the fit sample.
@@ -376,11 +388,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     // Pass 1: each component alone, total and direct.
     progress.start("components: total and direct effects", pairs.len() as u64);
     for chunk in pairs.chunks(chunk_size) {
-        let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
-        let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
-        let batch = encode(tok, p, model, &clean_p)?;
-        let clean = capture_last(model, &batch, true)?;
-        let corrupt = capture_last(model, &encode(tok, p, model, &corrupt_p)?, false)?;
+        let (batch, clean, corrupt) = capture_pairs(tok, p, model, chunk)?;
         let mut finals = Vec::with_capacity(singles.len());
         for &c in &singles {
             let logits = patched_logits(
@@ -449,11 +457,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     let max_heads = heads.len().min(64);
     progress.start("components: top-k and fits", pairs.len() as u64);
     for chunk in pairs.chunks(chunk_size) {
-        let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
-        let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
-        let batch = encode(tok, p, model, &clean_p)?;
-        let clean = capture_last(model, &batch, true)?;
-        let corrupt = capture_last(model, &encode(tok, p, model, &corrupt_p)?, false)?;
+        let (batch, clean, corrupt) = capture_pairs(tok, p, model, chunk)?;
         let joint = |set: &[Component]| -> Result<Vec<Intervention>> {
             // Heads of one layer go in one intervention on that layer's z.
             let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();

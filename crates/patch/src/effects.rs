@@ -23,6 +23,16 @@ pub fn argmax(logits: &[f32]) -> usize {
         .0
 }
 
+/// The normalised effect of a patch on the corrupt answer's logit: 0 at the clean run, 1 at
+/// the corrupt run (NaN when the two runs give the same logit).
+pub fn normalized(patched: f64, clean: f64, corrupt: f64) -> f64 {
+    if corrupt != clean {
+        (patched - clean) / (corrupt - clean)
+    } else {
+        f64::NAN
+    }
+}
+
 /// What was patched: a component (`resid_post`, `mlp`, `attn`, `head`, or a joint set),
 /// its layer, its head, and the effect measured (`layer`, a fit, `total`, `direct`, ...).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,11 +91,8 @@ impl EffectRows {
         self.patched_logit.push(patched_l);
         self.corrupt_logit.push(corrupt);
         self.logit_diff.push(patched_l - clean_l);
-        self.normalized.push(if corrupt != clean_l {
-            (patched_l - clean_l) / (corrupt - clean_l)
-        } else {
-            f64::NAN
-        });
+        self.normalized
+            .push(normalized(patched_l, clean_l, corrupt));
         self.correct.push(argmax(patched) == target);
     }
 
@@ -156,37 +163,17 @@ impl EffectRows {
 
 /// A table of means: one row per key.
 pub fn means_table(means: &BTreeMap<EffectKey, EffectMean>) -> Table {
+    let (keys, values) = (means.keys(), means.values());
     Table::new()
-        .column(
-            "component",
-            Values::Str(means.keys().map(|k| k.component.clone()).collect()),
-        )
-        .column(
-            "layer",
-            Values::U32(means.keys().map(|k| k.layer).collect()),
-        )
+        .strs("component", keys.clone().map(|k| k.component.clone()))
+        .u32s("layer", keys.clone().map(|k| k.layer))
         .column(
             "head",
-            Values::OptI64(means.keys().map(|k| k.head).collect()),
+            Values::OptI64(keys.clone().map(|k| k.head).collect()),
         )
-        .column(
-            "effect",
-            Values::Str(means.keys().map(|k| k.effect.clone()).collect()),
-        )
-        .column(
-            "pairs",
-            Values::U32(means.values().map(|m| m.pairs as u32).collect()),
-        )
-        .column(
-            "logit_diff",
-            Values::F64(means.values().map(|m| m.logit_diff).collect()),
-        )
-        .column(
-            "normalized",
-            Values::F64(means.values().map(|m| m.normalized).collect()),
-        )
-        .column(
-            "accuracy",
-            Values::F64(means.values().map(|m| m.accuracy).collect()),
-        )
+        .strs("effect", keys.map(|k| k.effect.clone()))
+        .u32s("pairs", values.clone().map(|m| m.pairs as u32))
+        .f64s("logit_diff", values.clone().map(|m| m.logit_diff))
+        .f64s("normalized", values.clone().map(|m| m.normalized))
+        .f64s("accuracy", values.map(|m| m.accuracy))
 }

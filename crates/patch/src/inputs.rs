@@ -8,7 +8,9 @@ use helixlab_store::{tables, Frame, RunLayout, StageRun};
 use helixlab_study::StudyModel;
 use polars::prelude::{col, lit};
 
-use crate::pairs::{problems, Pair};
+use helixlab_model::{ForwardRequest, HookPoint, Logits, Positions, Tokenizer};
+
+use crate::pairs::{problems, Pair, ProblemInfo};
 use crate::{PatchError, Result};
 
 /// The `[analysis]` target, whose position must be an operand's token (`a` or `b`).
@@ -88,4 +90,26 @@ pub(crate) fn read_pairs(run: &RunLayout, operand: Position) -> Result<Vec<Pair>
             })
         })
         .collect()
+}
+
+/// The token ids of `problems`' prompts.
+pub(crate) fn prompt_ids<'a>(
+    tok: &Tokenizer,
+    p: &Pipeline,
+    problems: impl IntoIterator<Item = &'a ProblemInfo>,
+) -> Result<Vec<Vec<u32>>> {
+    Ok(problems
+        .into_iter()
+        .map(|pr| tok.encode(&pr.prompt, p.task.special_tokens))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// The clean run a patched forward resumes from: the last position's logits and the residual
+/// stream entering every block.
+pub(crate) fn clean_run_request(n_layers: usize) -> ForwardRequest {
+    let mut req = ForwardRequest::new().logits(Logits::Last);
+    for l in 0..n_layers {
+        req = req.capture(HookPoint::ResidPre(l), Positions::All);
+    }
+    req
 }

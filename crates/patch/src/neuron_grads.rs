@@ -14,7 +14,7 @@ use helixlab_pipeline::Pipeline;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 
-use crate::inputs::{load, read_pairs};
+use crate::inputs::{load, prompt_ids, read_pairs};
 use crate::Result;
 use helixlab_pipeline::Position;
 use helixlab_store::{tables, RunLayout};
@@ -49,10 +49,7 @@ pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> R
     let mut abs = vec![0f64; cfg.n_layers * cfg.d_mlp];
     progress.start("neuron gradients", pairs.len() as u64);
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
-        let seqs: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
-            .collect::<std::result::Result<_, _>>()?;
+        let seqs = prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?;
         let batch = model.batch(&seqs)?;
         let answers = Tensor::new(
             chunk

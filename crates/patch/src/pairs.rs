@@ -1,8 +1,8 @@
-//! Clean/corrupt pairs (method.md E3-E5): for the operand `a`, a correct clean problem a + b and
-//! a correct corrupt problem a' + b with the same b and a' != a (so a different answer); for
-//! `b`, symmetrically; for `last` (the last-token and component experiments), any two correct
-//! problems with different answers. Drawn from problems.parquet with a stored seed, one row
-//! per pair.
+//! `helixlab pairs`: clean/corrupt pairs (docs/method.md E3-E5). For the operand `a`, a
+//! correct clean problem a + b and a correct corrupt problem a' + b with the same b and a' != a
+//! (so a different answer); for `b`, symmetrically; for `last` (the last-token and component
+//! experiments), any two correct problems with different answers. Drawn from problems.parquet
+//! with a stored seed, one row per pair.
 
 use std::collections::BTreeMap;
 use std::path::Path;

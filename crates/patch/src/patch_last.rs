@@ -1,4 +1,4 @@
-//! `helixlab patch-last` (method.md E4): does the last token hold a + b as a helix?
+//! `helixlab patch-last` (docs/method.md E4): does the last token hold a + b as a helix?
 //!
 //! At `hook_resid_post` of every layer, last position, over every correct problem: PCA (to
 //! `patch.last_pca_dim` components), then the multi-number helices helix(a+b) (9 parameters),
@@ -27,7 +27,7 @@ use helixlab_store::table::{Table, Values};
 use ndarray::{Array1, Array2, Axis};
 
 use crate::effects::{means_table, EffectKey, EffectRows};
-use crate::inputs::{load, read_pairs};
+use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair};
 use crate::{PatchError, Result};
 use helixlab_pipeline::Position;
@@ -201,15 +201,9 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
         (plans.len() * kinds.len() * pairs.len()) as u64,
     );
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
-        let seqs: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
-            .collect::<std::result::Result<_, _>>()?;
+        let seqs = prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?;
         let batch = model.batch(&seqs)?;
-        let mut req = ForwardRequest::new().logits(Logits::Last);
-        for l in 0..n_layers {
-            req = req.capture(HookPoint::ResidPre(l), Positions::All);
-        }
+        let req = clean_run_request(n_layers);
         let clean = model.forward(&batch, &req)?;
         let clean_logits = clean
             .logits

@@ -14,8 +14,8 @@ use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use helixlab_store::{tables, Frame, RunLayout};
 
-use crate::effects::argmax;
-use crate::inputs::{load, read_pairs, target};
+use crate::effects::{argmax, normalized};
+use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs, target};
 use crate::pairs::Pair;
 use crate::patches::{fit_predictors, FitPredictor, NumberActivations};
 use crate::{PatchError, Result};
@@ -144,44 +144,18 @@ fn summarize(rows: &Rows, paper: &[f64]) -> Table {
             }
         }
     }
+    let rows = || out.iter();
     Table::new()
-        .column(
-            "site",
-            Values::Str(out.iter().map(|r| r.site.clone()).collect()),
-        )
-        .column("layer", Values::U32(out.iter().map(|r| r.layer).collect()))
-        .column(
-            "kind",
-            Values::Str(out.iter().map(|r| r.kind.clone()).collect()),
-        )
-        .column(
-            "chosen",
-            Values::Str(out.iter().map(|r| r.chosen.clone()).collect()),
-        )
-        .column(
-            "pairs",
-            Values::U32(out.iter().map(|r| r.pairs as u32).collect()),
-        )
-        .column(
-            "logit_diff",
-            Values::F64(out.iter().map(|r| r.logit_diff).collect()),
-        )
-        .column(
-            "normalized",
-            Values::F64(out.iter().map(|r| r.normalized).collect()),
-        )
-        .column(
-            "accuracy",
-            Values::F64(out.iter().map(|r| r.accuracy).collect()),
-        )
-        .column(
-            "clean_accuracy",
-            Values::F64(out.iter().map(|r| r.clean_accuracy).collect()),
-        )
-        .column(
-            "logit_diff_held_out",
-            Values::F64(out.iter().map(|r| r.logit_diff_held_out).collect()),
-        )
+        .strs("site", rows().map(|r| r.site.clone()))
+        .u32s("layer", rows().map(|r| r.layer))
+        .strs("kind", rows().map(|r| r.kind.clone()))
+        .strs("chosen", rows().map(|r| r.chosen.clone()))
+        .u32s("pairs", rows().map(|r| r.pairs as u32))
+        .f64s("logit_diff", rows().map(|r| r.logit_diff))
+        .f64s("normalized", rows().map(|r| r.normalized))
+        .f64s("accuracy", rows().map(|r| r.accuracy))
+        .f64s("clean_accuracy", rows().map(|r| r.clean_accuracy))
+        .f64s("logit_diff_held_out", rows().map(|r| r.logit_diff_held_out))
 }
 
 /// The numbers the fit stage held out (fit/split.parquet).
@@ -430,17 +404,11 @@ fn patch_chunk(
     let n_layers = model.config().n_layers;
     let f32s =
         |t: Tensor| -> Result<Vec<Vec<f32>>> { Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?) };
-    let seqs: Vec<Vec<u32>> = chunk
-        .iter()
-        .map(|pr| tok.encode(&pr.clean.prompt, p.task.special_tokens))
-        .collect::<std::result::Result<_, _>>()?;
+    let seqs = prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?;
     let batch = model.batch(&seqs)?;
     // One clean forward: its logits and the residual stream entering every block. Prompts
     // that share a prefix (the paper's instruction) run it once, as in extraction.
-    let mut req = ForwardRequest::new().logits(Logits::Last);
-    for l in 0..n_layers {
-        req = req.capture(HookPoint::ResidPre(l), Positions::All);
-    }
+    let req = clean_run_request(n_layers);
     let split = (p.extract.share_prefixes && !unbatched && model.config().arch.is_causal_lm())
         .then(|| shared_prefix_split(&seqs))
         .flatten();
@@ -501,11 +469,7 @@ fn patch_chunk(
                 rows.patched_logit.push(patched);
                 rows.corrupt_logit.push(corrupt);
                 rows.logit_diff.push(patched - clean_l);
-                rows.normalized.push(if corrupt != clean_l {
-                    (patched - clean_l) / (corrupt - clean_l)
-                } else {
-                    f64::NAN
-                });
+                rows.normalized.push(normalized(patched, clean_l, corrupt));
                 rows.correct.push(top == target);
                 rows.clean_correct
                     .push(top == pair.clean.answer_token as usize);

@@ -26,6 +26,36 @@ macro_rules! string_serde {
     };
 }
 
+/// `name()`, `Display`, `FromStr` and serde for an enum of named values, from one table of
+/// variant = "name" (`what` and `hint` word the error of a name that is not in it).
+macro_rules! named {
+    ($t:ident, $what:literal, $hint:literal, { $($v:ident = $name:literal),* $(,)? }) => {
+        impl $t {
+            /// The name in study files and tables.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($t::$v => $name,)*
+                }
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($t::$v),)*
+                    _ => Err(format!(concat!("`{}` is not ", $what, ": ", $hint), s)),
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        string_serde!($t);
+    };
+}
+
 /// A block hook to extract, named as after `blocks.{l}.` (e.g. `hook_resid_pre`,
 /// `attn.hook_z`, `mlp.hook_post`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,17 +108,14 @@ pub enum Position {
     X,
 }
 
-impl Position {
-    /// The name in study files and tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Position::A => "a",
-            Position::B => "b",
-            Position::Last => "last",
-            Position::X => "x",
-        }
-    }
+named!(Position, "a position", "positions (extract.positions, analysis.position) are a, b, x or last", {
+    A = "a",
+    B = "b",
+    Last = "last",
+    X = "x",
+});
 
+impl Position {
     /// The operand whose token this is (`None` for `last`).
     pub fn operand(self) -> Option<NumberLabel> {
         match self {
@@ -99,31 +126,6 @@ impl Position {
         }
     }
 }
-
-impl FromStr for Position {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "a" => Position::A,
-            "b" => Position::B,
-            "last" => Position::Last,
-            "x" => Position::X,
-            _ => {
-                return Err(format!(
-                    "`{s}` is not a position: positions (extract.positions, \
-                     analysis.position) are a, b, x or last"
-                ))
-            }
-        })
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-string_serde!(Position);
 
 /// Which value labels a row of the number representation: an operand or the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,17 +140,14 @@ pub enum NumberLabel {
     Answer,
 }
 
-impl NumberLabel {
-    /// The name in study files.
-    pub fn name(self) -> &'static str {
-        match self {
-            NumberLabel::A => "a",
-            NumberLabel::B => "b",
-            NumberLabel::X => "x",
-            NumberLabel::Answer => "answer",
-        }
-    }
+named!(NumberLabel, "a number label", "a, b, x or answer", {
+    A = "a",
+    B = "b",
+    X = "x",
+    Answer = "answer",
+});
 
+impl NumberLabel {
     /// The column of the activation and problem tables that holds this label (`x` is stored
     /// as `a`).
     pub fn column(self) -> &'static str {
@@ -162,34 +161,11 @@ impl NumberLabel {
     /// The token position of this operand (`None` for the answer, which has no token of the
     /// prompt).
     pub fn position(self) -> Option<Position> {
-        match self {
-            NumberLabel::A => Some(Position::A),
-            NumberLabel::B => Some(Position::B),
-            NumberLabel::X => Some(Position::X),
-            NumberLabel::Answer => None,
-        }
+        [Position::A, Position::B, Position::X]
+            .into_iter()
+            .find(|p| p.operand() == Some(self))
     }
 }
-
-impl FromStr for NumberLabel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "a" => NumberLabel::A,
-            "b" => NumberLabel::B,
-            "x" => NumberLabel::X,
-            "answer" => NumberLabel::Answer,
-            _ => return Err(format!("`{s}` is not a number label (a, b, x or answer)")),
-        })
-    }
-}
-
-impl fmt::Display for NumberLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-string_serde!(NumberLabel);
 
 /// What a model's weight matrices are held in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -203,35 +179,11 @@ pub enum Dtype {
     F16,
 }
 
-impl Dtype {
-    /// The name in study files and manifests.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-        }
-    }
-}
-
-impl FromStr for Dtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "f32" => Dtype::F32,
-            "bf16" => Dtype::Bf16,
-            "f16" => Dtype::F16,
-            _ => return Err(format!("`{s}` is not a dtype (f32, bf16 or f16)")),
-        })
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-string_serde!(Dtype);
+named!(Dtype, "a dtype", "f32, bf16 or f16", {
+    F32 = "f32",
+    Bf16 = "bf16",
+    F16 = "f16",
+});
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -461,6 +413,9 @@ mod tests {
             assert_eq!(s.parse::<Device>().unwrap().to_string(), s);
         }
         assert_eq!("cuda:0".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!(NumberLabel::B.position(), Some(Position::B));
+        assert_eq!(NumberLabel::Answer.position(), None);
+        assert_eq!(Position::X.operand().map(NumberLabel::column), Some("a"));
         for s in [
             "helix",
             "helix_discovered",

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::charts::{heatmaps, hue, palette, panels, Heatmap, Mark, Panel, Series};
 use helixlab_pipeline::{FitName, FitSection};
 
-use crate::sections::{keys, matched_size, short, spread, Tbl};
+use crate::sections::{distinct, first_site, keys, matched_size, short, spread, ByLayer, Tbl};
 use crate::Result;
 
 /// Writes the fit figures into `out` and returns the HTML section ("" when the stage has not
@@ -22,12 +22,7 @@ pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
     let (s, l, v) = (fits.str("site")?, fits.i64("layer")?, fits.str("variant")?);
     let (r2_in, r2_out) = (fits.f64("r2_in")?, fits.f64("r2_out")?);
     let all_keys = keys(&s, &l);
-    let mut sites: Vec<String> = Vec::new();
-    for (site, _) in &all_keys {
-        if !sites.contains(site) {
-            sites.push(site.clone());
-        }
-    }
+    let sites = distinct(all_keys.iter().map(|k| &k.0));
     // The helix against baselines of its own size (poly9 and pca9 under the paper's periods).
     let poly = matched_size(&cfg.poly_degrees, &cfg.periods).map(FitName::Poly);
     let pca = matched_size(&cfg.pca_baselines, &cfg.periods).map(FitName::Pca);
@@ -45,6 +40,11 @@ pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
     .flatten()
     .map(|f| f.to_string())
     .collect();
+    let rows = ByLayer {
+        site: &s,
+        layer: &l,
+        name: &v,
+    };
     let mut ps = Vec::new();
     for site in &sites {
         for (col, values) in [("in sample", &r2_in), ("held-out numbers", &r2_out)] {
@@ -52,19 +52,7 @@ pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
                 title: format!("{}: R² {col}", short(site)),
                 x_desc: "layer".into(),
                 y_desc: "R²".into(),
-                series: shown
-                    .iter()
-                    .enumerate()
-                    .map(|(ci, name)| Series {
-                        label: name.to_string(),
-                        points: (0..s.len())
-                            .filter(|&i| &s[i] == site && v[i] == *name)
-                            .map(|i| (l[i] as f64, values[i].max(-0.5)))
-                            .collect(),
-                        mark: Mark::Line,
-                        color: palette(ci),
-                    })
-                    .collect(),
+                series: rows.lines(&shown, site, |i| values[i].max(-0.5)),
                 vlines: vec![],
             });
         }
@@ -129,12 +117,7 @@ fn helix_circles(
         coords.str("basis")?,
         coords.f64("coordinate")?,
     );
-    let site0 = all_keys[0].0.clone();
-    let layers: Vec<i64> = all_keys
-        .iter()
-        .filter(|k| k.0 == site0)
-        .map(|k| k.1)
-        .collect();
+    let (site0, layers) = first_site(all_keys);
     let mut ps = Vec::new();
     for layer in spread(&layers, 3) {
         let mut by: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::charts::{palette, panels, Mark, Panel, Series};
+use crate::charts::{panels, Panel};
 use helixlab_pipeline::{FitName, PatchKind, Pipeline};
 
-use crate::sections::{matched_size, short, Tbl};
+use crate::sections::{distinct, matched_size, short, ByLayer, Tbl};
 use crate::Result;
 
 /// Writes the patching figure into `out` and returns the HTML section ("" when the stage has
@@ -23,12 +23,7 @@ pub fn patch_section(run: &Path, out: &Path, p: &Pipeline) -> Result<String> {
         sum.f64("accuracy")?,
         sum.f64("normalized")?,
     );
-    let mut sites: Vec<String> = Vec::new();
-    for x in &s {
-        if !sites.contains(x) {
-            sites.push(x.clone());
-        }
-    }
+    let sites = distinct(&s);
     // The helix against patches of its own size (pca9 and poly9 under the paper's periods).
     let periods = &p.fit.periods;
     let shown: Vec<String> = [
@@ -45,6 +40,11 @@ pub fn patch_section(run: &Path, out: &Path, p: &Pipeline) -> Result<String> {
     .flatten()
     .map(|k| k.to_string())
     .collect();
+    let rows = ByLayer {
+        site: &s,
+        layer: &l,
+        name: &k,
+    };
     let mut ps = Vec::new();
     for site in &sites {
         for (what, vals) in [("logit difference", &ld), ("accuracy", &acc)] {
@@ -52,19 +52,7 @@ pub fn patch_section(run: &Path, out: &Path, p: &Pipeline) -> Result<String> {
                 title: format!("{}: {what}", short(site)),
                 x_desc: "layer".into(),
                 y_desc: what.into(),
-                series: shown
-                    .iter()
-                    .enumerate()
-                    .map(|(ci, name)| Series {
-                        label: name.to_string(),
-                        points: (0..s.len())
-                            .filter(|&i| &s[i] == site && k[i] == *name)
-                            .map(|i| (l[i] as f64, vals[i]))
-                            .collect(),
-                        mark: Mark::Line,
-                        color: palette(ci),
-                    })
-                    .collect(),
+                series: rows.lines(&shown, site, |i| vals[i]),
                 vlines: vec![],
             });
         }

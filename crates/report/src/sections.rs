@@ -59,3 +59,55 @@ pub(crate) fn matched_size(sizes: &[usize], periods: &[f64]) -> Option<usize> {
         .copied()
         .min_by_key(|&k| (k.abs_diff(helix), k))
 }
+
+/// The first site of `keys` and its layers: the figures that show one site show this one.
+pub(crate) fn first_site(keys: &[(String, i64)]) -> (String, Vec<i64>) {
+    let site0 = keys[0].0.clone();
+    let layers = keys.iter().filter(|k| k.0 == site0).map(|k| k.1).collect();
+    (site0, layers)
+}
+
+/// The distinct values of `sites`, in order of first appearance.
+pub(crate) fn distinct<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in sites {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
+/// The columns of a per-(site, layer, name) summary table.
+pub(crate) struct ByLayer<'a> {
+    /// Site per row.
+    pub site: &'a [String],
+    /// Layer per row.
+    pub layer: &'a [i64],
+    /// Variant or patch kind per row.
+    pub name: &'a [String],
+}
+
+impl ByLayer<'_> {
+    /// One line per name of `shown` over the layers of `site`, at `value(row)`.
+    pub(crate) fn lines(
+        &self,
+        shown: &[String],
+        site: &str,
+        value: impl Fn(usize) -> f64,
+    ) -> Vec<Series> {
+        shown
+            .iter()
+            .enumerate()
+            .map(|(ci, name)| {
+                let rows =
+                    (0..self.site.len()).filter(|&i| self.site[i] == site && self.name[i] == *name);
+                line(
+                    name,
+                    ci,
+                    rows.map(|i| (self.layer[i] as f64, value(i))).collect(),
+                )
+            })
+            .collect()
+    }
+}

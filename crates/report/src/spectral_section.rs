@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::charts::{heatmaps, palette, panels, Heatmap, Mark, Panel, Series};
-use crate::sections::{keys, short, spread, RangeKey, Tbl};
+use crate::sections::{first_site, keys, short, spread, RangeKey, Tbl};
 use crate::Result;
 
 /// Writes the spectral figures into `out` and returns the HTML section ("" when the stage
@@ -224,12 +224,7 @@ fn similarity_figure(
         sim.i64("y")?,
         sim.f64("cosine")?,
     );
-    let site0 = all_keys[0].0.clone();
-    let layers: Vec<i64> = all_keys
-        .iter()
-        .filter(|k| k.0 == site0)
-        .map(|k| k.1)
-        .collect();
+    let (site0, layers) = first_site(all_keys);
     let lo = x.iter().copied().min().unwrap_or(0);
     let n = (x.iter().copied().max().unwrap_or(0) - lo + 1) as usize;
     let maps: Vec<Heatmap> = spread(&layers, 4)

@@ -1,4 +1,4 @@
-//! The Fourier spectrum along the number axis (method.md E2).
+//! The Fourier spectrum along the number axis (docs/method.md E2).
 //!
 //! For numbers x = lo..=hi (n consecutive values) and every model dimension, the values are
 //! centred (their mean removed, which only zeroes the k = 0 term), optionally detrended (their

@@ -1,5 +1,5 @@
 //! The spectral stage: is the representation of numbers periodic, and with which periods?
-//! (method.md E2 and section 5.)
+//! (docs/method.md E2 and section 5.)
 //!
 //! For every analysed (site, layer), one row per number (activations averaged per number):
 //! the Fourier spectrum along the number axis, raw and detrended, per number window

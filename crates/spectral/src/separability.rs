@@ -1,4 +1,4 @@
-//! Mod-T linear separability (method.md section 5): a held-out ridge probe for x mod T. Real
+//! Mod-T linear separability (docs/method.md section 5): a held-out ridge probe for x mod T. Real
 //! periodic structure makes x mod T linearly readable for the model's periods; a period that
 //! only shows up in the spectrum through token-frequency artefacts need not be. Each probe is
 //! paired with the same probe on shuffled labels, its null.

@@ -23,46 +23,50 @@ pub struct TableName {
     pub writer: &'static str,
 }
 
-const fn table(dir: &'static str, stem: &'static str, writer: &'static str) -> TableName {
-    TableName { dir, stem, writer }
+/// Declares the tables: `NAME = (dir, stem, writer)`, documented by their path.
+macro_rules! tables {
+    ($($name:ident = ($dir:literal, $stem:literal, $writer:literal);)*) => {
+        $(
+            #[doc = concat!("`", $dir, "/", $stem, ".parquet`, written by `helixlab ", $writer, "`.")]
+            pub const $name: TableName = TableName { dir: $dir, stem: $stem, writer: $writer };
+        )*
+    };
 }
 
 /// Every table a study writes, by stage. The activation partitions are addressed by
 /// [`RunLayout::partition`].
 pub mod tables {
-    use super::{table, TableName};
+    use super::TableName;
 
-    /// `problems.parquet` (accuracy).
-    pub const PROBLEMS: TableName = table("", "problems", "accuracy");
+    tables! {
+        PROBLEMS = ("", "problems", "accuracy");
+        SPECTRA = ("spectral", "spectra", "spectral");
+        PCA = ("spectral", "pca", "spectral");
+        PCA_SCORES = ("spectral", "pca_scores", "spectral");
+        SIMILARITY = ("spectral", "similarity", "spectral");
+        SEPARABILITY = ("spectral", "separability", "spectral");
+        PERIODS = ("spectral", "periods", "spectral");
+        SPLIT = ("fit", "split", "fit");
+        COEFFICIENTS = ("fit", "coefficients", "fit");
+        PREDICTIONS = ("fit", "predictions", "fit");
+        HELIX_COORDS = ("fit", "helix_coords", "fit");
+        CONTINUITY = ("fit", "continuity", "fit");
+        FITS = ("fit", "fits", "fit");
+        PAIRS = ("patch", "pairs", "pairs");
+        PATCHING = ("patch", "patching", "patch");
+        PATCHING_SUMMARY = ("patch", "patching_summary", "patch");
+        LAST_TOKEN = ("patch", "last_token", "patch-last");
+        LAST_TOKEN_SUMMARY = ("patch", "last_token_summary", "patch-last");
+        LAST_FITS = ("patch", "last_fits", "patch-last");
+        COMPONENTS = ("patch", "components", "components");
+        COMPONENTS_SUMMARY = ("patch", "components_summary", "components");
+        COMPONENT_ROLES = ("patch", "component_roles", "components");
+        NEURON_GRADS = ("patch", "neuron_grads", "neuron-grads");
+    }
 
-    /// `spectral/spectra.parquet`.
-    pub const SPECTRA: TableName = table("spectral", "spectra", "spectral");
-    /// `spectral/pca.parquet`.
-    pub const PCA: TableName = table("spectral", "pca", "spectral");
-    /// `spectral/pca_scores.parquet`.
-    pub const PCA_SCORES: TableName = table("spectral", "pca_scores", "spectral");
-    /// `spectral/similarity.parquet`.
-    pub const SIMILARITY: TableName = table("spectral", "similarity", "spectral");
-    /// `spectral/separability.parquet`.
-    pub const SEPARABILITY: TableName = table("spectral", "separability", "spectral");
-    /// `spectral/periods.parquet`.
-    pub const PERIODS: TableName = table("spectral", "periods", "spectral");
     /// What `helixlab spectral` writes, in order.
     pub const SPECTRAL: [TableName; 6] =
         [SPECTRA, PCA, PCA_SCORES, SIMILARITY, SEPARABILITY, PERIODS];
-
-    /// `fit/split.parquet`.
-    pub const SPLIT: TableName = table("fit", "split", "fit");
-    /// `fit/coefficients.parquet`.
-    pub const COEFFICIENTS: TableName = table("fit", "coefficients", "fit");
-    /// `fit/predictions.parquet`.
-    pub const PREDICTIONS: TableName = table("fit", "predictions", "fit");
-    /// `fit/helix_coords.parquet`.
-    pub const HELIX_COORDS: TableName = table("fit", "helix_coords", "fit");
-    /// `fit/continuity.parquet`.
-    pub const CONTINUITY: TableName = table("fit", "continuity", "fit");
-    /// `fit/fits.parquet`.
-    pub const FITS: TableName = table("fit", "fits", "fit");
     /// What `helixlab fit` writes, in order.
     pub const FIT: [TableName; 6] = [
         SPLIT,
@@ -72,27 +76,6 @@ pub mod tables {
         CONTINUITY,
         FITS,
     ];
-
-    /// `patch/pairs.parquet`.
-    pub const PAIRS: TableName = table("patch", "pairs", "pairs");
-    /// `patch/patching.parquet`.
-    pub const PATCHING: TableName = table("patch", "patching", "patch");
-    /// `patch/patching_summary.parquet`.
-    pub const PATCHING_SUMMARY: TableName = table("patch", "patching_summary", "patch");
-    /// `patch/last_token.parquet`.
-    pub const LAST_TOKEN: TableName = table("patch", "last_token", "patch-last");
-    /// `patch/last_token_summary.parquet`.
-    pub const LAST_TOKEN_SUMMARY: TableName = table("patch", "last_token_summary", "patch-last");
-    /// `patch/last_fits.parquet`.
-    pub const LAST_FITS: TableName = table("patch", "last_fits", "patch-last");
-    /// `patch/components.parquet`.
-    pub const COMPONENTS: TableName = table("patch", "components", "components");
-    /// `patch/components_summary.parquet`.
-    pub const COMPONENTS_SUMMARY: TableName = table("patch", "components_summary", "components");
-    /// `patch/component_roles.parquet`.
-    pub const COMPONENT_ROLES: TableName = table("patch", "component_roles", "components");
-    /// `patch/neuron_grads.parquet`.
-    pub const NEURON_GRADS: TableName = table("patch", "neuron_grads", "neuron-grads");
 }
 
 /// The directory of one run (`[output] dir`) and the path of everything in it.

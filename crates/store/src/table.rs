@@ -130,6 +130,21 @@ impl Table {
         self
     }
 
+    /// Adds a string column from any strings.
+    pub fn strs<S: Into<String>>(self, name: &str, v: impl IntoIterator<Item = S>) -> Self {
+        self.column(name, Values::Str(v.into_iter().map(Into::into).collect()))
+    }
+
+    /// Adds a u32 column.
+    pub fn u32s(self, name: &str, v: impl IntoIterator<Item = u32>) -> Self {
+        self.column(name, Values::U32(v.into_iter().collect()))
+    }
+
+    /// Adds an f64 column.
+    pub fn f64s(self, name: &str, v: impl IntoIterator<Item = f64>) -> Self {
+        self.column(name, Values::F64(v.into_iter().collect()))
+    }
+
     /// Rows (of the first column).
     pub fn rows(&self) -> usize {
         self.columns.first().map_or(0, |c| c.1.len())
