@@ -92,7 +92,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     let provenance = Provenance {
         git_revision: git_revision(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: helixlab_store::manifest::command_line(),
     };
     export(&trained, &recipe, a.seed, &provenance, &a.out, a.force)?;
     let (tr, ho) = trained.final_accuracy();

@@ -33,7 +33,7 @@ use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use ndarray::Array2;
 
-use crate::effects::{means_table, EffectKey, EffectMean, EffectRows};
+use crate::effects::{means_table, Effect, EffectKey, EffectMean, EffectRows, Patched};
 use crate::inputs::{load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair, ProblemInfo};
 use crate::{PatchError, Result};
@@ -58,17 +58,17 @@ impl Component {
         }
     }
 
-    fn key(self, effect: &str) -> EffectKey {
+    fn key(self, effect: Effect) -> EffectKey {
         let (component, head) = match self {
-            Component::Mlp(_) => ("mlp", None),
-            Component::Attn(_) => ("attn", None),
-            Component::Head(_, h) => ("head", Some(h as i64)),
+            Component::Mlp(_) => (Patched::Mlp, None),
+            Component::Attn(_) => (Patched::Attn, None),
+            Component::Head(_, h) => (Patched::Head, Some(h as i64)),
         };
         EffectKey {
-            component: component.into(),
+            component,
             layer: self.layer() as u32,
             head,
-            effect: effect.into(),
+            effect,
         }
     }
 }
@@ -310,7 +310,7 @@ fn fit_components(
 }
 
 /// The mean total effect of a component (0 when not measured).
-fn te(means: &BTreeMap<EffectKey, EffectMean>, c: Component, effect: &str) -> f64 {
+fn te(means: &BTreeMap<EffectKey, EffectMean>, c: Component, effect: Effect) -> f64 {
     means.get(&c.key(effect)).map_or(0.0, |m| m.logit_diff)
 }
 
@@ -398,7 +398,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 vec![replace(c, corrupt_value(c, &corrupt)?)],
             )?;
             for (i, pair) in chunk.iter().enumerate() {
-                rows.push(c.key("total"), pair, &clean.logits[i], &logits[i]);
+                rows.push(c.key(Effect::Total), pair, &clean.logits[i], &logits[i]);
             }
             let delta = contribution_change(model, &batch, &clean, &corrupt, c)?;
             finals.push((&clean.final_resid + delta)?);
@@ -411,7 +411,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         for (j, &c) in singles.iter().enumerate() {
             for (i, pair) in chunk.iter().enumerate() {
                 rows.push(
-                    c.key("direct"),
+                    c.key(Effect::Direct),
                     pair,
                     &clean.logits[i],
                     &de[j * chunk.len() + i],
@@ -424,7 +424,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     let means = rows.means();
     let rank = |filter: &dyn Fn(&Component) -> bool| -> Vec<Component> {
         let mut v: Vec<Component> = singles.iter().copied().filter(|c| filter(c)).collect();
-        v.sort_by(|a, b| te(&means, *b, "total").total_cmp(&te(&means, *a, "total")));
+        v.sort_by(|a, b| te(&means, *b, Effect::Total).total_cmp(&te(&means, *a, Effect::Total)));
         v
     };
     let heads = rank(&|c| matches!(c, Component::Head(..)));
@@ -484,8 +484,8 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             Ok(out)
         };
         for (name, ranked, max_k) in [
-            ("heads_top", &heads, max_heads),
-            ("mlps_top", &mlps, mlps.len()),
+            (Patched::TopHeads, &heads, max_heads),
+            (Patched::TopMlps, &mlps, mlps.len()),
         ] {
             let mut ks: Vec<usize> = (1..=max_k).collect();
             if max_k < ranked.len() {
@@ -494,10 +494,10 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             for k in ks {
                 let logits = patched_logits(model, &batch, &clean, joint(&ranked[..k])?)?;
                 let key = EffectKey {
-                    component: name.into(),
+                    component: name,
                     layer: k as u32,
                     head: None,
-                    effect: "total".into(),
+                    effect: Effect::Total,
                 };
                 for (i, pair) in chunk.iter().enumerate() {
                     rows.push(key.clone(), pair, &clean.logits[i], &logits[i]);
@@ -513,7 +513,12 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 let value = f.value(name, chunk, &shape, model)?;
                 let logits = patched_logits(model, &batch, &clean, vec![replace(c, value)])?;
                 for (i, pair) in chunk.iter().enumerate() {
-                    rows.push(c.key(name), pair, &clean.logits[i], &logits[i]);
+                    rows.push(
+                        c.key(Effect::Patch(name.clone())),
+                        pair,
+                        &clean.logits[i],
+                        &logits[i],
+                    );
                 }
             }
         }
@@ -521,15 +526,15 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     }
     progress.finish();
     let means = rows.means();
-    let curve = |name: &str, n: usize| -> Vec<f64> {
+    let curve = |name: Patched, n: usize| -> Vec<f64> {
         (1..=n)
             .map(|k| {
                 means
                     .get(&EffectKey {
-                        component: name.into(),
+                        component: name,
                         layer: k as u32,
                         head: None,
-                        effect: "total".into(),
+                        effect: Effect::Total,
                     })
                     .map_or(0.0, |m| m.logit_diff)
             })
@@ -539,7 +544,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         .iter()
         .copied()
         .take(circuit_size(
-            &curve("mlps_top", mlps.len()),
+            &curve(Patched::TopMlps, mlps.len()),
             p.patch.circuit_fraction,
         ))
         .collect();
@@ -566,11 +571,11 @@ fn roles_table(
         .iter()
         .map(|&c| {
             let (s_ab, s_sum) = head_scores(
-                te(means, c, "total"),
-                te(means, c, "direct"),
-                te(means, c, ab),
-                te(means, c, sum),
-                te(means, c, full),
+                te(means, c, Effect::Total),
+                te(means, c, Effect::Direct),
+                te(means, c, Effect::Patch(ab.into())),
+                te(means, c, Effect::Patch(sum.into())),
+                te(means, c, Effect::Patch(full.into())),
             );
             (c, s_ab, s_sum)
         })
@@ -590,10 +595,10 @@ fn roles_table(
     let mut t = RolesCols::default();
     for (ranked, kind) in [(heads, "head"), (mlps, "mlp")] {
         for (r, &c) in ranked.iter().enumerate() {
-            let total = te(means, c, "total");
-            let direct = te(means, c, "direct");
+            let total = te(means, c, Effect::Total);
+            let direct = te(means, c, Effect::Direct);
             let fitted = |name: &str| {
-                means.get(&c.key(name)).map(|m| {
+                means.get(&c.key(Effect::Patch(name.into()))).map(|m| {
                     if total != 0.0 {
                         m.logit_diff / total
                     } else {

@@ -33,18 +33,94 @@ pub fn normalized(patched: f64, clean: f64, corrupt: f64) -> f64 {
     }
 }
 
-/// What was patched: a component (`resid_post`, `mlp`, `attn`, `head`, or a joint set),
-/// its layer, its head, and the effect measured (`layer`, a fit, `total`, `direct`, ...).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What a row patched, named as in the `component` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patched {
+    /// The residual stream after a block (`resid_post`, the last-token experiment).
+    ResidPost,
+    /// An MLP's output (`mlp`).
+    Mlp,
+    /// An attention layer's output (`attn`).
+    Attn,
+    /// One head's output (`head`).
+    Head,
+    /// The top k heads by total effect, jointly (`heads_top`, layer = k).
+    TopHeads,
+    /// The top k MLPs by total effect, jointly (`mlps_top`, layer = k).
+    TopMlps,
+}
+
+impl Patched {
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Patched::ResidPost => "resid_post",
+            Patched::Mlp => "mlp",
+            Patched::Attn => "attn",
+            Patched::Head => "head",
+            Patched::TopHeads => "heads_top",
+            Patched::TopMlps => "mlps_top",
+        }
+    }
+}
+
+/// What a row measured, named as in the `effect` column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The total effect: the corrupt value patched in (`total`).
+    Total,
+    /// The direct effect: the change of the component's output added to the final residual
+    /// only (`direct`).
+    Direct,
+    /// A patch of this kind or fit (`layer`, `pca9`, `helix(a,b)`, ...).
+    Patch(String),
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Effect::Total => f.write_str("total"),
+            Effect::Direct => f.write_str("direct"),
+            Effect::Patch(k) => f.write_str(k),
+        }
+    }
+}
+
+/// What was patched: a component, its layer, its head, and the effect measured. Keys order
+/// as their names do, so tables list rows as they did when keys were strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EffectKey {
     /// Component.
-    pub component: String,
+    pub component: Patched,
     /// Layer (or k for a joint top-k patch).
     pub layer: u32,
     /// Head, for heads.
     pub head: Option<i64>,
     /// Effect or patch kind.
-    pub effect: String,
+    pub effect: Effect,
+}
+
+impl EffectKey {
+    fn sort_key(&self) -> (&'static str, u32, Option<i64>, String) {
+        (
+            self.component.name(),
+            self.layer,
+            self.head,
+            self.effect.to_string(),
+        )
+    }
+}
+
+impl PartialOrd for EffectKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EffectKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
 }
 
 /// Per-pair rows.
@@ -133,7 +209,12 @@ impl EffectRows {
         Table::new()
             .column(
                 "component",
-                Values::Str(self.keys.iter().map(|k| k.component.clone()).collect()),
+                Values::Str(
+                    self.keys
+                        .iter()
+                        .map(|k| k.component.name().into())
+                        .collect(),
+                ),
             )
             .column(
                 "layer",
@@ -145,7 +226,7 @@ impl EffectRows {
             )
             .column(
                 "effect",
-                Values::Str(self.keys.iter().map(|k| k.effect.clone()).collect()),
+                Values::Str(self.keys.iter().map(|k| k.effect.to_string()).collect()),
             )
             .column("pair_id", Values::U32(self.pair_id.clone()))
             .column("run", Values::Str(vec!["clean".into(); n]))
@@ -165,13 +246,13 @@ impl EffectRows {
 pub fn means_table(means: &BTreeMap<EffectKey, EffectMean>) -> Table {
     let (keys, values) = (means.keys(), means.values());
     Table::new()
-        .strs("component", keys.clone().map(|k| k.component.clone()))
+        .strs("component", keys.clone().map(|k| k.component.name()))
         .u32s("layer", keys.clone().map(|k| k.layer))
         .column(
             "head",
             Values::OptI64(keys.clone().map(|k| k.head).collect()),
         )
-        .strs("effect", keys.map(|k| k.effect.clone()))
+        .strs("effect", keys.map(|k| k.effect.to_string()))
         .u32s("pairs", values.clone().map(|m| m.pairs as u32))
         .f64s("logit_diff", values.clone().map(|m| m.logit_diff))
         .f64s("normalized", values.clone().map(|m| m.normalized))

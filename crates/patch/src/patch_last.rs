@@ -26,7 +26,7 @@ use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use ndarray::{Array1, Array2, Axis};
 
-use crate::effects::{means_table, EffectKey, EffectRows};
+use crate::effects::{means_table, Effect, EffectKey, EffectRows, Patched};
 use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair};
 use crate::{PatchError, Result};
@@ -239,10 +239,10 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
                     .to_vec2::<f32>()?;
                 for (i, pair) in chunk.iter().enumerate() {
                     let key = EffectKey {
-                        component: "resid_post".into(),
+                        component: Patched::ResidPost,
                         layer: plan.layer as u32,
                         head: None,
-                        effect: kind.clone(),
+                        effect: Effect::Patch(kind.clone()),
                     };
                     rows.push(key, pair, &clean_logits[i], &logits[i]);
                 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::activations::partition_dir;
-use crate::manifest::{now_unix, sha256_file, Manifest, ModelIdentity};
+use crate::manifest::{command_line, now_unix, sha256_file, Manifest, ModelIdentity};
 use crate::stage::Outcome;
 use crate::table::Table;
 use crate::{Result, StoreError};
@@ -159,7 +159,7 @@ impl StageRun {
                 inputs: BTreeMap::new(),
                 model: None,
                 tool_version: env!("CARGO_PKG_VERSION").into(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: command_line(),
                 completed_unix: 0,
                 rows: 0,
                 wall_s: 0.0,
