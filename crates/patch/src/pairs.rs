@@ -52,7 +52,7 @@ pub struct Pair {
 /// random-weight checkpoints, which answer nothing correctly).
 pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> {
     let df = read::problems(run_dir)?;
-    let table = run_dir.join("problems.parquet");
+    let table = RunLayout::new(run_dir).path(tables::PROBLEMS);
     let e = |source| {
         PatchError::Store(helixlab_store::StoreError::Polars {
             path: table.clone(),

@@ -7,13 +7,14 @@ use std::path::Path;
 use crate::charts::{heatmaps, panels, Heatmap, Panel};
 use crate::sections::{line, Tbl};
 use crate::Result;
+use helixlab_store::{tables, RunLayout};
 
 /// MLP and attention TE/DE per layer (Fig 6), top-k curves (Figs 25, 30), head effects
 /// (Fig 24), circuit MLPs (Fig 7) and head types (Figs 26-28).
 // Long (about 160 lines): one figure after another from the same two tables, in the order the
 // section shows them.
-pub fn components_section(run: &Path, out: &Path) -> Result<String> {
-    let Some(sum) = Tbl::open(&run.join("patch").join("components_summary.parquet"))? else {
+pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
+    let Some(sum) = Tbl::open(&run.path(tables::COMPONENTS_SUMMARY))? else {
         return Ok(String::new());
     };
     let (c, l, h, e, ld) = (
@@ -29,7 +30,7 @@ pub fn components_section(run: &Path, out: &Path) -> Result<String> {
             .map(|i| (l[i] as f64, ld[i]))
             .collect()
     };
-    let roles = Tbl::open(&run.join("patch").join("component_roles.parquet"))?;
+    let roles = Tbl::open(&run.path(tables::COMPONENT_ROLES))?;
     let mut circuit_k = None;
     if let Some(r) = &roles {
         let (rc, role) = (r.str("component")?, r.str("role")?);

@@ -10,12 +10,12 @@ use helixlab_pipeline::{FitName, FitSection};
 
 use crate::sections::{distinct, first_site, keys, matched_size, short, spread, ByLayer, Tbl};
 use crate::Result;
+use helixlab_store::{tables, RunLayout};
 
 /// Writes the fit figures into `out` and returns the HTML section ("" when the stage has not
 /// run).
-pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
-    let dir = run.join("fit");
-    let Some(fits) = Tbl::open(&dir.join("fits.parquet"))? else {
+pub fn fit_section(run: &RunLayout, out: &Path, cfg: &FitSection) -> Result<String> {
+    let Some(fits) = Tbl::open(&run.path(tables::FITS))? else {
         return Ok(String::new());
     };
     let mut html = String::from("<h2>Helix fits</h2>\n");
@@ -89,11 +89,11 @@ pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
     }
     html.push_str("</table>\n");
 
-    helix_circles(&dir, out, &all_keys, &mut html)?;
+    helix_circles(run, out, &all_keys, &mut html)?;
 
-    coefficient_figures(&dir, out, &all_keys, &mut html)?;
+    coefficient_figures(run, out, &all_keys, &mut html)?;
 
-    continuity_figure(&dir, out, &all_keys, &mut html)?;
+    continuity_figure(run, out, &all_keys, &mut html)?;
     Ok(html)
 }
 
@@ -101,12 +101,12 @@ pub fn fit_section(run: &Path, out: &Path, cfg: &FitSection) -> Result<String> {
 // Long (about 105 lines): one figure, one circle panel per period plus the linear term, laid out
 // together.
 fn helix_circles(
-    dir: &Path,
+    run: &RunLayout,
     out: &Path,
     all_keys: &[(String, i64)],
     html: &mut String,
 ) -> Result<()> {
-    let Some(coords) = Tbl::open(&dir.join("helix_coords.parquet"))? else {
+    let Some(coords) = Tbl::open(&run.path(tables::HELIX_COORDS))? else {
         return Ok(());
     };
     let (cs, cl, cv, cx, cb, cval) = (
@@ -204,12 +204,12 @@ fn helix_circles(
 
 /// Column norms of C per basis function across layers, and cosine similarity of C's rows.
 fn coefficient_figures(
-    dir: &Path,
+    run: &RunLayout,
     out: &Path,
     all_keys: &[(String, i64)],
     html: &mut String,
 ) -> Result<()> {
-    let Some(coef) = Tbl::open(&dir.join("coefficients.parquet"))? else {
+    let Some(coef) = Tbl::open(&run.path(tables::COEFFICIENTS))? else {
         return Ok(());
     };
     let (cs, cl, cv, cb) = (
@@ -305,12 +305,12 @@ fn coefficient_figures(
 
 /// Continuity: numbers never fitted, placed by the fit.
 fn continuity_figure(
-    dir: &Path,
+    run: &RunLayout,
     out: &Path,
     all_keys: &[(String, i64)],
     html: &mut String,
 ) -> Result<()> {
-    let Some(cont) = Tbl::open(&dir.join("continuity.parquet"))? else {
+    let Some(cont) = Tbl::open(&run.path(tables::CONTINUITY))? else {
         return Ok(());
     };
     let (cs, cl, cx, cd) = (

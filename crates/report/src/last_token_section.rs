@@ -7,12 +7,13 @@ use std::path::Path;
 use crate::charts::{panels, Panel, Series};
 use crate::sections::{line, Tbl};
 use crate::Result;
+use helixlab_store::{tables, RunLayout};
 
 /// Patching the last token with the helix fits (paper Fig 5) and the fits' R^2.
 // Long (about 110 lines): the last-token figure and its two tables from the same summary, in the
 // order the section shows them.
-pub fn last_token_section(run: &Path, out: &Path) -> Result<String> {
-    let Some(sum) = Tbl::open(&run.join("patch").join("last_token_summary.parquet"))? else {
+pub fn last_token_section(run: &RunLayout, out: &Path) -> Result<String> {
+    let Some(sum) = Tbl::open(&run.path(tables::LAST_TOKEN_SUMMARY))? else {
         return Ok(String::new());
     };
     let (l, e, ld, acc) = (
@@ -59,7 +60,7 @@ pub fn last_token_section(run: &Path, out: &Path) -> Result<String> {
             vlines: vec![],
         },
     ];
-    if let Some(f) = Tbl::open(&run.join("patch").join("last_fits.parquet"))? {
+    if let Some(f) = Tbl::open(&run.path(tables::LAST_FITS))? {
         let (fl, fv, r2) = (f.i64("layer")?, f.str("variant")?, f.f64("r2")?);
         let mut variants: Vec<String> = Vec::new();
         for v in &fv {

@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use helixlab_pipeline::Pipeline;
-use helixlab_store::{atomic, read, Manifest};
+use helixlab_store::{atomic, read, tables, Manifest, RunLayout};
 use polars::prelude::*;
 
 pub use figures::{accuracy_heatmap, error_histogram};
@@ -75,7 +75,7 @@ pub struct Correctness {
 }
 
 fn correctness(run_dir: &Path) -> Result<Correctness> {
-    let table = run_dir.join("problems.parquet");
+    let table = RunLayout::new(run_dir).path(tables::PROBLEMS);
     let df = read::problems(run_dir)?;
     let err = |source| ReportError::Table {
         table: table.clone(),
@@ -111,8 +111,9 @@ fn correctness(run_dir: &Path) -> Result<Correctness> {
 /// Writes `<run>/report/` for the pipeline: figures, then index.html (last, atomically).
 pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
     register_font();
-    let run = p.run_dir();
-    let out = run.join("report");
+    let layout = RunLayout::new(p.run_dir());
+    let run = &layout;
+    let out = layout.report_dir();
     std::fs::create_dir_all(&out).map_err(|e| ReportError::Figure {
         path: out.clone(),
         message: e.to_string(),
@@ -132,9 +133,9 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         kind = p.task.kind,
         template = p.task.template,
     );
-    let problems_path = run.join("problems.parquet");
+    let problems_path = run.path(tables::PROBLEMS);
     let scored = if Manifest::read_for(&problems_path).is_some() {
-        Some(correctness(&run)?).filter(|c| !c.rows.is_empty())
+        Some(correctness(run.root())?).filter(|c| !c.rows.is_empty())
     } else {
         None
     };
@@ -166,22 +167,23 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         html.push_str("<p>No problems.parquet yet: run <code>helixlab accuracy</code>.</p>\n");
     }
     html.push_str(&spectral_section::spectral_section(
-        &run,
+        run,
         &out,
         &p.fit.periods,
     )?);
-    html.push_str(&fit_section::fit_section(&run, &out, &p.fit)?);
-    html.push_str(&patching_section::patch_section(&run, &out, p)?);
-    html.push_str(&last_token_section::last_token_section(&run, &out)?);
-    html.push_str(&components_section::components_section(&run, &out)?);
-    for (stage, table) in [
-        ("spectral", "spectral/periods.parquet"),
-        ("fit", "fit/fits.parquet"),
-        ("patch", "patch/patching.parquet"),
-        ("patch-last", "patch/last_token.parquet"),
-        ("components", "patch/components.parquet"),
+    html.push_str(&fit_section::fit_section(run, &out, &p.fit)?);
+    html.push_str(&patching_section::patch_section(run, &out, p)?);
+    html.push_str(&last_token_section::last_token_section(run, &out)?);
+    html.push_str(&components_section::components_section(run, &out)?);
+    for table in [
+        tables::PERIODS,
+        tables::FITS,
+        tables::PATCHING,
+        tables::LAST_TOKEN,
+        tables::COMPONENTS,
     ] {
-        if let Some(m) = Manifest::read_for(&run.join(table)) {
+        let stage = table.writer;
+        if let Some(m) = Manifest::read_for(&run.path(table)) {
             let _ = writeln!(
                 html,
                 "<details><summary>How the {stage} tables were made</summary><pre>{}</pre></details>",

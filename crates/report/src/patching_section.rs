@@ -10,11 +10,12 @@ use helixlab_pipeline::{FitName, PatchKind, Pipeline};
 
 use crate::sections::{distinct, matched_size, short, ByLayer, Tbl};
 use crate::Result;
+use helixlab_store::{tables, RunLayout};
 
 /// Writes the patching figure into `out` and returns the HTML section ("" when the stage has
 /// not run).
-pub fn patch_section(run: &Path, out: &Path, p: &Pipeline) -> Result<String> {
-    let Some(sum) = Tbl::open(&run.join("patch").join("patching_summary.parquet"))? else {
+pub fn patch_section(run: &RunLayout, out: &Path, p: &Pipeline) -> Result<String> {
+    let Some(sum) = Tbl::open(&run.path(tables::PATCHING_SUMMARY))? else {
         return Ok(String::new());
     };
     let (s, l, k) = (sum.str("site")?, sum.i64("layer")?, sum.str("kind")?);

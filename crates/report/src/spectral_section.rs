@@ -8,14 +8,14 @@ use std::path::Path;
 use crate::charts::{heatmaps, palette, panels, Heatmap, Mark, Panel, Series};
 use crate::sections::{first_site, keys, short, spread, RangeKey, Tbl};
 use crate::Result;
+use helixlab_store::{tables, RunLayout};
 
 /// Writes the spectral figures into `out` and returns the HTML section ("" when the stage
 /// has not run).
 // Long (about 110 lines): the spectrum figures per range and the discovered-period table share
 // the strongest-period map built from the spectra; the other figures are in their own functions.
-pub fn spectral_section(run: &Path, out: &Path, paper_periods: &[f64]) -> Result<String> {
-    let dir = run.join("spectral");
-    let Some(spectra) = Tbl::open(&dir.join("spectra.parquet"))? else {
+pub fn spectral_section(run: &RunLayout, out: &Path, paper_periods: &[f64]) -> Result<String> {
+    let Some(spectra) = Tbl::open(&run.path(tables::SPECTRA))? else {
         return Ok(String::new());
     };
     let mut html = String::from("<h2>Number representation (spectral)</h2>\n");
@@ -89,10 +89,10 @@ pub fn spectral_section(run: &Path, out: &Path, paper_periods: &[f64]) -> Result
             "<h3>Spectrum, numbers {rlo}..={rhi}</h3>\n<img src=\"{name}\" alt=\"spectrum\">"
         );
     }
-    pca_figures(&dir, out, &all_keys, &ranges, &mut html)?;
-    similarity_figure(&dir, out, &all_keys, &mut html)?;
-    separability_figure(&dir, out, &all_keys, &mut html)?;
-    let discovered = Tbl::open(&dir.join("periods.parquet"))?;
+    pca_figures(run, out, &all_keys, &ranges, &mut html)?;
+    similarity_figure(run, out, &all_keys, &mut html)?;
+    separability_figure(run, out, &all_keys, &mut html)?;
+    let discovered = Tbl::open(&run.path(tables::PERIODS))?;
     let mut found: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     if let Some(p) = &discovered {
         let (s, l, t) = (p.str("site")?, p.i64("layer")?, p.f64("period")?);
@@ -124,16 +124,16 @@ pub fn spectral_section(run: &Path, out: &Path, paper_periods: &[f64]) -> Result
 
 /// PC1 against the number, standardised representation.
 fn pca_figures(
-    dir: &Path,
+    run: &RunLayout,
     out: &Path,
     all_keys: &[(String, i64)],
     ranges: &[(i64, i64)],
     html: &mut String,
 ) -> Result<()> {
-    let Some(scores) = Tbl::open(&dir.join("pca_scores.parquet"))? else {
+    let Some(scores) = Tbl::open(&run.path(tables::PCA_SCORES))? else {
         return Ok(());
     };
-    let pca = Tbl::open(&dir.join("pca.parquet"))?;
+    let pca = Tbl::open(&run.path(tables::PCA))?;
     let mut r2: BTreeMap<RangeKey, f64> = BTreeMap::new();
     if let Some(p) = &pca {
         let (s, l, lo, hi, st, c, r) = (
@@ -209,12 +209,12 @@ fn pca_figures(
 
 /// Cosine similarity between numbers.
 fn similarity_figure(
-    dir: &Path,
+    run: &RunLayout,
     out: &Path,
     all_keys: &[(String, i64)],
     html: &mut String,
 ) -> Result<()> {
-    let Some(sim) = Tbl::open(&dir.join("similarity.parquet"))? else {
+    let Some(sim) = Tbl::open(&run.path(tables::SIMILARITY))? else {
         return Ok(());
     };
     let (s, l, x, y, c) = (
@@ -257,12 +257,12 @@ fn similarity_figure(
 
 /// Separability and discovered periods.
 fn separability_figure(
-    dir: &Path,
+    run: &RunLayout,
     out: &Path,
     all_keys: &[(String, i64)],
     html: &mut String,
 ) -> Result<()> {
-    let Some(sep) = Tbl::open(&dir.join("separability.parquet"))? else {
+    let Some(sep) = Tbl::open(&run.path(tables::SEPARABILITY))? else {
         return Ok(());
     };
     let (s, l, t, acc, null) = (

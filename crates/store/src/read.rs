@@ -36,12 +36,10 @@ pub fn scan(path: &Path) -> Result<LazyFrame> {
 
 /// problems.parquet of a run, checked complete.
 pub fn problems(run_dir: &Path) -> Result<DataFrame> {
-    let path = run_dir.join("problems.parquet");
+    let run = crate::run::RunLayout::new(run_dir);
+    let path = run.path(crate::run::tables::PROBLEMS);
     if Manifest::read_for(&path).is_none() {
-        return Err(StoreError::Missing {
-            path,
-            hint: "run `helixlab accuracy` first".into(),
-        });
+        return Err(run.missing(crate::run::tables::PROBLEMS));
     }
     scan(&path)?.collect().map_err(pl(&path))
 }
