@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use helixlab_model::checkpoint::{available_memory, GB};
 use helixlab_model::{
-    dtype_name, parse_device, parse_dtype, Checkpoint, CheckpointInfo, DType, ForwardRequest,
-    HookPoint, LoadOptions, Logits, Model, Positions, Tensor, Tokenizer,
+    dtype_name, Checkpoint, CheckpointInfo, DType, ForwardRequest, HookPoint, LoadOptions, Logits,
+    Model, Positions, Tensor, Tokenizer,
 };
+use helixlab_pipeline::{Device, Dtype};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -29,18 +30,19 @@ pub struct Load {
     /// Run dtype, what the weights are held in: f32, bf16 or f16. On the CPU, bf16 and f16
     /// halve the memory and compute in f32 (as fast as f32); on a GPU they compute natively.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Device: cpu, cuda, cuda:N or metal (GPU builds need the cuda/metal feature).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: Device,
 }
 
 impl Load {
+    fn options(&self) -> Result<LoadOptions> {
+        Ok(helixlab_study::candle_options(self.dtype, self.device)?)
+    }
+
     fn open(&self) -> Result<Model> {
-        let opts = LoadOptions {
-            dtype: parse_dtype(&self.dtype)?,
-            device: parse_device(&self.device)?,
-        };
+        let opts = self.options()?;
         Model::load(&self.dir, &opts).with_context(|| format!("loading {}", self.dir.display()))
     }
 }
@@ -87,7 +89,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 // side, so the two stay in step.
 fn check(a: &CheckArgs) -> Result<()> {
     // Headers only: no tensor is read, so a 6B checkpoint is checked as fast as a toy.
-    let (dtype, device) = (parse_dtype(&a.load.dtype)?, parse_device(&a.load.device)?);
+    let LoadOptions { dtype, device } = a.load.options()?;
     let info = CheckpointInfo::read(&a.load.dir)
         .with_context(|| format!("reading {}", a.load.dir.display()))?;
     let c = &info.config;

@@ -75,8 +75,9 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let out = study.forward_prompts(p, &seqs, &req)?;
-        for (w, captured) in writers.iter_mut().zip(&out.captures) {
-            let values: Vec<f32> = captured
+        for (w, t) in writers.iter_mut().zip(&targets) {
+            let values: Vec<f32> = out
+                .capture(t.hook)?
                 .to_dtype(DType::F32)
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1())

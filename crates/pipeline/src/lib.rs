@@ -10,6 +10,12 @@
 //! tokenizers that split the prefix differently, and a number that is not a single token is
 //! caught before any heavy work, with the offending number named.
 //!
+//! The values a study names are types ([`Site`], [`Position`], [`NumberLabel`], [`Dtype`],
+//! [`Device`], [`FitName`], [`PatchKind`]) that print and parse as the study file spells them,
+//! so a misspelt value is refused when the file is read and the stages exchange no strings.
+//! Hook names come from `helixlab-hooks`, so this crate (and every analysis crate) builds
+//! without the model runtime.
+//!
 //! Not here: running anything. The stages (accuracy, extract, ...) read a [`Pipeline`].
 #![deny(missing_docs)]
 

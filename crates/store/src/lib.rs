@@ -1,6 +1,12 @@
 //! The Parquet side of helixlab: table schemas, streaming writers (arrow + parquet), readers
 //! (polars), run manifests and atomic writes. Stages meet only through what this crate writes.
 //!
+//! The run: [`RunLayout`] names the path of every table of a run once ([`tables`]);
+//! [`StageRun`] is the skeleton every stage runs through (inputs recorded by the hash of their
+//! manifests, the manifest built, freshness decided, the work timed, each table written
+//! atomically); [`Frame`] is how stages and the report read a result table (typed columns,
+//! errors that name the table).
+//!
 //! Tables: `problems.parquet` ([`problems`]) and activation partitions
 //! `activations/site=<hook>/layer=<l>/part-0.parquet` ([`activations`]). Every table carries
 //! its [`Manifest`] (stage, settings, input hashes, model identity, tool version) both as a

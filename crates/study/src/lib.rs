@@ -44,7 +44,17 @@ pub type Result<T> = std::result::Result<T, StudyError>;
 
 /// The candle dtype and device a study's `[model]` asks for.
 pub fn load_options(m: &ModelSection) -> Result<LoadOptions> {
-    let dtype = match m.dtype {
+    candle_options(m.dtype, m.device)
+}
+
+/// The candle dtype and device of a study's (or the command line's) dtype and device; a GPU
+/// this build cannot use is an error that names the cargo feature.
+pub fn candle_options(
+    dtype: helixlab_pipeline::Dtype,
+    device: helixlab_pipeline::Device,
+) -> Result<LoadOptions> {
+    let wanted = device;
+    let dtype = match dtype {
         helixlab_pipeline::Dtype::F32 => DType::F32,
         helixlab_pipeline::Dtype::Bf16 => DType::BF16,
         helixlab_pipeline::Dtype::F16 => DType::F16,
@@ -52,12 +62,11 @@ pub fn load_options(m: &ModelSection) -> Result<LoadOptions> {
     let gpu = |r: candle_core::Result<Device>, feature: &str| {
         r.map_err(|e| {
             StudyError::Model(helixlab_model::ModelError::BadRequest(format!(
-                "device `{}` is not available ({e}); build with `--features {feature}`",
-                m.device
+                "device `{wanted}` is not available ({e}); build with `--features {feature}`"
             )))
         })
     };
-    let device = match m.device {
+    let device = match wanted {
         helixlab_pipeline::Device::Cpu => Device::Cpu,
         helixlab_pipeline::Device::Cuda(n) => gpu(Device::new_cuda(n), "cuda")?,
         helixlab_pipeline::Device::Metal => gpu(Device::new_metal(0), "metal")?,
