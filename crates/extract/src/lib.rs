@@ -16,32 +16,7 @@ pub mod accuracy;
 pub mod extraction;
 pub mod prompts;
 
-use std::path::PathBuf;
-
-/// Errors of the stages.
-#[derive(Debug, thiserror::Error)]
-pub enum ExtractError {
-    /// The model or tokenizer failed.
-    #[error(transparent)]
-    Model(#[from] helixlab_model::ModelError),
-    /// Loading the study's model or resolving its sites failed.
-    #[error(transparent)]
-    Study(#[from] helixlab_study::StudyError),
-    /// Reading or writing a table failed.
-    #[error(transparent)]
-    Store(#[from] helixlab_store::StoreError),
-    /// The task does not fit the tokenizer (a number is not one token, a position does not
-    /// resolve).
-    #[error("{pipeline}: {message}")]
-    Task {
-        /// The pipeline file.
-        pipeline: PathBuf,
-        /// What is wrong, naming the number or position.
-        message: String,
-    },
-}
-
-/// Result alias.
-pub type Result<T> = std::result::Result<T, ExtractError>;
+/// Errors of the stages: those of every stage that runs the model.
+pub use helixlab_study::{Result, StageError as ExtractError};
 
 pub use helixlab_store::stage::{NoProgress, Outcome, Progress};

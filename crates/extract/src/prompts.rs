@@ -26,7 +26,7 @@ pub struct Encoded {
 /// (the model's positions), naming it.
 pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Result<Vec<Encoded>> {
     let task = &p.task;
-    let err = |message: String| ExtractError::Task {
+    let err = |message: String| ExtractError::Study {
         pipeline: p.path.clone(),
         message,
     };
@@ -125,7 +125,7 @@ pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Result<Vec<(Posi
     for name in &p.extract.positions {
         let off = first.positions[name];
         if let Some(e) = encoded.iter().find(|e| e.positions[name] != off) {
-            return Err(ExtractError::Task {
+            return Err(ExtractError::Study {
                 pipeline: p.path.clone(),
                 message: format!(
                     "position `{name}` is {off} from the end in {:?} but {} in {:?}; \

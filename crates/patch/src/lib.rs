@@ -36,31 +36,5 @@ pub mod patch_last;
 pub mod patches;
 pub mod patching;
 
-/// Errors of the stages.
-#[derive(Debug, thiserror::Error)]
-pub enum PatchError {
-    /// The model failed.
-    #[error(transparent)]
-    Model(#[from] helixlab_model::ModelError),
-    /// Loading the study's model or resolving its sites failed.
-    #[error(transparent)]
-    Study(#[from] helixlab_study::StudyError),
-    /// Reading or writing a table failed.
-    #[error(transparent)]
-    Store(#[from] helixlab_store::StoreError),
-    /// A decomposition failed.
-    #[error(transparent)]
-    Numeric(#[from] helixlab_numeric::NumericError),
-    /// The tables or settings do not support the experiment.
-    #[error("{0}")]
-    Input(String),
-}
-
-impl From<candle_core::Error> for PatchError {
-    fn from(e: candle_core::Error) -> Self {
-        PatchError::Model(e.into())
-    }
-}
-
-/// Result alias.
-pub type Result<T> = std::result::Result<T, PatchError>;
+/// Errors of the stages: those of every stage that runs the model.
+pub use helixlab_study::{Result, StageError as PatchError};

@@ -20,27 +20,42 @@ use helixlab_model::{
 use helixlab_pipeline::{ModelSection, Pipeline, Site};
 use helixlab_store::{ModelFacts, ModelIdentity};
 
-/// Errors of loading and resolving.
+/// Errors of the stages that run the model (accuracy, extract, pairs, the patching stages):
+/// one type for all of them, so an error keeps its kind as it crosses from loading to the
+/// stage's own work.
 #[derive(Debug, thiserror::Error)]
-pub enum StudyError {
+pub enum StageError {
     /// The model or tokenizer failed.
     #[error(transparent)]
     Model(#[from] helixlab_model::ModelError),
-    /// Describing the model's files failed.
+    /// Reading or writing a table failed.
     #[error(transparent)]
     Store(#[from] helixlab_store::StoreError),
-    /// A site or layer of the study that this model does not have.
+    /// A decomposition failed.
+    #[error(transparent)]
+    Numeric(#[from] helixlab_numeric::NumericError),
+    /// The study does not fit the model or its tokenizer (a site or layer the model lacks, a
+    /// number that is not one token, a position that does not resolve).
     #[error("{pipeline}: {message}")]
-    Sites {
+    Study {
         /// The pipeline file.
         pipeline: PathBuf,
-        /// What is wrong, naming the field.
+        /// What is wrong, naming the field, number or position.
         message: String,
     },
+    /// The tables or settings do not support the experiment.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<candle_core::Error> for StageError {
+    fn from(e: candle_core::Error) -> Self {
+        StageError::Model(e.into())
+    }
 }
 
 /// Result alias.
-pub type Result<T> = std::result::Result<T, StudyError>;
+pub type Result<T> = std::result::Result<T, StageError>;
 
 /// The candle dtype and device a study's `[model]` asks for.
 pub fn load_options(m: &ModelSection) -> Result<LoadOptions> {
@@ -61,7 +76,7 @@ pub fn candle_options(
     };
     let gpu = |r: candle_core::Result<Device>, feature: &str| {
         r.map_err(|e| {
-            StudyError::Model(helixlab_model::ModelError::BadRequest(format!(
+            StageError::Model(helixlab_model::ModelError::BadRequest(format!(
                 "device `{wanted}` is not available ({e}); build with `--features {feature}`"
             )))
         })
@@ -114,7 +129,7 @@ impl StudyModel {
     /// that exist, hooks the architecture has). Every model stage calls it, so a bad site
     /// fails before any work, whichever stage runs first.
     pub fn sites(&self, p: &Pipeline) -> Result<Vec<(Site, usize, HookPoint)>> {
-        let bad = |message: String| StudyError::Sites {
+        let bad = |message: String| StageError::Study {
             pipeline: p.path.clone(),
             message,
         };
