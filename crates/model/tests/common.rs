@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use helixlab_model::{Device, LoadOptions, Model, Tensor};
+use helixlab_model::{Device, HookPoint, LoadOptions, Model, Tensor};
 
 /// The parity fixtures made by tools/make_parity_fixtures.py.
 pub fn fixture(case: &str) -> PathBuf {
@@ -124,4 +124,13 @@ pub fn max_abs(x: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Every hook of `model` but the logits (which the references store apart).
+pub fn hooks_but_logits(model: &Model) -> Vec<HookPoint> {
+    model
+        .hooks()
+        .into_iter()
+        .filter(|h| *h != HookPoint::Logits)
+        .collect()
 }

@@ -26,11 +26,7 @@ fn check_case(case: &str) {
     assert_eq!(batch.position_ids, position_ids(&r), "{case}: position ids");
 
     // Every hook the model has must be in the reference, and match it.
-    let hooks: Vec<HookPoint> = model
-        .hooks()
-        .into_iter()
-        .filter(|h| *h != HookPoint::Logits)
-        .collect();
+    let hooks = hooks_but_logits(&model);
     for h in &hooks {
         assert!(
             r.contains_key(&h.to_string()),

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs, max_diff_real, metric_weights, position_ids, repo_file, sequences};
+use common::{
+    hooks_but_logits, max_abs, max_diff_real, metric_weights, position_ids, repo_file, sequences,
+};
 use helixlab_model::{
     Capture, Checkpoint, ForwardOutput, ForwardRequest, HookPoint, LoadOptions, Logits, Model,
     Positions, Tokenizer,
@@ -36,15 +38,7 @@ fn reference() -> HashMap<String, Tensor> {
 fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
     let got = got.to_dtype(DType::F32).unwrap();
     assert_eq!(got.dims(), want.dims());
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / max_abs(want).max(1e-12)
+    max_abs(&(got - want).unwrap()) / max_abs(want).max(1e-12)
 }
 
 #[test]
@@ -111,11 +105,7 @@ fn every_hook_logits_and_gradients_equal_hf_loading_the_same_gguf() {
     let batch = model.batch(&seqs).unwrap();
     assert_eq!(batch.position_ids, position_ids(&r), "position ids");
 
-    let last_hooks: Vec<HookPoint> = model
-        .hooks()
-        .into_iter()
-        .filter(|h| *h != HookPoint::Logits)
-        .collect();
+    let last_hooks = hooks_but_logits(&model);
     let full = [0usize, 1, 2, 14, 28, 29];
     let mut req = ForwardRequest::new().logits(Logits::Last);
     for h in &last_hooks {
