@@ -30,33 +30,21 @@ pub const TRAIN_SUFFIX: &str = ":train";
 pub const DETAILED: [FitName; 2] = [FitName::Helix, FitName::HelixDiscovered];
 
 mod discovered_table {
-    //! The discovered periods of the spectral stage, read with polars.
+    //! The discovered periods of the spectral stage (spectral/periods.parquet).
     use std::path::Path;
 
-    use helixlab_store::read;
+    use helixlab_store::Frame;
 
     /// Periods by (site, layer), in rank order.
     pub fn discovered_periods(
         path: &Path,
     ) -> Result<std::collections::BTreeMap<(String, u32), Vec<f64>>, String> {
-        let df = read::scan(path)
-            .map_err(|e| e.to_string())?
-            .collect()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let col = |n: &str| df.column(n).map_err(|e| format!("{}: {e}", path.display()));
-        let site = col("site")?.str().map_err(|e| e.to_string())?.clone();
-        let layer = col("layer")?.u32().map_err(|e| e.to_string())?.clone();
-        let rank = col("rank")?.u32().map_err(|e| e.to_string())?.clone();
-        let period = col("period")?.f64().map_err(|e| e.to_string())?.clone();
-        let mut rows: Vec<(String, u32, u32, f64)> = (0..df.height())
-            .filter_map(|i| {
-                Some((
-                    site.get(i)?.to_string(),
-                    layer.get(i)?,
-                    rank.get(i)?,
-                    period.get(i)?,
-                ))
-            })
+        let text = |e: helixlab_store::StoreError| e.to_string();
+        let f = Frame::query(path, |lf| lf).map_err(text)?;
+        let (site, layer) = (f.str("site").map_err(text)?, f.i64("layer").map_err(text)?);
+        let (rank, period) = (f.i64("rank").map_err(text)?, f.f64("period").map_err(text)?);
+        let mut rows: Vec<(String, u32, u32, f64)> = (0..f.height())
+            .map(|i| (site[i].clone(), layer[i] as u32, rank[i] as u32, period[i]))
             .collect();
         rows.sort_by_key(|r| (r.0.clone(), r.1, r.2));
         let mut out: std::collections::BTreeMap<(String, u32), Vec<f64>> = Default::default();
