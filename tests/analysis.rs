@@ -4,54 +4,22 @@
 //! nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use polars::prelude::*;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "helixlab {args:?} failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{addition, helixlab, helixlab_with, root, run_ok, toy_adder, write_study};
 
 /// The a token of every a in 0..=99 (b fixed: the a token does not see b), every layer.
 fn study(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-[model]
-dir = "{model}"
-
-[task]
-kind = "addition"
-template = "{{a}}+{{b}}="
-a = [0, 99]
-b = [7, 7]
-
-[extract]
-sites = ["hook_resid_pre"]
-layers = "all"
-positions = ["a"]
-
-[analysis]
-position = "a"
-
-[output]
-dir = "{run}"
-"#,
-        model = root().join("data/models/toy-adder").display(),
-        run = dir.join("run").display()
-    );
-    let p = dir.join("study.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    write_study(
+        dir,
+        "study.toml",
+        &toy_adder(),
+        &addition((0, 99), (7, 7)),
+        "sites = [\"hook_resid_pre\"]\nlayers = \"all\"\npositions = [\"a\"]",
+        "[analysis]\nposition = \"a\"",
+    )
 }
 
 fn table(path: &Path) -> DataFrame {
@@ -195,16 +163,11 @@ fn the_toy_adders_periods_are_found_and_beat_random_periods() {
             .unwrap()
     };
     let batched = sorted(table(&run.join("patch/patching.parquet")));
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args(["patch", "--force", "--pipeline", ps])
-        .env("HELIXLAB_PATCH_UNBATCHED", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, _, stderr) = helixlab_with(
+        &["patch", "--force", "--pipeline", ps],
+        &[("HELIXLAB_PATCH_UNBATCHED", "1")],
     );
+    assert!(ok, "{stderr}");
     let unbatched = sorted(table(&run.join("patch/patching.parquet")));
     let a = batched.column("patched_logit").unwrap().f64().unwrap();
     let b = unbatched.column("patched_logit").unwrap().f64().unwrap();
@@ -310,12 +273,8 @@ fn analysis_errors_name_what_is_wrong() {
     let p = study(tmp.path());
     let ps = p.to_str().unwrap();
     // No activations yet.
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args(["spectral", "--pipeline", ps])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, _, stderr) = helixlab(&["spectral", "--pipeline", ps]);
+    assert!(!ok);
     assert!(
         stderr.contains("site=hook_resid_pre") && stderr.contains("helixlab extract"),
         "{stderr}"
@@ -324,15 +283,8 @@ fn analysis_errors_name_what_is_wrong() {
     let text = std::fs::read_to_string(&p).unwrap() + "\n[spectral]\nranges = [[0, 150]]\n";
     std::fs::write(&p, text).unwrap();
     run_ok(&["extract", "--pipeline", ps]);
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args(["spectral", "--pipeline", ps])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("[0, 150]"),
-        "{stderr}"
-    );
+    let (ok, _, stderr) = helixlab(&["spectral", "--pipeline", ps]);
+    assert!(!ok && stderr.contains("[0, 150]"), "{stderr}");
     assert!(!tmp
         .path()
         .join("run/spectral/spectra.manifest.json")
@@ -342,38 +294,14 @@ fn analysis_errors_name_what_is_wrong() {
 /// A grid of a, b in 0..=39 with the last token extracted (the last-token and component
 /// experiments need problems that differ in both operands).
 fn grid_study(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-[model]
-dir = "{model}"
-
-[task]
-kind = "addition"
-template = "{{a}}+{{b}}="
-a = [0, 39]
-b = [0, 39]
-
-[extract]
-sites = ["hook_resid_post"]
-layers = "all"
-positions = ["a", "last"]
-
-[analysis]
-position = "a"
-
-[patch]
-pairs = 40
-component_fit_problems = 800
-
-[output]
-dir = "{run}"
-"#,
-        model = root().join("data/models/toy-adder").display(),
-        run = dir.join("run").display()
-    );
-    let p = dir.join("grid.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    write_study(
+        dir,
+        "grid.toml",
+        &toy_adder(),
+        &addition((0, 39), (0, 39)),
+        "sites = [\"hook_resid_post\"]\nlayers = \"all\"\npositions = [\"a\", \"last\"]",
+        "[analysis]\nposition = \"a\"\n\n[patch]\npairs = 40\ncomponent_fit_problems = 800",
+    )
 }
 
 fn mean_of(df: &DataFrame, component: &str, layer: u32, effect: &str, column: &str) -> f64 {

@@ -3,9 +3,11 @@
 //! (tools/make_parity_fixtures.py).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
+
+mod common;
+use common::{helixlab, model_check, model_run};
 
 fn fixture(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,24 +15,10 @@ fn fixture(case: &str) -> PathBuf {
         .join(case)
 }
 
-fn helixlab(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_reports_architecture_and_single_token_numbers() {
     let dir = fixture("gpt2_tied");
-    let (ok, stdout, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
-    assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = model_check(&dir);
     assert_eq!(v["architecture"], "gpt2");
     assert_eq!(v["layers"], 2);
     assert_eq!(v["d_model"], 32);
@@ -42,9 +30,7 @@ fn check_reports_architecture_and_single_token_numbers() {
         .contains(&"hook_resid_mid".into()));
 
     let dir = fixture("gptj_rotary_partial");
-    let (ok, stdout, _) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
-    assert!(ok);
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = model_check(&dir);
     assert_eq!(v["architecture"], "gptj");
     assert_eq!(v["rotary"]["dim"], 4);
     assert!(!v["hooks_per_block"]
@@ -58,19 +44,13 @@ fn run_saves_ids_logits_and_hooks_equal_to_hf() {
     let dir = fixture("gpt2_tied");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sub/run.safetensors");
-    let (ok, stdout, stderr) = helixlab(&[
-        "model",
-        "run",
-        dir.to_str().unwrap(),
-        "--prompt",
+    let (ok, stdout, stderr) = model_run(
+        &dir,
         "37+45=",
-        "--hook",
-        "blocks.1.hook_resid_post",
-        "--hook",
-        "blocks.0.attn.hook_z",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &["blocks.1.hook_resid_post", "blocks.0.attn.hook_z"],
+        &out,
+        &[],
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("next token"), "{stdout}");
     let saved = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
@@ -104,17 +84,7 @@ fn bad_input_fails_with_a_message_and_no_output() {
     let dir = fixture("gpt2_tied");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run.safetensors");
-    let (ok, _, stderr) = helixlab(&[
-        "model",
-        "run",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "1+2=",
-        "--hook",
-        "blocks.7.hook_resid_pre",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = model_run(&dir, "1+2=", &["blocks.7.hook_resid_pre"], &out, &[]);
     assert!(!ok);
     assert!(
         stderr.contains("blocks.7.hook_resid_pre") && stderr.contains("does not exist"),
@@ -157,21 +127,11 @@ fn check_reads_headers_only() {
     f.set_len(bytes.len() as u64 + n * n * 4).unwrap();
     drop(f);
 
-    let (ok, stdout, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
-    assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = model_check(&dir);
     assert_eq!(v["parameters"], 1_600_000_000u64);
     assert_eq!(v["stored_types"]["F32"], 1);
     assert_eq!(v["architecture"], "gpt2");
-    let (ok, _, stderr) = helixlab(&[
-        "model",
-        "run",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "1+2=",
-        "--out",
-        dir.join("o.safetensors").to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = model_run(dir, "1+2=", &[], &dir.join("o.safetensors"), &[]);
     assert!(!ok);
     assert!(stderr.contains("not found in the checkpoint"), "{stderr}");
 }
@@ -182,30 +142,22 @@ fn check_reads_headers_only() {
 #[test]
 fn a_model_that_cannot_fit_is_refused_with_the_size_it_needs() {
     let dir = fixture("llama_gqa_llama3");
-    let (ok, stdout, stderr) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
-    assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = model_check(&dir);
     let params = v["parameters"].as_f64().unwrap();
     let f32_gb = v["memory_gb"]["f32"].as_f64().unwrap();
     assert!((f32_gb - params * 4.0 / 1e9).abs() < 1e-9, "{v}");
     assert!((v["memory_gb"]["bf16"].as_f64().unwrap() * 2.0 - f32_gb).abs() < 1e-9);
     // Room for the bf16 weights and the headroom, not for f32.
     let room = (0.5e9 + params * 3.0) as u64;
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args([
-            "model",
-            "run",
-            dir.to_str().unwrap(),
-            "--prompt",
-            "1",
-            "--out",
-        ])
-        .arg(std::env::temp_dir().join("helixlab-never-written.safetensors"))
-        .env("HELIXLAB_MEMORY_AVAILABLE", room.to_string())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let never = std::env::temp_dir().join("helixlab-never-written.safetensors");
+    let (ok, _, stderr) = model_run(
+        &dir,
+        "1",
+        &[],
+        &never,
+        &[("HELIXLAB_MEMORY_AVAILABLE", &room.to_string())],
+    );
+    assert!(!ok);
     assert!(
         stderr.contains("config.json")
             && stderr.contains("GB in f32")

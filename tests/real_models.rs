@@ -6,13 +6,11 @@
 //! prompts longer than the model's context fail with the prompt, its length and the limit.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{helixlab, model_check, model_run, root, write_study};
 
 fn fetched(rel: &str) -> PathBuf {
     let p = root().join(rel);
@@ -22,18 +20,6 @@ fn fetched(rel: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn helixlab(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_helixlab"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A reference file of tools/make_real_references.py.
@@ -57,14 +43,7 @@ fn max_rel(got: &[f32], want: &[f32]) -> f32 {
 }
 
 fn write_pipeline(dir: &Path, model: &Path, task: &str, extract: &str) -> PathBuf {
-    let text = format!(
-        "[model]\ndir = \"{}\"\n\n[task]\n{task}\n\n[extract]\n{extract}\n\n[output]\ndir = \"{}\"\n",
-        model.display(),
-        dir.join("run").display()
-    );
-    let p = dir.join("study.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    write_study(dir, "study.toml", model, task, extract, "")
 }
 
 /// The extract stage's table (not only `model run`): hook_resid_pre and hook_resid_post of every
@@ -125,17 +104,7 @@ fn minilm_runs_a_number_as_three_tokens_not_128() {
     let model = fetched("data/models/all-MiniLM-L6-v2");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run.safetensors");
-    let (ok, stdout, err) = helixlab(&[
-        "model",
-        "run",
-        model.to_str().unwrap(),
-        "--prompt",
-        "37",
-        "--hook",
-        "blocks.5.hook_resid_post",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, stdout, err) = model_run(&model, "37", &["blocks.5.hook_resid_post"], &out, &[]);
     assert!(ok, "{err}");
     assert!(stdout.starts_with("3 tokens:"), "{stdout}");
     let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
@@ -151,15 +120,7 @@ fn a_prompt_longer_than_the_context_names_prompt_length_and_limit() {
     let model = fetched("data/models/all-MiniLM-L6-v2");
     let long = "word ".repeat(600);
     let tmp = tempfile::tempdir().unwrap();
-    let (ok, _, err) = helixlab(&[
-        "model",
-        "run",
-        model.to_str().unwrap(),
-        "--prompt",
-        &long,
-        "--out",
-        tmp.path().join("x.safetensors").to_str().unwrap(),
-    ]);
+    let (ok, _, err) = model_run(&model, &long, &[], &tmp.path().join("x.safetensors"), &[]);
     assert!(!ok);
     assert!(
         err.contains("602 tokens") && err.contains("context of 512"),
@@ -184,9 +145,7 @@ fn a_prompt_longer_than_the_context_names_prompt_length_and_limit() {
 #[test]
 fn smollm2_gguf_model_check_names_the_file_and_its_quantization() {
     let dir = fetched("data/models/SmolLM2-135M-Instruct");
-    let (ok, stdout, err) = helixlab(&["model", "check", dir.to_str().unwrap(), "--json"]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v = model_check(&dir);
     assert_eq!(v["format"], "gguf");
     assert_eq!(v["architecture"], "llama");
     assert_eq!(v["layers"], 30);
@@ -213,17 +172,13 @@ fn smollm2_gguf_model_run_gives_hfs_logits() {
     let dir = fetched("data/models/SmolLM2-135M-Instruct");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run.safetensors");
-    let (ok, stdout, err) = helixlab(&[
-        "model",
-        "run",
-        dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-            .to_str()
-            .unwrap(),
-        "--prompt",
+    let (ok, stdout, err) = model_run(
+        &dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
         "Output ONLY a number.\n37+45=",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &[],
+        &out,
+        &[],
+    );
     assert!(ok, "{err}");
     assert!(stdout.starts_with("12 tokens:"), "{stdout}");
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();

@@ -6,54 +6,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn helixlab(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_helixlab"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{addition, helixlab, helixlab_with, root, run_ok, toy_adder, write_study};
 
 /// A pipeline on the toy adder over a 50 x 50 grid, writing under `dir`.
 fn pipeline(dir: &Path, layers: &str, extra_task: &str) -> PathBuf {
-    let model = root().join("data/models/toy-adder");
-    let text = format!(
-        r#"
-[model]
-dir = "{model}"
-
-[task]
-kind = "addition"
-template = "{{a}}+{{b}}="
-a = [0, 49]
-b = [0, 49]
-{extra_task}
-
-[extract]
-sites = ["hook_resid_pre", "hook_resid_post"]
-layers = {layers}
-positions = ["a", "b", "last"]
-batch_size = 400
-
-[output]
-dir = "{run}"
-"#,
-        model = model.display(),
-        run = dir.join("run").display()
-    );
-    let p = dir.join("study.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    write_study(
+        dir,
+        "study.toml",
+        &toy_adder(),
+        &format!("{}\n{extra_task}", addition((0, 49), (0, 49))),
+        &format!(
+            "sites = [\"hook_resid_pre\", \"hook_resid_post\"]\nlayers = {layers}\n\
+             positions = [\"a\", \"b\", \"last\"]\nbatch_size = 400"
+        ),
+        "",
+    )
 }
 
 /// Every file under `dir` with its bytes.
@@ -71,12 +39,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         }
     }
     out
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let (ok, stdout, stderr) = helixlab(args, &[]);
-    assert!(ok, "helixlab {args:?} failed:\n{stderr}");
-    stdout
 }
 
 #[test]
@@ -150,7 +112,7 @@ fn an_interrupted_extraction_leaves_nothing_complete_and_a_rerun_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     let p = pipeline(tmp.path(), "\"all\"", "");
     let ps = p.to_str().unwrap();
-    let (ok, _, _) = helixlab(
+    let (ok, _, _) = helixlab_with(
         &["extract", "--pipeline", ps],
         &[("HELIXLAB_ABORT_AFTER_BATCHES", "3")],
     );
@@ -165,7 +127,7 @@ fn an_interrupted_extraction_leaves_nothing_complete_and_a_rerun_finishes() {
         "an interrupted run left a table that looks complete: {:?}",
         files.keys().collect::<Vec<_>>()
     );
-    let (ok, _, stderr) = helixlab(
+    let (ok, _, stderr) = helixlab_with(
         &[
             "inspect",
             run.join("activations/site=hook_resid_pre/layer=0")
@@ -186,7 +148,7 @@ fn bad_pipeline_files_fail_with_clear_messages() {
         let p = tmp.path().join("bad.toml");
         std::fs::write(&p, text).unwrap();
         for stage in ["accuracy", "extract"] {
-            let (ok, _, stderr) = helixlab(&[stage, "--pipeline", p.to_str().unwrap()], &[]);
+            let (ok, _, stderr) = helixlab(&[stage, "--pipeline", p.to_str().unwrap()]);
             assert!(!ok, "{stage} accepted {text}");
             for e in expect {
                 assert!(stderr.contains(e), "{stage}: expected {e:?} in:\n{stderr}");
@@ -218,7 +180,7 @@ fn bad_pipeline_files_fail_with_clear_messages() {
         &good.replace("hook_resid_post", "mlp.hook_pre_linear"),
         &["gated"],
     );
-    let (ok, _, stderr) = helixlab(&["accuracy", "--pipeline", "/nonexistent/study.toml"], &[]);
+    let (ok, _, stderr) = helixlab(&["accuracy", "--pipeline", "/nonexistent/study.toml"]);
     assert!(
         !ok && stderr.contains("/nonexistent/study.toml"),
         "{stderr}"
