@@ -127,7 +127,7 @@ fn check_reads_headers_only() {
     f.set_len(bytes.len() as u64 + n * n * 4).unwrap();
     drop(f);
 
-    let v = model_check(&dir);
+    let v = model_check(dir);
     assert_eq!(v["parameters"], 1_600_000_000u64);
     assert_eq!(v["stored_types"]["F32"], 1);
     assert_eq!(v["architecture"], "gpt2");

@@ -134,3 +134,15 @@ pub fn hooks_but_logits(model: &Model) -> Vec<HookPoint> {
         .filter(|h| *h != HookPoint::Logits)
         .collect()
 }
+
+/// A capture of the whole sequence at every hook whose gradient the reference records
+/// (`grad.<hook>` keys).
+pub fn gradient_sites(r: &HashMap<String, Tensor>) -> Vec<helixlab_model::Capture> {
+    r.keys()
+        .filter_map(|k| k.strip_prefix("grad."))
+        .map(|h| helixlab_model::Capture {
+            hook: h.parse().unwrap(),
+            positions: helixlab_model::Positions::All,
+        })
+        .collect()
+}

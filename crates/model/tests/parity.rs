@@ -67,14 +67,7 @@ fn check_case(case: &str) {
     );
 
     // Gradients of the fixture's metric at the recorded sites.
-    let targets: Vec<Capture> = r
-        .keys()
-        .filter_map(|k| k.strip_prefix("grad."))
-        .map(|h| Capture {
-            hook: h.parse().unwrap(),
-            positions: Positions::All,
-        })
-        .collect();
+    let targets: Vec<Capture> = common::gradient_sites(&r);
     assert!(!targets.is_empty());
     let cfg = model.config().clone();
     let metric: Metric = if causal {

@@ -152,14 +152,7 @@ fn every_hook_logits_and_gradients_equal_hf_loading_the_same_gguf() {
 
     // Gradients of sum_b logit[b, -1, t0] - logit[b, -1, t1].
     let w = metric_weights(&r, model.config().vocab_size);
-    let sites: Vec<Capture> = r
-        .keys()
-        .filter_map(|k| k.strip_prefix("grad."))
-        .map(|h| Capture {
-            hook: h.parse().unwrap(),
-            positions: Positions::All,
-        })
-        .collect();
+    let sites: Vec<Capture> = common::gradient_sites(&r);
     assert_eq!(sites.len(), 5);
     let w2 = w.clone();
     let metric = move |o: &ForwardOutput| (o.logits.as_ref().unwrap() * &w2)?.sum_all();

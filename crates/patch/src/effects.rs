@@ -33,6 +33,61 @@ pub fn normalized(patched: f64, clean: f64, corrupt: f64) -> f64 {
     }
 }
 
+/// The paper's metrics of patched runs, one entry per run, in the columns both patching tables
+/// write.
+#[derive(Default)]
+pub struct Scores {
+    pub(crate) clean_logit: Vec<f64>,
+    pub(crate) patched_logit: Vec<f64>,
+    pub(crate) corrupt_logit: Vec<f64>,
+    pub(crate) logit_diff: Vec<f64>,
+    pub(crate) normalized: Vec<f64>,
+    pub(crate) correct: Vec<bool>,
+}
+
+impl Scores {
+    /// Scores one patched run of `pair` from the clean run's logits and the patched run's, both
+    /// at the last position; returns the patched run's argmax.
+    pub fn push(&mut self, pair: &Pair, clean: &[f32], patched: &[f32]) -> usize {
+        let target = pair.corrupt.answer_token as usize;
+        let clean_l = clean[target] as f64;
+        let patched_l = patched[target] as f64;
+        let corrupt = pair.corrupt.answer_logit as f64;
+        let top = argmax(patched);
+        self.clean_logit.push(clean_l);
+        self.patched_logit.push(patched_l);
+        self.corrupt_logit.push(corrupt);
+        self.logit_diff.push(patched_l - clean_l);
+        self.normalized
+            .push(normalized(patched_l, clean_l, corrupt));
+        self.correct.push(top == target);
+        top
+    }
+
+    /// The means over the runs `rows`.
+    pub fn mean(&self, rows: &[usize]) -> EffectMean {
+        let n = rows.len() as f64;
+        let mean = |v: &[f64]| rows.iter().map(|&i| v[i]).sum::<f64>() / n;
+        EffectMean {
+            pairs: rows.len(),
+            logit_diff: mean(&self.logit_diff),
+            normalized: mean(&self.normalized),
+            accuracy: rows.iter().filter(|&&i| self.correct[i]).count() as f64 / n,
+        }
+    }
+
+    /// `table` with the score columns added.
+    pub fn columns(&self, table: Table) -> Table {
+        table
+            .column("clean_logit", Values::F64(self.clean_logit.clone()))
+            .column("patched_logit", Values::F64(self.patched_logit.clone()))
+            .column("corrupt_logit", Values::F64(self.corrupt_logit.clone()))
+            .column("logit_diff", Values::F64(self.logit_diff.clone()))
+            .column("normalized", Values::F64(self.normalized.clone()))
+            .column("correct", Values::Bool(self.correct.clone()))
+    }
+}
+
 /// What a row patched, named as in the `component` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Patched {
@@ -130,12 +185,7 @@ pub struct EffectRows {
     pair_id: Vec<u32>,
     clean_answer: Vec<i64>,
     corrupt_answer: Vec<i64>,
-    clean_logit: Vec<f64>,
-    patched_logit: Vec<f64>,
-    corrupt_logit: Vec<f64>,
-    logit_diff: Vec<f64>,
-    normalized: Vec<f64>,
-    correct: Vec<bool>,
+    scores: Scores,
 }
 
 /// The means over pairs of one key.
@@ -155,21 +205,11 @@ impl EffectRows {
     /// Records pair `pair` patched as `key`: `clean` are the clean run's logits, `patched` the
     /// patched run's, both at the last position.
     pub fn push(&mut self, key: EffectKey, pair: &Pair, clean: &[f32], patched: &[f32]) {
-        let target = pair.corrupt.answer_token as usize;
-        let clean_l = clean[target] as f64;
-        let patched_l = patched[target] as f64;
-        let corrupt = pair.corrupt.answer_logit as f64;
         self.keys.push(key);
         self.pair_id.push(pair.pair_id);
         self.clean_answer.push(pair.clean.answer);
         self.corrupt_answer.push(pair.corrupt.answer);
-        self.clean_logit.push(clean_l);
-        self.patched_logit.push(patched_l);
-        self.corrupt_logit.push(corrupt);
-        self.logit_diff.push(patched_l - clean_l);
-        self.normalized
-            .push(normalized(patched_l, clean_l, corrupt));
-        self.correct.push(argmax(patched) == target);
+        self.scores.push(pair, clean, patched);
     }
 
     /// Rows recorded.
@@ -190,14 +230,7 @@ impl EffectRows {
         }
         idx.into_iter()
             .map(|(k, rows)| {
-                let n = rows.len() as f64;
-                let mean = |v: &[f64]| rows.iter().map(|&i| v[i]).sum::<f64>() / n;
-                let m = EffectMean {
-                    pairs: rows.len(),
-                    logit_diff: mean(&self.logit_diff),
-                    normalized: mean(&self.normalized),
-                    accuracy: rows.iter().filter(|&&i| self.correct[i]).count() as f64 / n,
-                };
+                let m = self.scores.mean(&rows);
                 (k, m)
             })
             .collect()
@@ -206,7 +239,7 @@ impl EffectRows {
     /// The rows as a table (one row per pair x key).
     pub fn table(&self) -> Table {
         let n = self.len();
-        Table::new()
+        let table = Table::new()
             .column(
                 "component",
                 Values::Str(
@@ -232,13 +265,8 @@ impl EffectRows {
             .column("run", Values::Str(vec!["clean".into(); n]))
             .column("patched_from", Values::Str(vec!["corrupt".into(); n]))
             .column("clean_answer", Values::I64(self.clean_answer.clone()))
-            .column("corrupt_answer", Values::I64(self.corrupt_answer.clone()))
-            .column("clean_logit", Values::F64(self.clean_logit.clone()))
-            .column("patched_logit", Values::F64(self.patched_logit.clone()))
-            .column("corrupt_logit", Values::F64(self.corrupt_logit.clone()))
-            .column("logit_diff", Values::F64(self.logit_diff.clone()))
-            .column("normalized", Values::F64(self.normalized.clone()))
-            .column("correct", Values::Bool(self.correct.clone()))
+            .column("corrupt_answer", Values::I64(self.corrupt_answer.clone()));
+        self.scores.columns(table)
     }
 }
 

@@ -14,7 +14,7 @@ use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use helixlab_store::{tables, Frame, RunLayout};
 
-use crate::effects::{argmax, normalized};
+use crate::effects::Scores;
 use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs, target};
 use crate::pairs::Pair;
 use crate::patches::{fit_predictors, FitPredictor, NumberActivations};
@@ -53,14 +53,14 @@ fn summary_row(
         kind: key.2.clone(),
         chosen: chosen.to_string(),
         pairs: idx.len(),
-        logit_diff: mean(&rows.logit_diff),
-        normalized: mean(&rows.normalized),
-        accuracy: share(&rows.correct),
+        logit_diff: mean(&rows.scores.logit_diff),
+        normalized: mean(&rows.scores.normalized),
+        accuracy: share(&rows.scores.correct),
         clean_accuracy: share(&rows.clean_correct),
         logit_diff_held_out: if held.is_empty() {
             f64::NAN
         } else {
-            held.iter().map(|&i| rows.logit_diff[i]).sum::<f64>() / held.len() as f64
+            held.iter().map(|&i| rows.scores.logit_diff[i]).sum::<f64>() / held.len() as f64
         },
     }
 }
@@ -119,7 +119,7 @@ fn summarize(rows: &Rows, paper: &[f64]) -> Table {
                     .filter(|(k, _)| &k.0 == site && &k.2 == kind)
                     .map(|(_, idx)| {
                         let sel = half(idx, true);
-                        sel.iter().map(|&i| rows.logit_diff[i]).sum::<f64>()
+                        sel.iter().map(|&i| rows.scores.logit_diff[i]).sum::<f64>()
                             / sel.len().max(1) as f64
                     })
                     .collect();
@@ -179,12 +179,7 @@ struct Rows {
     pair_id: Vec<u32>,
     clean_number: Vec<i64>,
     corrupt_number: Vec<i64>,
-    clean_logit: Vec<f64>,
-    patched_logit: Vec<f64>,
-    corrupt_logit: Vec<f64>,
-    logit_diff: Vec<f64>,
-    normalized: Vec<f64>,
-    correct: Vec<bool>,
+    scores: Scores,
     clean_correct: Vec<bool>,
     corrupt_held_out: Vec<bool>,
 }
@@ -454,23 +449,13 @@ fn patch_chunk(
             let out = model.forward(&batch, &req)?;
             let logits = f32s(out.logits.expect("asked for logits"))?;
             for (i, pair) in chunk.iter().enumerate() {
-                let target = pair.corrupt.answer_token as usize;
-                let clean_l = clean_logits[i][target] as f64;
-                let patched = logits[i][target] as f64;
-                let corrupt = pair.corrupt.answer_logit as f64;
-                let top = argmax(&logits[i]);
+                let top = rows.scores.push(pair, &clean_logits[i], &logits[i]);
                 rows.site.push(plan.site.name().to_string());
                 rows.layer.push(plan.layer as u32);
                 rows.kind.push(kind.to_string());
                 rows.pair_id.push(pair.pair_id);
                 rows.clean_number.push(operand_of(t, pair, true));
                 rows.corrupt_number.push(operand_of(t, pair, false));
-                rows.clean_logit.push(clean_l);
-                rows.patched_logit.push(patched);
-                rows.corrupt_logit.push(corrupt);
-                rows.logit_diff.push(patched - clean_l);
-                rows.normalized.push(normalized(patched, clean_l, corrupt));
-                rows.correct.push(top == target);
                 rows.clean_correct
                     .push(top == pair.clean.answer_token as usize);
                 rows.corrupt_held_out
@@ -485,7 +470,7 @@ fn patch_chunk(
 /// patching.parquet: one row per pair x site x layer x kind.
 fn patching_table(t: &AnalysisTarget, rows: Rows) -> Table {
     let n = rows.kind.len();
-    Table::new()
+    let table = Table::new()
         .column("operand", Values::Str(vec![t.position.to_string(); n]))
         .column("site", Values::Str(rows.site))
         .column("layer", Values::U32(rows.layer))
@@ -494,13 +479,9 @@ fn patching_table(t: &AnalysisTarget, rows: Rows) -> Table {
         .column("run", Values::Str(vec!["clean".into(); n]))
         .column("patched_from", Values::Str(vec!["corrupt".into(); n]))
         .column("clean_number", Values::I64(rows.clean_number))
-        .column("corrupt_number", Values::I64(rows.corrupt_number))
-        .column("clean_logit", Values::F64(rows.clean_logit))
-        .column("patched_logit", Values::F64(rows.patched_logit))
-        .column("corrupt_logit", Values::F64(rows.corrupt_logit))
-        .column("logit_diff", Values::F64(rows.logit_diff))
-        .column("normalized", Values::F64(rows.normalized))
-        .column("correct", Values::Bool(rows.correct))
+        .column("corrupt_number", Values::I64(rows.corrupt_number));
+    rows.scores
+        .columns(table)
         .column("clean_correct", Values::Bool(rows.clean_correct))
         .column("corrupt_held_out", Values::Bool(rows.corrupt_held_out))
 }

@@ -26,10 +26,20 @@ macro_rules! string_serde {
     };
 }
 
-/// `name()`, `Display`, `FromStr` and serde for an enum of named values, from one table of
-/// variant = "name" (`what` and `hint` word the error of a name that is not in it).
-macro_rules! named {
-    ($t:ident, $what:literal, $hint:literal, { $($v:ident = $name:literal),* $(,)? }) => {
+/// An enum of named values, declared with each variant's name beside it, with `name()`,
+/// `Display`, `FromStr` and serde from that one table (`what` and `hint` word the error of a
+/// name that is not in it).
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $t:ident ($what:literal, $hint:literal) {
+            $($(#[$vmeta:meta])* $v:ident = $name:literal),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $t {
+            $($(#[$vmeta])* $v,)*
+        }
         impl $t {
             /// The name in study files and tables.
             pub fn name(self) -> &'static str {
@@ -92,28 +102,26 @@ impl fmt::Display for Site {
 }
 string_serde!(Site);
 
-/// A named token position of a prompt: an operand's token, or the last token.
-///
-/// Variants are in the order of their names, so maps keyed by position iterate as maps keyed
-/// by the name did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Position {
-    /// The token of operand `a`.
-    A,
-    /// The token of operand `b`.
-    B,
-    /// The last token (where a causal model predicts the answer).
-    Last,
-    /// The token of the bare number `x` (the `numbers` task).
-    X,
+named_enum! {
+    /// A named token position of a prompt: an operand's token, or the last token.
+    ///
+    /// Variants are in the order of their names, so maps keyed by position iterate as maps keyed
+    /// by the name did.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Position (
+        "a position",
+        "positions (extract.positions, analysis.position) are a, b, x or last"
+    ) {
+        /// The token of operand `a`.
+        A = "a",
+        /// The token of operand `b`.
+        B = "b",
+        /// The last token (where a causal model predicts the answer).
+        Last = "last",
+        /// The token of the bare number `x` (the `numbers` task).
+        X = "x",
+    }
 }
-
-named!(Position, "a position", "positions (extract.positions, analysis.position) are a, b, x or last", {
-    A = "a",
-    B = "b",
-    Last = "last",
-    X = "x",
-});
 
 impl Position {
     /// The operand whose token this is (`None` for `last`).
@@ -127,25 +135,20 @@ impl Position {
     }
 }
 
-/// Which value labels a row of the number representation: an operand or the answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NumberLabel {
-    /// Operand `a`.
-    A,
-    /// Operand `b`.
-    B,
-    /// The bare number `x` (stored in the tables' `a` column).
-    X,
-    /// The task's answer.
-    Answer,
+named_enum! {
+    /// Which value labels a row of the number representation: an operand or the answer.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum NumberLabel ("a number label", "a, b, x or answer") {
+        /// Operand `a`.
+        A = "a",
+        /// Operand `b`.
+        B = "b",
+        /// The bare number `x` (stored in the tables' `a` column).
+        X = "x",
+        /// The task's answer.
+        Answer = "answer",
+    }
 }
-
-named!(NumberLabel, "a number label", "a, b, x or answer", {
-    A = "a",
-    B = "b",
-    X = "x",
-    Answer = "answer",
-});
 
 impl NumberLabel {
     /// The column of the activation and problem tables that holds this label (`x` is stored
@@ -167,23 +170,19 @@ impl NumberLabel {
     }
 }
 
-/// What a model's weight matrices are held in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    /// 32-bit floats (the default; exact against HF in f32).
-    #[default]
-    F32,
-    /// bfloat16 (half the memory; f32 arithmetic on the CPU).
-    Bf16,
-    /// float16.
-    F16,
+named_enum! {
+    /// What a model's weight matrices are held in.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub enum Dtype ("a dtype", "f32, bf16 or f16") {
+        /// 32-bit floats (the default; exact against HF in f32).
+        #[default]
+        F32 = "f32",
+        /// bfloat16 (half the memory; f32 arithmetic on the CPU).
+        Bf16 = "bf16",
+        /// float16.
+        F16 = "f16",
+    }
 }
-
-named!(Dtype, "a dtype", "f32, bf16 or f16", {
-    F32 = "f32",
-    Bf16 = "bf16",
-    F16 = "f16",
-});
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
