@@ -47,8 +47,8 @@ PYENV := .venv-check
 
 # The study's stages in running order, as `helixlab --help` lists them (a test in
 # crates/cli/src/stage_cmd.rs holds the two lists equal); `neuron-grads` is a stage of the CLI
-# that no study runs yet.
-STAGES := accuracy extract spectral fit pairs patch patch-last components report
+# that no study runs (the benchmark's gradient workload).
+STAGES := accuracy extract spectral fit pairs patch patch-last components neurons report
 
 .PHONY: bench-scale cuda-toolkit build-cuda
 .PHONY: all study build $(STAGES) test cargo-test python-check lint fixtures \
@@ -72,7 +72,8 @@ MODEL_DEP := $(MODEL_$(PIPELINE))
 # Patching needs a model with logits and a task with answers (not the bare-numbers studies).
 NO_PATCH := minilm
 PATCH_DONE := $(if $(filter $(PIPELINE),$(NO_PATCH)),,$(RUN)/patch/patching.manifest.json \
-	$(RUN)/patch/last_token.manifest.json $(RUN)/patch/components.manifest.json)
+	$(RUN)/patch/last_token.manifest.json $(RUN)/patch/components.manifest.json \
+	$(RUN)/neurons/mlps.manifest.json)
 
 accuracy: $(RUN)/problems.manifest.json
 extract: $(RUN)/activations/.extracted
@@ -82,6 +83,7 @@ pairs: $(RUN)/patch/pairs.manifest.json
 patch: $(RUN)/patch/patching.manifest.json
 patch-last: $(RUN)/patch/last_token.manifest.json
 components: $(RUN)/patch/components.manifest.json
+neurons: $(RUN)/neurons/mlps.manifest.json
 report: $(RUN)/report/index.html
 
 $(RUN)/problems.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(MODEL_DEP)
@@ -111,6 +113,10 @@ $(RUN)/patch/last_token.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pai
 
 $(RUN)/patch/components.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs.manifest.json
 	$(HELIXLAB) components --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
+$(RUN)/neurons/mlps.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs.manifest.json \
+		$(RUN)/patch/components.manifest.json
+	$(HELIXLAB) neurons --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 
 $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted \
 		$(RUN)/spectral/periods.manifest.json $(RUN)/fit/fits.manifest.json \

@@ -104,7 +104,9 @@ pub enum Stage {
     PatchLast,
     /// `components`.
     Components,
-    /// `neuron-grads` (not part of the default study: nothing reads its table yet).
+    /// `neurons`.
+    Neurons,
+    /// `neuron-grads` (not part of the default study: the benchmark's gradient workload).
     NeuronGrads,
     /// `report`.
     Report,
@@ -112,7 +114,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in running order.
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 11] = [
         Stage::Accuracy,
         Stage::Extract,
         Stage::Spectral,
@@ -121,6 +123,7 @@ impl Stage {
         Stage::Patch,
         Stage::PatchLast,
         Stage::Components,
+        Stage::Neurons,
         Stage::NeuronGrads,
         Stage::Report,
     ];
@@ -136,6 +139,7 @@ impl Stage {
             Stage::Patch => "patch",
             Stage::PatchLast => "patch-last",
             Stage::Components => "components",
+            Stage::Neurons => "neurons",
             Stage::NeuronGrads => "neuron-grads",
             Stage::Report => "report",
         }
@@ -189,6 +193,13 @@ impl Stage {
                  token; top-k joint patches, the MLP circuit, helix fits of heads and MLPs, \
                  head types; writes patch/components*.parquet and patch/component_roles.parquet."
             }
+            Stage::Neurons => {
+                "Single MLP neurons at the last token (mlp.hook_post): attribution patching \
+                 over every neuron, the top [neurons] top patched exactly with total and direct \
+                 effects, accuracy with only the top k kept (the rest mean-ablated), the top \
+                 neurons' preactivations over the a x b grid with their periods and closed-form \
+                 fits in a, b and a+b, and the fits patched in; writes neurons/*.parquet."
+            }
             Stage::NeuronGrads => {
                 "The gradient of the clean answer's logit with respect to every neuron \
                  (mlp.hook_post) at the last token, for the last-token pairs' clean prompts, \
@@ -229,6 +240,8 @@ impl Stage {
                 helixlab_patch::patch_last::run_last(&p, force, progress).with_context(context)?
             }
             Stage::Components => helixlab_patch::components::run_components(&p, force, progress)
+                .with_context(context)?,
+            Stage::Neurons => helixlab_attribute::stage::run_neurons(&p, force, progress)
                 .with_context(context)?,
             Stage::NeuronGrads => {
                 helixlab_patch::neuron_grads::run_neuron_grads(&p, force, progress)

@@ -251,6 +251,19 @@ impl Model {
             .squeeze(1)?)
     }
 
+    /// Neuron n's direction in the residual stream, for every neuron (`mlp.hook_post`) of block
+    /// `layer`: `(d_mlp, d_model)`, row n = W_out[n, :] (the MLP output bias is not in it, so
+    /// a change of activation times its row is the change of `hook_mlp_out`).
+    pub fn neuron_directions(&self, layer: usize) -> Result<Tensor> {
+        if layer >= self.info.config.n_layers {
+            return Err(ModelError::BadRequest(format!(
+                "layer {layer}: the model has {} layers",
+                self.info.config.n_layers
+            )));
+        }
+        Ok(self.arch.mlp_out_rows(layer).clone())
+    }
+
     /// Runs `batch` under `req`.
     pub fn forward(&self, batch: &Batch, req: &ForwardRequest) -> Result<ForwardOutput> {
         self.run(batch, req, &req.interventions, false)

@@ -83,6 +83,12 @@ impl Linear {
         })
     }
 
+    /// `W^T`, `(in, out)`: row i is what input feature i adds to the output (an MLP's output
+    /// projection: neuron i's direction in the residual stream).
+    pub fn weight_t(&self) -> &Tensor {
+        &self.wt
+    }
+
     /// From an existing `(out, in)` weight (a tied unembedding): a view, not a copy, so the
     /// table is not held twice.
     pub fn from_weight(w: Tensor, b: Option<Tensor>) -> Self {

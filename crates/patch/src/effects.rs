@@ -11,17 +11,7 @@ use helixlab_store::table::{Table, Values};
 
 use crate::pairs::Pair;
 
-/// The index of the largest logit.
-pub fn argmax(logits: &[f32]) -> usize {
-    logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-        )
-        .0
-}
+pub use helixlab_study::pairs::argmax;
 
 /// The normalised effect of a patch on the corrupt answer's logit: 0 at the clean run, 1 at
 /// the corrupt run (NaN when the two runs give the same logit).

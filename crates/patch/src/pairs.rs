@@ -5,11 +5,9 @@
 //! with a stored seed, one row per pair.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use helixlab_numeric::split;
 use helixlab_pipeline::{Pipeline, Position};
-use helixlab_store::read;
 use helixlab_store::stage::Outcome;
 use helixlab_store::table::{Table, Values};
 use helixlab_store::{tables, RunLayout};
@@ -17,94 +15,7 @@ use helixlab_store::{tables, RunLayout};
 use crate::inputs::{stage_run, target};
 use crate::{PatchError, Result};
 
-/// One problem as the patch stage needs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProblemInfo {
-    /// Row id.
-    pub prompt_id: u32,
-    /// Operands.
-    pub a: i64,
-    /// Second operand.
-    pub b: Option<i64>,
-    /// Answer.
-    pub answer: i64,
-    /// Prompt text.
-    pub prompt: String,
-    /// Answer token.
-    pub answer_token: u32,
-    /// The logit of its answer in its own run.
-    pub answer_logit: f32,
-}
-
-/// A clean/corrupt pair.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pair {
-    /// 0-based within the experiment.
-    pub pair_id: u32,
-    /// The prompt that is run.
-    pub clean: ProblemInfo,
-    /// The prompt whose number is patched in.
-    pub corrupt: ProblemInfo,
-}
-
-/// The problems of a run (problems.parquet) in prompt-id order: only those the model answers
-/// correctly when `correct_only` (the paper's rule), else all of them (benchmarks on
-/// random-weight checkpoints, which answer nothing correctly).
-pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> {
-    let df = read::problems(run_dir)?;
-    let table = RunLayout::new(run_dir).path(tables::PROBLEMS);
-    let e = |source| {
-        PatchError::Store(helixlab_store::StoreError::Polars {
-            path: table.clone(),
-            source,
-        })
-    };
-    let col = |n: &str| df.column(n).map(|c| c.as_materialized_series().clone());
-    let id = col("prompt_id").map_err(e)?;
-    let a = col("a").map_err(e)?;
-    let b = col("b").map_err(e)?;
-    let answer = col("answer").map_err(e)?;
-    let prompt = col("prompt").map_err(e)?;
-    let token = col("answer_token").map_err(e)?;
-    let correct = col("correct").map_err(e)?;
-    let logit = col("answer_logit").map_err(e)?;
-    let (id, a, b, answer, prompt, token, correct, logit) = (
-        id.u32().map_err(e)?,
-        a.i64().map_err(e)?,
-        b.i64().map_err(e)?,
-        answer.i64().map_err(e)?,
-        prompt.str().map_err(e)?,
-        token.u32().map_err(e)?,
-        correct.bool().map_err(e)?,
-        logit.f32().map_err(e)?,
-    );
-    let mut out = Vec::new();
-    for i in 0..df.height() {
-        if correct_only && correct.get(i) != Some(true) {
-            continue;
-        }
-        let (Some(pid), Some(av), Some(ans), Some(pr), Some(tok), Some(lg)) = (
-            id.get(i),
-            a.get(i),
-            answer.get(i),
-            prompt.get(i),
-            token.get(i),
-            logit.get(i),
-        ) else {
-            continue;
-        };
-        out.push(ProblemInfo {
-            prompt_id: pid,
-            a: av,
-            b: b.get(i),
-            answer: ans,
-            prompt: pr.to_string(),
-            answer_token: tok,
-            answer_logit: lg,
-        });
-    }
-    Ok(out)
-}
+pub use helixlab_study::pairs::{problems, Pair, ProblemInfo};
 
 /// `n` pairs in which `operand` (`a` or `b`) differs and the other operand is the same, or
 /// (`last`) any two problems with different answers, drawn with `seed` from `problems`

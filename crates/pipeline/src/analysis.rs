@@ -221,3 +221,39 @@ impl Default for PatchSection {
         toml::from_str("").expect("every field has a default")
     }
 }
+
+fn top_neurons() -> usize {
+    200
+}
+fn ablation_problems() -> usize {
+    100
+}
+
+/// `[neurons]`: settings of `helixlab neurons` (docs/method.md E6). Its pairs are the `last`
+/// pairs of `helixlab pairs` (`patch.pairs` of them; the paper used 1000).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeuronsSection {
+    /// Neurons, by |attribution|, that are patched exactly, get direct effects, preactivation
+    /// grids and fits (the paper: the top 1 %, 4,587 of GPT-J's).
+    #[serde(default = "top_neurons")]
+    pub top: usize,
+    /// Problems (correct or not) whose mean activation an ablated neuron is set to.
+    #[serde(default = "ablation_problems")]
+    pub ablation_problems: usize,
+    /// Numbers of neurons kept in the sparsity sweep; empty: 0, then powers of two, then all.
+    #[serde(default)]
+    pub keep: Vec<usize>,
+    /// Periods of the neuron fits (the paper's 2, 5, 10, 100; a study may use its model's own).
+    #[serde(default = "paper_periods")]
+    pub periods: Vec<f64>,
+    /// Seed of the ablation sample.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for NeuronsSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{AnalysisSection, AnalysisTarget, FitSection, PatchSection, SpectralSection};
+use crate::analysis::{
+    AnalysisSection, AnalysisTarget, FitSection, NeuronsSection, PatchSection, SpectralSection,
+};
 use crate::task::{Task, TaskKind};
 use crate::vocab::{Device, Dtype, NumberLabel, Position, Site};
 
@@ -151,6 +153,9 @@ pub struct Pipeline {
     /// Settings of `pairs` and `patch`.
     #[serde(default)]
     pub patch: PatchSection,
+    /// Settings of `neurons`.
+    #[serde(default)]
+    pub neurons: NeuronsSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -228,6 +233,13 @@ impl Pipeline {
             }
         }
         p.analysis_target().map_err(|(f, m)| invalid(f, m))?;
+        let n = &p.neurons;
+        if n.top == 0 || n.ablation_problems == 0 || n.periods.iter().any(|&t| t <= 0.0) {
+            return Err(invalid(
+                "neurons",
+                "top and ablation_problems must be at least 1, periods positive".into(),
+            ));
+        }
         let fit = &p.fit;
         if fit.periods.iter().any(|&t| t <= 0.0) || fit.holdout <= 0.0 || fit.holdout >= 1.0 {
             return Err(invalid(

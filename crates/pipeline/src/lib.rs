@@ -24,7 +24,9 @@ mod file;
 mod task;
 mod vocab;
 
-pub use analysis::{AnalysisSection, AnalysisTarget, FitSection, PatchSection, SpectralSection};
+pub use analysis::{
+    AnalysisSection, AnalysisTarget, FitSection, NeuronsSection, PatchSection, SpectralSection,
+};
 pub use file::{ExtractSection, Layers, ModelSection, OutputSection, Pipeline, PipelineError};
 pub use task::{Problem, Task, TaskKind};
 pub use vocab::{period_list, Device, Dtype, FitName, NumberLabel, PatchKind, Position, Site};

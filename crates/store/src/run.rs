@@ -62,7 +62,27 @@ pub mod tables {
         COMPONENTS_SUMMARY = ("patch", "components_summary", "components");
         COMPONENT_ROLES = ("patch", "component_roles", "components");
         NEURON_GRADS = ("patch", "neuron_grads", "neuron-grads");
+        NEURON_ATTRIBUTION = ("neurons", "attribution", "neurons");
+        NEURON_TOP = ("neurons", "top", "neurons");
+        NEURON_SPARSITY = ("neurons", "sparsity", "neurons");
+        NEURON_PREACTIVATIONS = ("neurons", "preactivations", "neurons");
+        NEURON_FITS = ("neurons", "fits", "neurons");
+        NEURON_FIT_TERMS = ("neurons", "fit_terms", "neurons");
+        NEURON_PERIODS = ("neurons", "periods", "neurons");
+        NEURON_MLPS = ("neurons", "mlps", "neurons");
     }
+
+    /// What `helixlab neurons` writes, in order.
+    pub const NEURONS: [TableName; 8] = [
+        NEURON_ATTRIBUTION,
+        NEURON_TOP,
+        NEURON_SPARSITY,
+        NEURON_PREACTIVATIONS,
+        NEURON_FITS,
+        NEURON_FIT_TERMS,
+        NEURON_PERIODS,
+        NEURON_MLPS,
+    ];
 
     /// What `helixlab spectral` writes, in order.
     pub const SPECTRAL: [TableName; 6] =

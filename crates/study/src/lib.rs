@@ -11,6 +11,8 @@
 //! Not here: tasks and prompts (extract), manifests and tables (store), any stage's work.
 #![deny(missing_docs)]
 
+pub mod pairs;
+
 use std::path::PathBuf;
 
 use helixlab_model::{

@@ -136,4 +136,8 @@ impl Arch for Gpt2 {
     fn rotary(&self) -> Option<&Rotary> {
         None
     }
+
+    fn mlp_out_rows(&self, l: usize) -> &Tensor {
+        self.blocks[l].mlp.fc_out.weight_t()
+    }
 }

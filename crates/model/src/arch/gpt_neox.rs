@@ -154,4 +154,8 @@ impl Arch for GptNeoX {
     fn rotary(&self) -> Option<&Rotary> {
         Some(&self.rotary)
     }
+
+    fn mlp_out_rows(&self, l: usize) -> &Tensor {
+        self.blocks[l].mlp.fc_out.weight_t()
+    }
 }

@@ -166,4 +166,8 @@ impl Arch for Llama {
     fn rotary(&self) -> Option<&Rotary> {
         Some(&self.rotary)
     }
+
+    fn mlp_out_rows(&self, l: usize) -> &Tensor {
+        self.blocks[l].down_proj.weight_t()
+    }
 }

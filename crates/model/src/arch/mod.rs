@@ -31,6 +31,9 @@ pub trait Arch: Send + Sync {
     fn unembed(&self, x: &Tensor) -> Result<Option<Tensor>>;
     /// Rotary frequencies, for rotary models.
     fn rotary(&self) -> Option<&Rotary>;
+    /// The output projection of block `l`'s MLP as `(d_mlp, d_model)`: row n is what neuron n
+    /// (`mlp.hook_post`) adds to the residual stream per unit of activation.
+    fn mlp_out_rows(&self, l: usize) -> &Tensor;
 }
 
 /// Builds the architecture named by the config from the checkpoint.

@@ -1,0 +1,375 @@
+//! The model runs of the neuron stage, one function per experiment: attribution scores from
+//! one forward and one backward per batch of pairs; per-neuron exact patches, total and direct
+//! effects; mean activations; forwards with neurons mean-ablated or replaced by their fits;
+//! the preactivation grid.
+//!
+//! A neuron is `(layer, index)` at `mlp.hook_post` (its activation) or `mlp.hook_pre` (its
+//! preactivation), always at the last token, where the answer is predicted.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+use helixlab_model::{
+    Batch, Capture, Edit, ForwardRequest, HookPoint, Intervention, Logits, Model,
+};
+use helixlab_model::{Positions, Tokenizer};
+use helixlab_pipeline::Pipeline;
+use helixlab_study::pairs::{argmax, clean_run_request, prompt_ids, Pair, ProblemInfo};
+
+use crate::neuron_fit::NeuronFit;
+use crate::Result;
+
+/// A neuron: layer and index within its MLP.
+pub type Neuron = (usize, usize);
+
+fn encode<'a>(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    probs: impl IntoIterator<Item = &'a ProblemInfo>,
+) -> Result<Batch> {
+    Ok(model.batch(&prompt_ids(tok, p, probs)?)?)
+}
+
+fn f32s2(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// `(b, 1, d)` captured at the last token as `(b, d)` rows.
+fn last_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    f32s2(&t.squeeze(1)?)
+}
+
+/// A request capturing `mlp.hook_post` of every layer at the last token.
+fn with_posts(mut req: ForwardRequest, n_layers: usize) -> ForwardRequest {
+    for l in 0..n_layers {
+        req = req.capture(HookPoint::MlpPost(l), Positions::last());
+    }
+    req
+}
+
+/// Attribution patching: for every neuron, the sum over `pairs` of
+/// d(logit of the clean answer in the corrupt run) / d(activation) x (clean - corrupt
+/// activation), layer-major (`layer * d_mlp + neuron`). The gradients are of the batch's sum of
+/// logits, so a batch adds its pairs' terms: nothing is averaged.
+pub fn attribution(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    pairs: &[Pair],
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<Vec<f64>> {
+    let cfg = model.config();
+    let (n_layers, d_mlp) = (cfg.n_layers, cfg.d_mlp);
+    let mut score = vec![0f64; n_layers * d_mlp];
+    let targets: Vec<Capture> = (0..n_layers)
+        .map(|l| Capture {
+            hook: HookPoint::MlpPost(l),
+            positions: Positions::last(),
+        })
+        .collect();
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
+        let clean = model.forward(
+            &encode(model, tok, p, chunk.iter().map(|x| &x.clean))?,
+            &with_posts(ForwardRequest::new(), n_layers),
+        )?;
+        let answers = Tensor::new(
+            chunk
+                .iter()
+                .map(|x| x.clean.answer_token)
+                .collect::<Vec<u32>>(),
+            model.device(),
+        )?
+        .unsqueeze(1)?;
+        let req = with_posts(ForwardRequest::new().logits(Logits::Last), n_layers);
+        let corrupt_batch = encode(model, tok, p, chunk.iter().map(|x| &x.corrupt))?;
+        let (corrupt, grads) = model.forward_with_grad(&corrupt_batch, &req, &targets, |out| {
+            let logits = out.logits.as_ref().expect("asked for logits");
+            logits.gather(&answers, 1)?.sum_all()
+        })?;
+        for (l, g) in grads.iter().enumerate() {
+            let g = last_rows(g)?;
+            let ca = last_rows(clean.capture(HookPoint::MlpPost(l))?)?;
+            let xa = last_rows(corrupt.capture(HookPoint::MlpPost(l))?)?;
+            for i in 0..chunk.len() {
+                for j in 0..d_mlp {
+                    score[l * d_mlp + j] += g[i][j] as f64 * (ca[i][j] - xa[i][j]) as f64;
+                }
+            }
+        }
+        on_batch(chunk.len());
+    }
+    Ok(score)
+}
+
+/// What patching one neuron does, summed or averaged over the pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NeuronEffect {
+    /// Exact patching in attribution's direction, summed over pairs (comparable to the
+    /// attribution score): the corrupt run with the neuron's clean activation, change of the
+    /// clean answer's logit.
+    pub exact: f64,
+    /// Total effect, mean over pairs: the clean run with the neuron's corrupt activation,
+    /// change of the corrupt answer's logit (the components stage's TE).
+    pub total: f64,
+    /// Direct effect, mean over pairs: (corrupt - clean activation) x the neuron's W_out row
+    /// added to the clean final residual before the final norm, change of the corrupt
+    /// answer's logit.
+    pub direct: f64,
+}
+
+/// One neuron's value for every sequence of a batch, `(b, 1, 1)`.
+fn one_value(model: &Model, v: Vec<f32>) -> Result<Tensor> {
+    let b = v.len();
+    Ok(Tensor::from_vec(v, (b, 1, 1), model.device())?.to_dtype(model.dtype())?)
+}
+
+fn set_neuron(
+    model: &Model,
+    (l, n): Neuron,
+    values: Vec<f32>,
+    resume: &Tensor,
+) -> Result<ForwardRequest> {
+    Ok(ForwardRequest::new()
+        .logits(Logits::Last)
+        .intervene(Intervention {
+            hook: HookPoint::MlpPost(l),
+            positions: Positions::last(),
+            index: Some(vec![n]),
+            edit: Edit::Replace,
+            value: one_value(model, values)?,
+        })
+        .resume(l, resume.clone()))
+}
+
+/// Exact patches, total and direct effects of each of `neurons` over `pairs`.
+// Long (about 100 lines) because the clean and corrupt runs of each batch (captured once)
+// feed all three effects of every neuron.
+pub fn neuron_effects(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    pairs: &[Pair],
+    neurons: &[Neuron],
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<Vec<NeuronEffect>> {
+    let cfg = model.config();
+    let n_layers = cfg.n_layers;
+    let mut effects = vec![NeuronEffect::default(); neurons.len()];
+    let last_layer = HookPoint::ResidPost(n_layers - 1);
+    let mut directions: BTreeMap<usize, Tensor> = BTreeMap::new();
+    for &(l, _) in neurons {
+        if let std::collections::btree_map::Entry::Vacant(e) = directions.entry(l) {
+            e.insert(model.neuron_directions(l)?.to_dtype(DType::F32)?);
+        }
+    }
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
+        let req = with_posts(clean_run_request(n_layers), n_layers)
+            .capture(last_layer, Positions::last());
+        let clean_batch = encode(model, tok, p, chunk.iter().map(|x| &x.clean))?;
+        let corrupt_batch = encode(model, tok, p, chunk.iter().map(|x| &x.corrupt))?;
+        let clean = model.forward(&clean_batch, &req)?;
+        let corrupt = model.forward(&corrupt_batch, &req)?;
+        let clean_logits = f32s2(clean.logits.as_ref().expect("asked for logits"))?;
+        let corrupt_logits = f32s2(corrupt.logits.as_ref().expect("asked for logits"))?;
+        let final_clean = clean
+            .capture(last_layer)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?;
+        let (clean_t, corrupt_t): (Vec<usize>, Vec<usize>) = chunk
+            .iter()
+            .map(|x| {
+                (
+                    x.clean.answer_token as usize,
+                    x.corrupt.answer_token as usize,
+                )
+            })
+            .unzip();
+        for (k, &(l, n)) in neurons.iter().enumerate() {
+            let ca: Vec<f32> = last_rows(clean.capture(HookPoint::MlpPost(l))?)?
+                .iter()
+                .map(|r| r[n])
+                .collect();
+            let xa: Vec<f32> = last_rows(corrupt.capture(HookPoint::MlpPost(l))?)?
+                .iter()
+                .map(|r| r[n])
+                .collect();
+            // Exact, attribution's direction: the corrupt run with the clean activation.
+            let req = set_neuron(
+                model,
+                (l, n),
+                ca.clone(),
+                corrupt.capture(HookPoint::ResidPre(l))?,
+            )?;
+            let out = f32s2(&model.forward(&corrupt_batch, &req)?.logits.expect("asked"))?;
+            for i in 0..chunk.len() {
+                effects[k].exact += (out[i][clean_t[i]] - corrupt_logits[i][clean_t[i]]) as f64;
+            }
+            // Total effect: the clean run with the corrupt activation.
+            let req = set_neuron(
+                model,
+                (l, n),
+                xa.clone(),
+                clean.capture(HookPoint::ResidPre(l))?,
+            )?;
+            let out = f32s2(&model.forward(&clean_batch, &req)?.logits.expect("asked"))?;
+            for i in 0..chunk.len() {
+                effects[k].total += (out[i][corrupt_t[i]] - clean_logits[i][corrupt_t[i]]) as f64;
+            }
+            // Direct effect: the change through W_out, straight to the final norm.
+            let delta: Vec<f32> = xa.iter().zip(&ca).map(|(x, c)| x - c).collect();
+            let delta = Tensor::from_vec(delta, (chunk.len(), 1), model.device())?;
+            let row = directions[&l].narrow(0, n, 1)?;
+            let resid = (&final_clean + delta.broadcast_mul(&row)?)?;
+            let out = f32s2(&model.logits_from_final_residual(&resid)?)?;
+            for i in 0..chunk.len() {
+                effects[k].direct += (out[i][corrupt_t[i]] - clean_logits[i][corrupt_t[i]]) as f64;
+            }
+        }
+        on_batch(chunk.len());
+    }
+    let n = pairs.len().max(1) as f64;
+    for e in &mut effects {
+        e.total /= n;
+        e.direct /= n;
+    }
+    Ok(effects)
+}
+
+/// The mean activation (`mlp.hook_post`, last token) of every neuron over `probs`, per layer.
+pub fn mean_activations(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    probs: &[&ProblemInfo],
+) -> Result<Vec<Vec<f64>>> {
+    let cfg = model.config();
+    let mut sum = vec![vec![0f64; cfg.d_mlp]; cfg.n_layers];
+    for chunk in probs.chunks(p.extract.batch_size.max(1)) {
+        let out = model.forward(
+            &encode(model, tok, p, chunk.iter().copied())?,
+            &with_posts(ForwardRequest::new(), cfg.n_layers),
+        )?;
+        for (l, s) in sum.iter_mut().enumerate() {
+            for row in last_rows(out.capture(HookPoint::MlpPost(l))?)? {
+                for (j, v) in row.into_iter().enumerate() {
+                    s[j] += v as f64;
+                }
+            }
+        }
+    }
+    let n = probs.len().max(1) as f64;
+    Ok(sum
+        .into_iter()
+        .map(|s| s.into_iter().map(|v| v / n).collect())
+        .collect())
+}
+
+/// How the neurons of an evaluation run are set: the `kept` ones keep their own activation (or,
+/// with a fit, get the fit's preactivation); every other neuron is set to its mean.
+pub struct Keep<'a> {
+    /// The neurons kept.
+    pub kept: &'a [Neuron],
+    /// Fits of kept neurons whose preactivation is replaced by the fit.
+    pub fits: Option<&'a BTreeMap<Neuron, NeuronFit>>,
+}
+
+/// Accuracy and mean logit difference (answer logit with the edits minus without) over
+/// `probs` under `keep`, mean activations `means`.
+pub fn evaluate(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    probs: &[&ProblemInfo],
+    means: &[Vec<f64>],
+    keep: &Keep,
+) -> Result<(f64, f64)> {
+    let cfg = model.config();
+    let mut kept_by_layer: Vec<Vec<usize>> = vec![Vec::new(); cfg.n_layers];
+    for &(l, n) in keep.kept {
+        kept_by_layer[l].push(n);
+    }
+    let (mut correct, mut diff) = (0usize, 0f64);
+    for chunk in probs.chunks(p.extract.batch_size.max(1)) {
+        let batch = encode(model, tok, p, chunk.iter().copied())?;
+        let base = f32s2(
+            &model
+                .forward(&batch, &ForwardRequest::new().logits(Logits::Last))?
+                .logits
+                .expect("asked"),
+        )?;
+        let b = chunk.len();
+        let mut req = ForwardRequest::new().logits(Logits::Last);
+        for (l, kept) in kept_by_layer.iter().enumerate() {
+            let ablate: Vec<usize> = (0..cfg.d_mlp).filter(|j| !kept.contains(j)).collect();
+            if !ablate.is_empty() {
+                let row: Vec<f32> = ablate.iter().map(|&j| means[l][j] as f32).collect();
+                let value = Tensor::from_vec(row.repeat(b), (b, 1, ablate.len()), model.device())?
+                    .to_dtype(model.dtype())?;
+                req = req.intervene(Intervention {
+                    hook: HookPoint::MlpPost(l),
+                    positions: Positions::last(),
+                    index: Some(ablate),
+                    edit: Edit::Replace,
+                    value,
+                });
+            }
+            if let (Some(fits), false) = (keep.fits, kept.is_empty()) {
+                let mut v = Vec::with_capacity(b * kept.len());
+                for pr in chunk {
+                    let bv = pr.b.unwrap_or(0);
+                    v.extend(kept.iter().map(|&j| fits[&(l, j)].predict(pr.a, bv) as f32));
+                }
+                let value = Tensor::from_vec(v, (b, 1, kept.len()), model.device())?
+                    .to_dtype(model.dtype())?;
+                req = req.intervene(Intervention {
+                    hook: HookPoint::MlpPre(l),
+                    positions: Positions::last(),
+                    index: Some(kept.clone()),
+                    edit: Edit::Replace,
+                    value,
+                });
+            }
+        }
+        let out = f32s2(&model.forward(&batch, &req)?.logits.expect("asked"))?;
+        for (i, pr) in chunk.iter().enumerate() {
+            let t = pr.answer_token as usize;
+            correct += usize::from(argmax(&out[i]) == t);
+            diff += (out[i][t] - base[i][t]) as f64;
+        }
+    }
+    let n = probs.len().max(1) as f64;
+    Ok((correct as f64 / n, diff / n))
+}
+
+/// The preactivation (`mlp.hook_pre`, last token) of each of `neurons` for each of `probs`:
+/// `values[k][i]` for neuron k, problem i.
+pub fn preactivations(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    probs: &[&ProblemInfo],
+    neurons: &[Neuron],
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<f64>>> {
+    let mut layers: Vec<usize> = neurons.iter().map(|x| x.0).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let mut values = vec![Vec::with_capacity(probs.len()); neurons.len()];
+    for chunk in probs.chunks(p.extract.batch_size.max(1)) {
+        let mut req = ForwardRequest::new();
+        for &l in &layers {
+            req = req.capture(HookPoint::MlpPre(l), Positions::last());
+        }
+        let out = model.forward(&encode(model, tok, p, chunk.iter().copied())?, &req)?;
+        let mut rows = BTreeMap::new();
+        for &l in &layers {
+            rows.insert(l, last_rows(out.capture(HookPoint::MlpPre(l))?)?);
+        }
+        for (k, &(l, n)) in neurons.iter().enumerate() {
+            values[k].extend(rows[&l].iter().map(|r| r[n] as f64));
+        }
+        on_batch(chunk.len());
+    }
+    Ok(values)
+}

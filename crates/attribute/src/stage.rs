@@ -1,0 +1,499 @@
+//! `helixlab neurons`: every experiment of docs/method.md E6 in one stage, in the order each
+//! needs the one before: attribution ranks the neurons; the top ones are patched exactly and
+//! get total and direct effects; the sparsity sweep keeps the top k and mean-ablates the rest;
+//! the top neurons' preactivations over the whole task grid give their periods and fits; the
+//! fits are patched in; the circuit MLPs (from `helixlab components`, when it has run) are
+//! compared by a+b fraction and DE/TE.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use helixlab_numeric::split;
+use helixlab_numeric::stats::linear_r2;
+use helixlab_pipeline::{Pipeline, Position, TaskKind};
+use helixlab_store::stage::{Outcome, Progress};
+use helixlab_store::table::{Table, Values};
+use helixlab_store::{tables, Frame, RunLayout};
+use helixlab_study::pairs::{load, problems, read_pairs, ProblemInfo};
+use ndarray::Array2;
+use polars::prelude::{col, lit};
+
+use crate::forwards::{
+    attribution, evaluate, mean_activations, neuron_effects, preactivations, Keep, Neuron,
+    NeuronEffect,
+};
+use crate::neuron_fit::{fit_neurons, NeuronFit};
+use crate::periods::{near, periods, Periods};
+use crate::{AttributeError, Result};
+
+/// The numbers of neurons kept by the sparsity sweep: `keep` when given (capped at `total`),
+/// else 0, the powers of two below `total`, and `total`.
+pub fn keep_grid(total: usize, keep: &[usize]) -> Vec<usize> {
+    let mut ks: BTreeSet<usize> = if keep.is_empty() {
+        std::iter::once(0)
+            .chain((0..).map(|i| 1usize << i).take_while(|&k| k < total))
+            .chain(std::iter::once(total))
+            .collect()
+    } else {
+        keep.iter().map(|&k| k.min(total)).collect()
+    };
+    ks.insert(total.min(*ks.iter().next_back().unwrap_or(&total)));
+    ks.into_iter().collect()
+}
+
+/// Spearman's rank correlation (average ranks for ties).
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            for &k in &idx[i..=j] {
+                r[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = x.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    cov / (vx * vy).sqrt()
+}
+
+/// The MLP layers of the components stage's circuit, when it has run.
+fn circuit_mlps(run: &RunLayout) -> Result<Option<BTreeSet<usize>>> {
+    let path = run.path(tables::COMPONENT_ROLES);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let df = Frame::query(&path, |lf| {
+        lf.filter(
+            col("component")
+                .eq(lit("mlp"))
+                .and(col("role").eq(lit("circuit"))),
+        )
+    })?;
+    Ok(Some(
+        df.i64("layer")?.into_iter().map(|l| l as usize).collect(),
+    ))
+}
+
+/// The a x b grid of the task's problems: its corners and sizes, and each problem's cell.
+struct Grid {
+    a0: i64,
+    b0: i64,
+    n_a: usize,
+    n_b: usize,
+}
+
+impl Grid {
+    fn of(probs: &[&ProblemInfo]) -> Grid {
+        let a = probs.iter().map(|p| p.a);
+        let b = probs.iter().map(|p| p.b.unwrap_or(0));
+        let (a0, a1) = (a.clone().min().unwrap_or(0), a.max().unwrap_or(0));
+        let (b0, b1) = (b.clone().min().unwrap_or(0), b.max().unwrap_or(0));
+        Grid {
+            a0,
+            b0,
+            n_a: (a1 - a0 + 1) as usize,
+            n_b: (b1 - b0 + 1) as usize,
+        }
+    }
+
+    fn cell(&self, p: &ProblemInfo) -> usize {
+        (p.a - self.a0) as usize * self.n_b + (p.b.unwrap_or(0) - self.b0) as usize
+    }
+
+    /// Values per cell (cells no problem fills hold the mean, so the FFT sees no step).
+    fn fill(&self, probs: &[&ProblemInfo], values: &[f64]) -> (Vec<f32>, Vec<f64>) {
+        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        let mut stored = vec![f32::NAN; self.n_a * self.n_b];
+        let mut filled = vec![mean; self.n_a * self.n_b];
+        for (p, &v) in probs.iter().zip(values) {
+            stored[self.cell(p)] = v as f32;
+            filled[self.cell(p)] = v;
+        }
+        (stored, filled)
+    }
+}
+
+/// `helixlab neurons`.
+// Long (about 200 lines) because the experiments feed each other in order (ranking, top
+// neurons, means, grid, fits) and their tables are assembled from all of them; each
+// experiment's forwards are in `forwards`.
+pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let run = RunLayout::new(p.run_dir());
+    if p.task.kind != TaskKind::Addition {
+        return Err(AttributeError::Input(format!(
+            "{}: task.kind: the neuron stage fits a, b and a+b, so it needs an addition task, \
+             not {:?}",
+            p.path.display(),
+            p.task.kind
+        )));
+    }
+    let (study, mut m) = load(
+        p,
+        "neurons",
+        serde_json::json!({
+            "neurons": p.neurons, "hook": "mlp.hook_post", "position": "last",
+            "batch_size": p.extract.batch_size,
+        }),
+    )?;
+    let (model, tok) = (&study.model, &study.tokenizer);
+    let cfg = model.config().clone();
+    m.input_table(&run, tables::PAIRS)?;
+    m.optional_input(&run.path(tables::COMPONENT_ROLES))?;
+    if !force && m.tables_fresh(&run, &tables::NEURONS) {
+        return Ok(Outcome::UpToDate);
+    }
+    m.begin();
+    let s = &p.neurons;
+    let pairs = read_pairs(&run, Position::Last)?;
+    let all = problems(run.root(), false)?;
+    let all_refs: Vec<&ProblemInfo> = all.iter().collect();
+    let mut seen = BTreeSet::new();
+    let evaluated: Vec<&ProblemInfo> = pairs
+        .iter()
+        .map(|x| &x.clean)
+        .filter(|x| seen.insert(x.prompt_id))
+        .collect();
+    let total = cfg.n_layers * cfg.d_mlp;
+
+    // 1. Attribution over every neuron.
+    progress.start("neuron attribution", pairs.len() as u64);
+    let score = attribution(model, tok, p, &pairs, &mut |n| progress.advance(n as u64))?;
+    progress.finish();
+    let mut order: Vec<usize> = (0..total).collect();
+    order.sort_by(|&i, &j| score[j].abs().total_cmp(&score[i].abs()).then(i.cmp(&j)));
+    let neuron = |i: usize| -> Neuron { (i / cfg.d_mlp, i % cfg.d_mlp) };
+    let top: Vec<Neuron> = order
+        .iter()
+        .take(s.top.min(total))
+        .map(|&i| neuron(i))
+        .collect();
+
+    // 2. The top neurons patched one by one.
+    progress.start(
+        "top neurons: exact, total and direct effects",
+        pairs.len() as u64,
+    );
+    let effects = neuron_effects(model, tok, p, &pairs, &top, &mut |n| {
+        progress.advance(n as u64)
+    })?;
+    progress.finish();
+
+    // 3. Sparsity: the top k kept, every other neuron at its mean.
+    let sample: Vec<&ProblemInfo> = split::permutation(all.len(), s.seed)
+        .into_iter()
+        .take(s.ablation_problems)
+        .map(|i| &all[i])
+        .collect();
+    let means = mean_activations(model, tok, p, &sample)?;
+    let grid_k = keep_grid(total, &s.keep);
+    let fit_k: Vec<usize> = grid_k.iter().copied().filter(|&k| k <= top.len()).collect();
+    let kept = |k: usize| -> Vec<Neuron> { order.iter().take(k).map(|&i| neuron(i)).collect() };
+    let mut sparsity = SparsityRows::default();
+    progress.start("sparsity sweep", grid_k.len() as u64);
+    for &k in &grid_k {
+        let keep = Keep {
+            kept: &kept(k),
+            fits: None,
+        };
+        let (acc, diff) = evaluate(model, tok, p, &evaluated, &means, &keep)?;
+        sparsity.push("real", k, total, acc, diff, evaluated.len());
+        progress.advance(1);
+    }
+    progress.finish();
+
+    // 5. Preactivations of the top neurons over every problem of the task; 6. their fits.
+    progress.start("top neurons: preactivation grid", all.len() as u64);
+    let pre = preactivations(model, tok, p, &all_refs, &top, &mut |n| {
+        progress.advance(n as u64)
+    })?;
+    progress.finish();
+    let grid = Grid::of(&all_refs);
+    let ab: Vec<(i64, i64)> = all.iter().map(|x| (x.a, x.b.unwrap_or(0))).collect();
+    let mut y = Array2::zeros((all.len(), top.len()));
+    for (k, v) in pre.iter().enumerate() {
+        for (i, &x) in v.iter().enumerate() {
+            y[[i, k]] = x;
+        }
+    }
+    let fits = fit_neurons(&ab, y.view(), &s.periods)?;
+    let mut stored_grids = Vec::with_capacity(top.len() * grid.n_a * grid.n_b);
+    let mut found: Vec<Periods> = Vec::with_capacity(top.len());
+    for v in &pre {
+        let (stored, filled) = grid.fill(&all_refs, v);
+        stored_grids.extend(stored);
+        found.push(periods(&filled, grid.n_a, grid.n_b));
+    }
+
+    // 7. The top k's preactivations replaced by their fits (the rest mean-ablated).
+    let fit_map: BTreeMap<Neuron, NeuronFit> =
+        top.iter().copied().zip(fits.iter().cloned()).collect();
+    progress.start("fits patched in", fit_k.len() as u64);
+    for &k in &fit_k {
+        let keep = Keep {
+            kept: &kept(k),
+            fits: Some(&fit_map),
+        };
+        let (acc, diff) = evaluate(model, tok, p, &evaluated, &means, &keep)?;
+        sparsity.push("fit", k, total, acc, diff, evaluated.len());
+        progress.advance(1);
+    }
+    progress.finish();
+
+    // Tables.
+    let circuit = circuit_mlps(&run)?;
+    let mut rank = vec![0u32; total];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r as u32 + 1;
+    }
+    let attribution_table = Table::new()
+        .u32s("layer", (0..total).map(|i| neuron(i).0 as u32))
+        .u32s("neuron", (0..total).map(|i| neuron(i).1 as u32))
+        .f64s("score", score.iter().copied())
+        .f64s("abs_score", score.iter().map(|v| v.abs()))
+        .u32s("rank", rank.iter().copied());
+    let top_scores: Vec<f64> = order.iter().take(top.len()).map(|&i| score[i]).collect();
+    let de_te = |e: &NeuronEffect| {
+        if e.total != 0.0 {
+            e.direct / e.total
+        } else {
+            f64::NAN
+        }
+    };
+    let top_table = Table::new()
+        .u32s("rank", 1..=top.len() as u32)
+        .u32s("layer", top.iter().map(|x| x.0 as u32))
+        .u32s("neuron", top.iter().map(|x| x.1 as u32))
+        .f64s("score", top_scores.iter().copied())
+        .f64s("exact", effects.iter().map(|e| e.exact))
+        .f64s("total", effects.iter().map(|e| e.total))
+        .f64s("direct", effects.iter().map(|e| e.direct))
+        .f64s("de_over_te", effects.iter().map(de_te))
+        .column(
+            "in_circuit_mlp",
+            Values::OptI64(
+                top.iter()
+                    .map(|x| circuit.as_ref().map(|c| i64::from(c.contains(&x.0))))
+                    .collect(),
+            ),
+        )
+        .f64s(
+            "rank_correlation",
+            std::iter::repeat_n(
+                spearman(
+                    &top_scores,
+                    &effects.iter().map(|e| e.exact).collect::<Vec<_>>(),
+                ),
+                top.len(),
+            ),
+        );
+    let preact_table = Table::new()
+        .u32s("rank", 1..=top.len() as u32)
+        .u32s("layer", top.iter().map(|x| x.0 as u32))
+        .u32s("neuron", top.iter().map(|x| x.1 as u32))
+        .column("a_min", Values::I64(vec![grid.a0; top.len()]))
+        .column("b_min", Values::I64(vec![grid.b0; top.len()]))
+        .u32s("n_a", std::iter::repeat_n(grid.n_a as u32, top.len()))
+        .u32s("n_b", std::iter::repeat_n(grid.n_b as u32, top.len()))
+        .column(
+            "preactivation",
+            Values::Vector {
+                d: grid.n_a * grid.n_b,
+                values: stored_grids,
+            },
+        );
+    let opt = |v: Option<f64>| v;
+    let fits_table = Table::new()
+        .u32s("rank", 1..=top.len() as u32)
+        .u32s("layer", top.iter().map(|x| x.0 as u32))
+        .u32s("neuron", top.iter().map(|x| x.1 as u32))
+        .f64s("nrmse", fits.iter().map(|f| f.nrmse))
+        .f64s("ab_fraction", fits.iter().map(|f| f.ab_fraction()))
+        .column(
+            "period_a",
+            Values::OptF64(found.iter().map(|x| opt(x.a)).collect()),
+        )
+        .column(
+            "period_b",
+            Values::OptF64(found.iter().map(|x| opt(x.b)).collect()),
+        )
+        .column(
+            "period_ab",
+            Values::OptF64(found.iter().map(|x| opt(x.sum)).collect()),
+        )
+        .strs("top_terms", fits.iter().map(|f| f.top_terms(3)))
+        .f64s("linear_a", fits.iter().map(|f| f.linear[0]))
+        .f64s("linear_b", fits.iter().map(|f| f.linear[1]))
+        .f64s("linear_ab", fits.iter().map(|f| f.linear[2]))
+        .f64s("bias", fits.iter().map(|f| f.bias))
+        .f64s("total", effects.iter().map(|e| e.total))
+        .f64s("de_over_te", effects.iter().map(de_te));
+    let terms: Vec<(Neuron, &crate::neuron_fit::Term)> = top
+        .iter()
+        .zip(&fits)
+        .flat_map(|(&n, f)| f.terms.iter().map(move |t| (n, t)))
+        .collect();
+    let terms_table = Table::new()
+        .u32s("layer", terms.iter().map(|x| x.0 .0 as u32))
+        .u32s("neuron", terms.iter().map(|x| x.0 .1 as u32))
+        .strs("operand", terms.iter().map(|x| x.1.operand))
+        .f64s("period", terms.iter().map(|x| x.1.period))
+        .f64s("alpha", terms.iter().map(|x| x.1.alpha))
+        .f64s("beta", terms.iter().map(|x| x.1.beta))
+        .f64s("amplitude", terms.iter().map(|x| x.1.amplitude()))
+        .f64s("shift", terms.iter().map(|x| x.1.shift()));
+    let mut period_rows: Vec<(&str, f64, f64)> = Vec::new();
+    for (var, get) in [
+        ("a", (|x: &Periods| x.a) as fn(&Periods) -> Option<f64>),
+        ("b", |x: &Periods| x.b),
+        ("a+b", |x: &Periods| x.sum),
+    ] {
+        for &t in &[2.0, 5.0, 10.0, 100.0] {
+            let share =
+                found.iter().filter(|x| near(get(x), t)).count() as f64 / found.len().max(1) as f64;
+            period_rows.push((var, t, share));
+        }
+    }
+    let periods_table = Table::new()
+        .strs("variable", period_rows.iter().map(|x| x.0))
+        .f64s("period", period_rows.iter().map(|x| x.1))
+        .f64s("share", period_rows.iter().map(|x| x.2));
+    let mlps_table = mlps_table(&top, &fits, &effects, circuit.as_ref());
+    for (name, table) in [
+        (tables::NEURON_ATTRIBUTION, attribution_table),
+        (tables::NEURON_TOP, top_table),
+        (tables::NEURON_SPARSITY, sparsity.table()),
+        (tables::NEURON_PREACTIVATIONS, preact_table),
+        (tables::NEURON_FITS, fits_table),
+        (tables::NEURON_FIT_TERMS, terms_table),
+        (tables::NEURON_PERIODS, periods_table),
+        (tables::NEURON_MLPS, mlps_table),
+    ] {
+        m.write_table(&run, name, &table)?;
+    }
+    Ok(m.outcome())
+}
+
+/// sparsity.parquet, column-wise.
+#[derive(Default)]
+struct SparsityRows {
+    kind: Vec<&'static str>,
+    kept: Vec<u32>,
+    fraction: Vec<f64>,
+    accuracy: Vec<f64>,
+    logit_diff: Vec<f64>,
+    problems: Vec<u32>,
+}
+
+impl SparsityRows {
+    fn push(&mut self, kind: &'static str, k: usize, total: usize, acc: f64, diff: f64, n: usize) {
+        self.kind.push(kind);
+        self.kept.push(k as u32);
+        self.fraction.push(k as f64 / total as f64);
+        self.accuracy.push(acc);
+        self.logit_diff.push(diff);
+        self.problems.push(n as u32);
+    }
+
+    fn table(&self) -> Table {
+        Table::new()
+            .strs("kind", self.kind.iter().copied())
+            .u32s("kept", self.kept.iter().copied())
+            .f64s("kept_fraction", self.fraction.iter().copied())
+            .f64s("accuracy", self.accuracy.iter().copied())
+            .f64s("logit_diff", self.logit_diff.iter().copied())
+            .u32s("problems", self.problems.iter().copied())
+    }
+}
+
+/// mlps.parquet: per MLP layer with top neurons, their mean a+b fraction and mean DE/TE, and
+/// the R^2 of a line through those points over the circuit MLPs (every such layer when the
+/// components stage has not run).
+fn mlps_table(
+    top: &[Neuron],
+    fits: &[NeuronFit],
+    effects: &[NeuronEffect],
+    circuit: Option<&BTreeSet<usize>>,
+) -> Table {
+    let mut by_layer: BTreeMap<usize, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for ((n, f), e) in top.iter().zip(fits).zip(effects) {
+        let entry = by_layer.entry(n.0).or_default();
+        let frac = f.ab_fraction();
+        if frac.is_finite() {
+            entry.0.push(frac);
+        }
+        if e.total != 0.0 && (e.direct / e.total).is_finite() {
+            entry.1.push(e.direct / e.total);
+        }
+    }
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let rows: Vec<(usize, bool, usize, f64, f64)> = by_layer
+        .iter()
+        .map(|(&l, (f, d))| {
+            let count = top.iter().filter(|n| n.0 == l).count();
+            (
+                l,
+                circuit.is_none_or(|c| c.contains(&l)),
+                count,
+                mean(f),
+                mean(d),
+            )
+        })
+        .collect();
+    let (xs, ys): (Vec<f64>, Vec<f64>) = rows
+        .iter()
+        .filter(|r| r.1 && r.3.is_finite() && r.4.is_finite())
+        .map(|r| (r.3, r.4))
+        .unzip();
+    let r2 = if xs.len() >= 3 {
+        linear_r2(&xs, &ys)
+    } else {
+        f64::NAN
+    };
+    Table::new()
+        .u32s("layer", rows.iter().map(|r| r.0 as u32))
+        .column("circuit", Values::Bool(rows.iter().map(|r| r.1).collect()))
+        .u32s("top_neurons", rows.iter().map(|r| r.2 as u32))
+        .f64s("mean_ab_fraction", rows.iter().map(|r| r.3))
+        .f64s("mean_de_over_te", rows.iter().map(|r| r.4))
+        .f64s("r2", std::iter::repeat_n(r2, rows.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keep_grid_doubles_up_to_every_neuron() {
+        assert_eq!(
+            keep_grid(1024, &[]),
+            vec![0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+        );
+        assert_eq!(keep_grid(10, &[]), vec![0, 1, 2, 4, 8, 10]);
+        assert_eq!(keep_grid(10, &[3, 50]), vec![3, 10]);
+    }
+
+    #[test]
+    fn spearman_is_one_for_a_monotone_map_and_minus_one_reversed() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert!((spearman(&x, &[1.0, 4.0, 9.0, 16.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&x, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+    }
+}
