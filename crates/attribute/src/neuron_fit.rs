@@ -238,7 +238,11 @@ mod tests {
         assert!((a5.amplitude() - 2.0).abs() < 1e-2 && (a5.shift() - 1.0).abs() < 1e-2);
         // a+b is a + b: only the linear part's slopes in a and in b are identified.
         let [ca, cb, cab] = fit.linear;
-        assert!((ca + cab).abs() < 1e-3 && (cb + cab - 0.03).abs() < 1e-3, "{:?}", fit.linear);
+        assert!(
+            (ca + cab).abs() < 1e-3 && (cb + cab - 0.03).abs() < 1e-3,
+            "{:?}",
+            fit.linear
+        );
         assert!(fit.nrmse < 0.01, "{}", fit.nrmse);
         assert!(
             fit.top_terms(1).starts_with("5.00 cos(2π(a+b - 3.0)/10)"),
@@ -264,5 +268,59 @@ mod tests {
         let fit = &fit_neurons(&ab, y.view(), &[2.0, 5.0, 10.0, 100.0]).unwrap()[0];
         // Uniform noise on [-1, 1]: RMSE near 1/sqrt(3) of a range near 2.
         assert!(fit.nrmse > 0.25, "{}", fit.nrmse);
+    }
+
+    /// Against numpy's lstsq on the same design (tools/make_neuron_fit_reference.py): the
+    /// fitted values, every identified periodic coefficient (all but sin(2 pi t / 2), which is
+    /// zero at integers) and the identified slopes, to 1e-8.
+    #[test]
+    fn fits_equal_numpys_least_squares() {
+        let text = include_str!("../tests/fixtures/neuron_fit_reference.json");
+        let r: serde_json::Value = serde_json::from_str(text).unwrap();
+        let floats = |v: &serde_json::Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        let periods = floats(&r["periods"]);
+        let ab: Vec<(i64, i64)> = r["ab"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
+            .collect();
+        let ys: Vec<Vec<f64>> = r["y"].as_array().unwrap().iter().map(floats).collect();
+        let mut y = Array2::zeros((ab.len(), ys.len()));
+        for (n, col) in ys.iter().enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                y[[i, n]] = *v;
+            }
+        }
+        let fits = fit_neurons(&ab, y.view(), &periods).unwrap();
+        let mut worst = 0f64;
+        for (n, fit) in fits.iter().enumerate() {
+            let want = floats(&r["fitted"][n]);
+            for (i, &(a, b)) in ab.iter().enumerate() {
+                worst = worst.max((fit.predict(a, b) - want[i]).abs());
+            }
+            let c = floats(&r["coefficients"][n]);
+            let per_var = 1 + 2 * periods.len();
+            for (v, _) in OPERANDS.iter().enumerate() {
+                for (k, &t) in periods.iter().enumerate() {
+                    let term = &fit.terms[v * periods.len() + k];
+                    worst = worst.max((term.alpha - c[v * per_var + 1 + 2 * k]).abs());
+                    if t != 2.0 {
+                        worst = worst.max((term.beta - c[v * per_var + 2 + 2 * k]).abs());
+                    }
+                }
+            }
+            // The slopes in a and in b (a+b's is shared between them).
+            let slope = |v: usize| (c[v * per_var] + c[2 * per_var]) / LINEAR_SCALE;
+            worst = worst.max((fit.linear[0] + fit.linear[2] - slope(0)).abs());
+            worst = worst.max((fit.linear[1] + fit.linear[2] - slope(1)).abs());
+        }
+        assert!(worst <= 1e-8, "{worst:e}");
     }
 }

@@ -28,7 +28,7 @@ use crate::{AttributeError, Result};
 /// The numbers of neurons kept by the sparsity sweep: `keep` when given (capped at `total`),
 /// else 0, the powers of two below `total`, and `total`.
 pub fn keep_grid(total: usize, keep: &[usize]) -> Vec<usize> {
-    let mut ks: BTreeSet<usize> = if keep.is_empty() {
+    let ks: BTreeSet<usize> = if keep.is_empty() {
         std::iter::once(0)
             .chain((0..).map(|i| 1usize << i).take_while(|&k| k < total))
             .chain(std::iter::once(total))
@@ -36,7 +36,6 @@ pub fn keep_grid(total: usize, keep: &[usize]) -> Vec<usize> {
     } else {
         keep.iter().map(|&k| k.min(total)).collect()
     };
-    ks.insert(total.min(*ks.iter().next_back().unwrap_or(&total)));
     ks.into_iter().collect()
 }
 
@@ -487,7 +486,7 @@ mod tests {
             vec![0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
         );
         assert_eq!(keep_grid(10, &[]), vec![0, 1, 2, 4, 8, 10]);
-        assert_eq!(keep_grid(10, &[3, 50]), vec![3, 10]);
+        assert_eq!(keep_grid(10, &[50, 3]), vec![3, 10]);
     }
 
     #[test]

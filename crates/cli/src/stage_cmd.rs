@@ -241,8 +241,9 @@ impl Stage {
             }
             Stage::Components => helixlab_patch::components::run_components(&p, force, progress)
                 .with_context(context)?,
-            Stage::Neurons => helixlab_attribute::stage::run_neurons(&p, force, progress)
-                .with_context(context)?,
+            Stage::Neurons => {
+                helixlab_attribute::stage::run_neurons(&p, force, progress).with_context(context)?
+            }
             Stage::NeuronGrads => {
                 helixlab_patch::neuron_grads::run_neuron_grads(&p, force, progress)
                     .with_context(context)?
