@@ -107,6 +107,14 @@ impl Grid {
         }
     }
 
+    /// The (a, b) of cell `c`.
+    fn at(&self, c: usize) -> (i64, i64) {
+        (
+            self.a0 + (c / self.n_b) as i64,
+            self.b0 + (c % self.n_b) as i64,
+        )
+    }
+
     fn cell(&self, p: &ProblemInfo) -> usize {
         (p.a - self.a0) as usize * self.n_b + (p.b.unwrap_or(0) - self.b0) as usize
     }
@@ -227,12 +235,18 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         }
     }
     let fits = fit_neurons(&ab, y.view(), &s.periods)?;
-    let mut stored_grids = Vec::with_capacity(top.len() * grid.n_a * grid.n_b);
+    let cells = grid.n_a * grid.n_b;
+    let mut stored_grids = Vec::with_capacity(top.len() * cells);
+    let mut fitted_grids = Vec::with_capacity(top.len() * cells);
     let mut found: Vec<Periods> = Vec::with_capacity(top.len());
-    for v in &pre {
+    for (v, fit) in pre.iter().zip(&fits) {
         let (stored, filled) = grid.fill(&all_refs, v);
         stored_grids.extend(stored);
         found.push(periods(&filled, grid.n_a, grid.n_b));
+        fitted_grids.extend((0..cells).map(|c| {
+            let (a, b) = grid.at(c);
+            fit.predict(a, b) as f32
+        }));
     }
 
     // 7. The top k's preactivations replaced by their fits (the rest mean-ablated).
@@ -308,8 +322,15 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         .column(
             "preactivation",
             Values::Vector {
-                d: grid.n_a * grid.n_b,
+                d: cells,
                 values: stored_grids,
+            },
+        )
+        .column(
+            "fitted",
+            Values::Vector {
+                d: cells,
+                values: fitted_grids,
             },
         );
     let opt = |v: Option<f64>| v;

@@ -18,6 +18,7 @@ mod components_section;
 mod figures;
 mod fit_section;
 mod last_token_section;
+mod neurons_section;
 mod patching_section;
 mod sections;
 mod spectral_section;
@@ -175,12 +176,14 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
     html.push_str(&patching_section::patch_section(run, &out, p)?);
     html.push_str(&last_token_section::last_token_section(run, &out)?);
     html.push_str(&components_section::components_section(run, &out)?);
+    html.push_str(&neurons_section::neurons_section(run, &out)?);
     for table in [
         tables::PERIODS,
         tables::FITS,
         tables::PATCHING,
         tables::LAST_TOKEN,
         tables::COMPONENTS,
+        tables::NEURON_TOP,
     ] {
         let stage = table.writer;
         if let Some(m) = Manifest::read_for(&run.path(table)) {
