@@ -39,9 +39,9 @@ def main(run, readme):
         manifest = json.loads(meta[b"helixlab.manifest"])
         stage = manifest["stage"]
         check(stage in ("accuracy", "extract", "spectral", "fit", "pairs", "patch",
-                        "patch-last", "components"),
+                        "patch-last", "components", "neurons"),
               f"{f}: manifest names its stage")
-        if stage in ("accuracy", "extract", "patch", "patch-last", "components"):
+        if stage in ("accuracy", "extract", "patch", "patch-last", "components", "neurons"):
             check(manifest["model"]["architecture"] == "gpt2", f"{f}: manifest names the model")
         else:
             check(len(manifest["inputs"]) > 0, f"{f}: manifest lists the partitions it read")
@@ -95,6 +95,17 @@ def main(run, readme):
     roles = duckdb.sql(f"SELECT layer FROM '{run}/patch/component_roles.parquet' "
                        "WHERE role = 'circuit'").fetchall()
     check(len(roles) >= 1, f"DuckDB reads the MLP circuit ({roles})")
+
+    # Neurons: every neuron attributed; the top neurons' grids as numpy matrices.
+    attribution = pl.read_parquet(run / "neurons" / "attribution.parquet")
+    check(attribution.height == 2 * 512 and attribution["rank"].min() == 1,
+          "attribution.parquet ranks every neuron of both layers")
+    pre = pl.read_parquet(run / "neurons" / "preactivations.parquet")
+    grid = pre["preactivation"].to_numpy()
+    check(grid.shape == (200, 10_000), f"preactivation grids as a matrix {grid.shape}")
+    kept = duckdb.sql(f"SELECT accuracy, logit_diff FROM '{run}/neurons/sparsity.parquet' "
+                      "WHERE kind = 'real' ORDER BY kept DESC LIMIT 1").fetchall()
+    check(kept == [(1.0, 0.0)], f"every neuron kept changes nothing ({kept})")
 
     text = pathlib.Path(readme).read_text()
     section = text.split("## Query the outputs", 1)[1].split("\n## ", 1)[0]
