@@ -284,7 +284,7 @@ def patch_checksum(run):
 
 
 def grad_checksum(run):
-    t = pq.read_table(run / "patch" / "neuron_grads.parquet", columns=["grad_abs_mean"])
+    t = pq.read_table(run / "neurons" / "gradients.parquet", columns=["grad_abs_mean"])
     return float(sum(t.column("grad_abs_mean").to_pylist()))
 
 

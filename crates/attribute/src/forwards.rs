@@ -48,6 +48,29 @@ fn with_posts(mut req: ForwardRequest, n_layers: usize) -> ForwardRequest {
     req
 }
 
+/// One forward and one backward of `batch` under `req` (logits added): the gradient of the sum
+/// of `answers`' logits (one token per sequence, at the last position) with respect to every
+/// neuron's activation (`mlp.hook_post`) at the last token, per layer `(b, 1, d_mlp)`.
+pub fn last_token_gradients(
+    model: &Model,
+    batch: &Batch,
+    req: ForwardRequest,
+    answers: &[u32],
+) -> Result<(helixlab_model::ForwardOutput, Vec<Tensor>)> {
+    let targets: Vec<Capture> = (0..model.config().n_layers)
+        .map(|l| Capture {
+            hook: HookPoint::MlpPost(l),
+            positions: Positions::last(),
+        })
+        .collect();
+    let answers = Tensor::new(answers, model.device())?.unsqueeze(1)?;
+    let req = req.logits(Logits::Last);
+    Ok(model.forward_with_grad(batch, &req, &targets, |out| {
+        let logits = out.logits.as_ref().expect("asked for logits");
+        logits.gather(&answers, 1)?.sum_all()
+    })?)
+}
+
 /// Attribution patching: for every neuron, the sum over `pairs` of
 /// d(logit of the clean answer in the corrupt run) / d(activation) x (clean - corrupt
 /// activation), layer-major (`layer * d_mlp + neuron`). The gradients are of the batch's sum of
@@ -62,31 +85,19 @@ pub fn attribution(
     let cfg = model.config();
     let (n_layers, d_mlp) = (cfg.n_layers, cfg.d_mlp);
     let mut score = vec![0f64; n_layers * d_mlp];
-    let targets: Vec<Capture> = (0..n_layers)
-        .map(|l| Capture {
-            hook: HookPoint::MlpPost(l),
-            positions: Positions::last(),
-        })
-        .collect();
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
         let clean = model.forward(
             &encode(model, tok, p, chunk.iter().map(|x| &x.clean))?,
             &with_posts(ForwardRequest::new(), n_layers),
         )?;
-        let answers = Tensor::new(
-            chunk
-                .iter()
-                .map(|x| x.clean.answer_token)
-                .collect::<Vec<u32>>(),
-            model.device(),
-        )?
-        .unsqueeze(1)?;
-        let req = with_posts(ForwardRequest::new().logits(Logits::Last), n_layers);
+        let answers: Vec<u32> = chunk.iter().map(|x| x.clean.answer_token).collect();
         let corrupt_batch = encode(model, tok, p, chunk.iter().map(|x| &x.corrupt))?;
-        let (corrupt, grads) = model.forward_with_grad(&corrupt_batch, &req, &targets, |out| {
-            let logits = out.logits.as_ref().expect("asked for logits");
-            logits.gather(&answers, 1)?.sum_all()
-        })?;
+        let (corrupt, grads) = last_token_gradients(
+            model,
+            &corrupt_batch,
+            with_posts(ForwardRequest::new(), n_layers),
+            &answers,
+        )?;
         for (l, g) in grads.iter().enumerate() {
             let g = last_rows(g)?;
             let ca = last_rows(clean.capture(HookPoint::MlpPost(l))?)?;

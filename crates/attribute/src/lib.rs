@@ -22,6 +22,7 @@
 
 pub mod forwards;
 pub mod neuron_fit;
+pub mod neuron_grads;
 pub mod periods;
 pub mod stage;
 

@@ -203,7 +203,7 @@ impl Stage {
             Stage::NeuronGrads => {
                 "The gradient of the clean answer's logit with respect to every neuron \
                  (mlp.hook_post) at the last token, for the last-token pairs' clean prompts, \
-                 one forward and backward per batch; writes patch/neuron_grads.parquet (mean \
+                 one forward and backward per batch; writes neurons/gradients.parquet (mean \
                  and mean |gradient| per neuron)."
             }
             Stage::Report => "Write the HTML report with figures from the study's tables.",
@@ -245,7 +245,7 @@ impl Stage {
                 helixlab_attribute::stage::run_neurons(&p, force, progress).with_context(context)?
             }
             Stage::NeuronGrads => {
-                helixlab_patch::neuron_grads::run_neuron_grads(&p, force, progress)
+                helixlab_attribute::neuron_grads::run_neuron_grads(&p, force, progress)
                     .with_context(context)?
             }
             Stage::Report => {

@@ -13,7 +13,6 @@
 //!   helix(a,b,a+b).
 //! - [`components`] (`helixlab components`, E5): total and direct effects of every MLP,
 //!   attention layer and head, the MLP circuit, head types ([`effects`] holds the rows).
-//! - [`neuron_grads`] (`helixlab neuron-grads`, the input of E6): per-neuron gradients.
 //!
 //! [`inputs`] is what they read in common: the analysed operand, the study's model with the
 //! stage's run record, the drawn pairs.
@@ -24,13 +23,12 @@
 //! `a` gives the paper's a-token experiment, `b` the b-token one (with fits at b). One clean forward per batch captures
 //! the residual stream of every layer; each (layer, patch) then resumes at the patched layer.
 //!
-//! Not here: the neuron attribution and sparsity experiments of E6 (only their gradients).
+//! Not here: the neurons of E6 (crates/attribute).
 #![deny(missing_docs)]
 
 pub mod components;
 pub mod effects;
 pub mod inputs;
-pub mod neuron_grads;
 pub mod pairs;
 pub mod patch_last;
 pub mod patches;

@@ -61,7 +61,7 @@ pub mod tables {
         COMPONENTS = ("patch", "components", "components");
         COMPONENTS_SUMMARY = ("patch", "components_summary", "components");
         COMPONENT_ROLES = ("patch", "component_roles", "components");
-        NEURON_GRADS = ("patch", "neuron_grads", "neuron-grads");
+        NEURON_GRADS = ("neurons", "gradients", "neuron-grads");
         NEURON_ATTRIBUTION = ("neurons", "attribution", "neurons");
         NEURON_TOP = ("neurons", "top", "neurons");
         NEURON_SPARSITY = ("neurons", "sparsity", "neurons");

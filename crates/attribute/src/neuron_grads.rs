@@ -1,23 +1,22 @@
 //! `helixlab neuron-grads`: the gradient of the clean answer's logit with respect to every
 //! neuron's activation (`mlp.hook_post`) at the last token, for the clean prompts of the
-//! last-token pairs, in one forward and one backward per batch. This is the gradient half of
-//! attribution patching (docs/method.md E6); the attribution scores themselves (gradient times the
-//! clean-minus-corrupt activation) are not computed yet.
+//! last-token pairs, in one forward and one backward per batch: the gradient half of attribution
+//! patching ([`crate::forwards::last_token_gradients`], which `helixlab neurons` runs on the
+//! corrupt prompts), kept as its own command because `make bench` times it against PyTorch.
 //!
-//! Writes `patch/neuron_grads.parquet`: one row per layer x neuron with the mean gradient and
+//! Writes `neurons/gradients.parquet`: one row per layer x neuron with the mean gradient and
 //! the mean absolute gradient over the prompts.
 
-use candle_core::{DType, Tensor};
-use helixlab_model::{Capture, ForwardRequest, HookPoint};
-use helixlab_model::{Logits, Positions};
-use helixlab_pipeline::Pipeline;
+use candle_core::DType;
+use helixlab_model::ForwardRequest;
+use helixlab_pipeline::{Pipeline, Position};
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-
-use crate::inputs::{load, prompt_ids, read_pairs};
-use crate::Result;
-use helixlab_pipeline::Position;
 use helixlab_store::{tables, RunLayout};
+use helixlab_study::pairs::{load, prompt_ids, read_pairs};
+
+use crate::forwards::last_token_gradients;
+use crate::Result;
 
 /// `helixlab neuron-grads`.
 pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
@@ -39,31 +38,14 @@ pub fn run_neuron_grads(p: &Pipeline, force: bool, progress: &dyn Progress) -> R
     }
     m.begin();
     let pairs = read_pairs(&run, Position::Last)?;
-    let targets: Vec<Capture> = (0..cfg.n_layers)
-        .map(|l| Capture {
-            hook: HookPoint::MlpPost(l),
-            positions: Positions::last(),
-        })
-        .collect();
     let mut sum = vec![0f64; cfg.n_layers * cfg.d_mlp];
     let mut abs = vec![0f64; cfg.n_layers * cfg.d_mlp];
     progress.start("neuron gradients", pairs.len() as u64);
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
         let seqs = prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?;
         let batch = model.batch(&seqs)?;
-        let answers = Tensor::new(
-            chunk
-                .iter()
-                .map(|x| x.clean.answer_token)
-                .collect::<Vec<u32>>(),
-            model.device(),
-        )?
-        .unsqueeze(1)?;
-        let req = ForwardRequest::new().logits(Logits::Last);
-        let (_, grads) = model.forward_with_grad(&batch, &req, &targets, |out| {
-            let logits = out.logits.as_ref().expect("asked for logits");
-            logits.gather(&answers, 1)?.sum_all()
-        })?;
+        let answers: Vec<u32> = chunk.iter().map(|x| x.clean.answer_token).collect();
+        let (_, grads) = last_token_gradients(model, &batch, ForwardRequest::new(), &answers)?;
         for (l, g) in grads.iter().enumerate() {
             // (b, 1, d_mlp)
             let g = g.to_dtype(DType::F32)?.squeeze(1)?.to_vec2::<f32>()?;
