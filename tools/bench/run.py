@@ -11,7 +11,12 @@ made by make_checkpoints.py) it writes a study file, runs helixlab's setup stage
             share_prefixes = false, every prompt run whole as the Python side does)
   patch     the a-token sweep: every layer x {layer, pca9, helix} x 100 pairs
   grad      d(clean answer logit)/d(mlp.hook_post) at the last token, all neurons, 100 prompts
-on helixlab (`extract`, `patch`, `neuron-grads`; on the toy also `patch` with one full forward
+  attribution  attribution patching over every neuron, 100 last-token pairs (the first step of
+            `helixlab neurons`, timed inside the stage: neurons/timing.json)
+  neuron fits  the top 50 neurons' preactivations over the grid fitted in a, b, a+b: helixlab's
+            closed form (a step of `helixlab neurons`) against the original's recipe (2,500
+            epochs of gradient descent per neuron) on 3 neurons, compared per neuron
+on helixlab (`extract`, `patch`, `neuron-grads`, `neurons`; on the toy also `patch` with one full forward
 per pair patch) and on the Python side (tools/bench/torch_bench.py: batched HF + hooks, and
 nnsight the way the paper's code does it: one trace per batch, one trace per patch; on the
 12-layer checkpoints the trace-per-patch sweep runs the first 20 pairs, and ratios of patch
@@ -72,9 +77,13 @@ position = "a"
 range = [0, 99]
 
 [patch]
-pairs = 100
+pairs = {pairs}
 kinds = ["layer", "pca9", "helix"]
 correct_only = false
+
+[neurons]
+top = 50
+keep = [0, 64]
 
 [output]
 dir = "{run}"
@@ -142,6 +151,10 @@ def flops(model_dir, work, prompts):
     if work == "grad":
         fwd = tokens * per_token_block * n + prompts * 2 * d * vocab
         return 3 * fwd
+    if work == "attribution":
+        # The clean forward, and the corrupt forward + backward.
+        fwd = tokens * per_token_block * n + prompts * 2 * d * vocab
+        return 4 * fwd
     return None
 
 
@@ -184,11 +197,12 @@ def main():
         run = (out / "runs" / name).resolve()
         study = out / f"{name}.toml"
         study.write_text(STUDY.format(name=name, model=model_dir, a=ra, b=rb, run=run,
-                                      share="true"))
+                                      share="true", pairs=100))
         # The same study running every prompt whole (no shared prefixes), in its own run.
         whole = out / f"{name}-whole.toml"
         whole.write_text(STUDY.format(name=f"{name}-whole", model=model_dir, a=ra, b=rb,
-                                      run=run.with_name(f"{name}-whole"), share="false"))
+                                      run=run.with_name(f"{name}-whole"), share="false",
+                                      pairs=100))
         prompts = (ra[1] - ra[0] + 1) * (rb[1] - rb[0] + 1)
         print(f"{name}: {prompts} prompts; setup (untimed)", flush=True)
         for stage in ["accuracy", "extract", "spectral", "fit", "pairs"]:
@@ -249,6 +263,23 @@ def main():
         r, c = python("grad", a.reps)
         record(name, model_dir, "grad", "pytorch+hf, batched hooks", r, 100, c)
 
+        steps = []
+        for _ in range(a.reps):
+            o, wall, rss = run_measured([hx, "neurons", "--pipeline", str(study), "--force"])
+            steps.append((json.loads((run / "neurons" / "timing.json").read_text()), wall, rss))
+            if wall > 20:
+                break
+        record(name, model_dir, "attribution", "helixlab", [(t["attribution_s"], w, m)
+               for t, w, m in steps], 100, attribution_checksum(run))
+        r, c = python("attribution", a.reps)
+        record(name, model_dir, "attribution", "pytorch+hf, batched hooks", r, 100, c)
+        fitted = steps[0][0]["neurons_fitted"]
+        record(name, model_dir, "neuron fits", "helixlab",
+               [(t["fits_s"], w, m) for t, w, m in steps], fitted, units=fitted)
+        r, _ = python("neuron-fits-sgd", 1, ["--neurons", "3"])
+        record(name, model_dir, "neuron fits", "pytorch, 2,500 Adam epochs per neuron "
+               "(the original's recipe)", r, 3, units=3)
+
     # Memory as the prompt count grows: extraction of 1,000 and 10,000 toy prompts.
     if "toy-adder" in a.models.split(","):
         for b_hi, label in [(9, 1000), (99, 10000)]:
@@ -256,7 +287,8 @@ def main():
             run = (out / "runs" / f"toy-{label}").resolve()
             study.write_text(STUDY.format(name=f"toy-{label}",
                                           model=pathlib.Path("data/models/toy-adder").resolve(),
-                                          a=[0, 99], b=[0, b_hi], run=run, share="true"))
+                                          a=[0, 99], b=[0, b_hi], run=run, share="true",
+                                          pairs=100))
             run_measured([hx, "accuracy", "--pipeline", str(study)])
             o, wall, rss = run_measured([hx, "extract", "--force", "--pipeline", str(study)])
             rows.append({"model": "toy-adder", "work": f"extract {label} prompts",
@@ -264,6 +296,23 @@ def main():
                          "wall_s": wall, "peak_rss_mib": rss, "gflops": None,
                          "pct_of_matmul_peak": None, "checksum": None, "units": label})
             print(f"  memory: helixlab extract of {label} toy prompts: {rss:.0f} MiB", flush=True)
+
+        # Memory as the pairs grow: the neuron stage on 100 and 1,000 last-token pairs.
+        for n_pairs in [100, 1000]:
+            study = out / f"toy-neurons-{n_pairs}.toml"
+            run = (out / "runs" / f"toy-neurons-{n_pairs}").resolve()
+            study.write_text(STUDY.format(name=f"toy-neurons-{n_pairs}",
+                                          model=pathlib.Path("data/models/toy-adder").resolve(),
+                                          a=[0, 99], b=[0, 99], run=run, share="true",
+                                          pairs=n_pairs))
+            for stage in ["accuracy", "pairs"]:
+                run_measured([hx, stage, "--pipeline", str(study)])
+            o, wall, rss = run_measured([hx, "neurons", "--force", "--pipeline", str(study)])
+            rows.append({"model": "toy-adder", "work": f"neurons, {n_pairs} pairs",
+                         "tool": "helixlab", "runs": 1, "work_s": rust_work_s(o),
+                         "wall_s": wall, "peak_rss_mib": rss, "gflops": None,
+                         "pct_of_matmul_peak": None, "checksum": None, "units": n_pairs})
+            print(f"  memory: helixlab neurons on {n_pairs} toy pairs: {rss:.0f} MiB", flush=True)
 
     write(out, rows, peak, mm["threads"])
 
@@ -281,6 +330,11 @@ def extract_checksum(run):
 def patch_checksum(run):
     t = pq.read_table(run / "patch" / "patching.parquet", columns=["patched_logit"])
     return float(sum(t.column("patched_logit").to_pylist()))
+
+
+def attribution_checksum(run):
+    t = pq.read_table(run / "neurons" / "attribution.parquet", columns=["abs_score"])
+    return float(sum(t.column("abs_score").to_pylist()))
 
 
 def grad_checksum(run):

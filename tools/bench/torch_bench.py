@@ -13,6 +13,14 @@ WORK:
   patch-nnsight    the same, one nnsight trace per pair patch (the paper's code)
   grad             d(clean answer logit)/d(mlp.hook_post) at the last token for every neuron,
                    one forward + backward per batch of the last-token pairs' clean prompts
+  attribution      attribution patching over every neuron (mlp.hook_post, last token): per
+                   batch of the last-token pairs one forward of the clean prompts (activations)
+                   and one forward + backward of the corrupt ones (d clean answer logit / d act);
+                   score = gradient x (clean - corrupt), summed over pairs
+  neuron-fits-sgd  the original's neuron fits: per neuron, A cos(2 pi (t - d) / T) terms of a, b
+                   and a+b plus slopes and a bias, 2,500 full-batch epochs of Adam (lr 0.01) on
+                   its preactivations over the grid (read from helixlab's
+                   neurons/preactivations.parquet), for the first --neurons neurons
   matmul           the f32 matmul throughput of this machine (2048 x 2048, torch)
 
 Prints one JSON line: work seconds (after the model is loaded), and a checksum of the result
@@ -240,6 +248,74 @@ def grad(model, tok, run, batch):
     return elapsed, float(total.sum()) / len(prompts)
 
 
+def attribution(model, tok, run, batch):
+    probs = problems(run)
+    pr = pairs(run, "last")
+    by_id = {pid: i for i, pid in enumerate(probs["prompt_id"])}
+    clean = [probs["prompt"][by_id[i]] for i in pr["clean_prompt_id"]]
+    corrupt = [probs["prompt"][by_id[i]] for i in pr["corrupt_prompt_id"]]
+    answers = torch.tensor([probs["answer_token"][by_id[i]] for i in pr["clean_prompt_id"]])
+    acts = [blk.mlp.act for blk in blocks(model)]
+    total = None
+    start = time.perf_counter()
+    for lo in range(0, len(clean), batch):
+        saved = [None] * len(acts)
+
+        def keep(l, grad):
+            def fn(_m, _i, out):
+                if grad:
+                    out.retain_grad()
+                saved[l] = out
+            return fn
+        handles = [a.register_forward_hook(keep(l, False)) for l, a in enumerate(acts)]
+        with torch.no_grad():
+            model(input_ids=encode(tok, clean[lo:lo + batch]))
+        for h in handles:
+            h.remove()
+        clean_acts = torch.stack([s[:, -1] for s in saved], 1)
+        handles = [a.register_forward_hook(keep(l, True)) for l, a in enumerate(acts)]
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=encode(tok, corrupt[lo:lo + batch])).logits[:, -1]
+        logits.gather(1, answers[lo:lo + batch, None]).sum().backward()
+        for h in handles:
+            h.remove()
+        grads = torch.stack([s.grad[:, -1] for s in saved], 1)
+        corrupt_acts = torch.stack([s[:, -1].detach() for s in saved], 1)
+        score = (grads * (clean_acts - corrupt_acts)).sum(0)  # (layers, d_mlp)
+        total = score if total is None else total + score
+    elapsed = time.perf_counter() - start
+    return elapsed, float(total.abs().sum())
+
+
+def neuron_fits_sgd(run, n_neurons, periods=(2.0, 5.0, 10.0, 100.0), epochs=2500):
+    t = pq.read_table(run / "neurons" / "preactivations.parquet").to_pydict()
+    n_a, n_b, a0, b0 = t["n_a"][0], t["n_b"][0], t["a_min"][0], t["b_min"][0]
+    a = torch.arange(n_a).repeat_interleave(n_b).double() + a0
+    b = torch.arange(n_b).repeat(n_a).double() + b0
+    ts = [a, b, a + b]
+    n = min(n_neurons, len(t["preactivation"]))
+    start = time.perf_counter()
+    losses = []
+    for k in range(n):
+        y = torch.tensor(t["preactivation"][k], dtype=torch.float64)
+        amp = torch.zeros(3, len(periods), dtype=torch.float64, requires_grad=True)
+        shift = torch.zeros(3, len(periods), dtype=torch.float64, requires_grad=True)
+        slope = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([amp, shift, slope, bias], lr=0.01)
+        for _ in range(epochs):
+            opt.zero_grad()
+            pred = bias + sum(slope[i] * ts[i] / 100 for i in range(3))
+            for i in range(3):
+                for j, T in enumerate(periods):
+                    pred = pred + amp[i, j] * torch.cos(2 * torch.pi * (ts[i] - shift[i, j]) / T)
+            loss = ((pred - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+        losses.append(float(loss))
+    return time.perf_counter() - start, n, sum(losses) / n
+
+
 def matmul():
     a = torch.randn(2048, 2048)
     b = torch.randn(2048, 2048)
@@ -260,10 +336,16 @@ def main():
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--out", type=pathlib.Path)
     ap.add_argument("--pairs", type=int, help="patch only the first N pairs")
+    ap.add_argument("--neurons", type=int, default=3, help="neuron-fits-sgd: neurons fitted")
     a = ap.parse_args()
     if a.work == "matmul":
         s, gflops = matmul()
         print(json.dumps({"work_s": s, "gflops": gflops, "threads": torch.get_num_threads()}))
+        return
+    if a.work == "neuron-fits-sgd":
+        s, n, loss = neuron_fits_sgd(a.run, a.neurons)
+        print(json.dumps({"work_s": s, "neurons": n, "mean_final_mse": loss,
+                          "threads": torch.get_num_threads()}))
         return
     model, tok = load(a.model)
     if a.work in ("extract", "extract-nnsight"):
@@ -273,6 +355,8 @@ def main():
                          n_pairs=a.pairs)
     elif a.work == "grad":
         s, check = grad(model, tok, a.run, a.batch)
+    elif a.work == "attribution":
+        s, check = attribution(model, tok, a.run, a.batch)
     else:
         sys.exit(f"unknown work {a.work}")
     print(json.dumps({"work_s": s, "checksum": check, "threads": torch.get_num_threads()}))

@@ -174,10 +174,17 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         .collect();
     let total = cfg.n_layers * cfg.d_mlp;
 
+    let mut steps: Vec<(&str, f64)> = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |name: &'static str, steps: &mut Vec<(&str, f64)>| {
+        steps.push((name, clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
     // 1. Attribution over every neuron.
     progress.start("neuron attribution", pairs.len() as u64);
     let score = attribution(model, tok, p, &pairs, &mut |n| progress.advance(n as u64))?;
     progress.finish();
+    lap("attribution", &mut steps);
     let mut order: Vec<usize> = (0..total).collect();
     order.sort_by(|&i, &j| score[j].abs().total_cmp(&score[i].abs()).then(i.cmp(&j)));
     let neuron = |i: usize| -> Neuron { (i / cfg.d_mlp, i % cfg.d_mlp) };
@@ -196,6 +203,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         progress.advance(n as u64)
     })?;
     progress.finish();
+    lap("top_neuron_effects", &mut steps);
 
     // 3. Sparsity: the top k kept, every other neuron at its mean.
     let sample: Vec<&ProblemInfo> = split::permutation(all.len(), s.seed)
@@ -219,6 +227,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         progress.advance(1);
     }
     progress.finish();
+    lap("sparsity", &mut steps);
 
     // 5. Preactivations of the top neurons over every problem of the task; 6. their fits.
     progress.start("top neurons: preactivation grid", all.len() as u64);
@@ -226,6 +235,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         progress.advance(n as u64)
     })?;
     progress.finish();
+    lap("preactivations", &mut steps);
     let grid = Grid::of(&all_refs);
     let ab: Vec<(i64, i64)> = all.iter().map(|x| (x.a, x.b.unwrap_or(0))).collect();
     let mut y = Array2::zeros((all.len(), top.len()));
@@ -235,6 +245,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         }
     }
     let fits = fit_neurons(&ab, y.view(), &s.periods)?;
+    lap("fits", &mut steps);
     let cells = grid.n_a * grid.n_b;
     let mut stored_grids = Vec::with_capacity(top.len() * cells);
     let mut fitted_grids = Vec::with_capacity(top.len() * cells);
@@ -263,6 +274,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         progress.advance(1);
     }
     progress.finish();
+    lap("fits_patched_in", &mut steps);
 
     // Tables.
     let circuit = circuit_mlps(&run)?;
@@ -402,6 +414,17 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
     ] {
         m.write_table(&run, name, &table)?;
     }
+    let timing: serde_json::Map<String, serde_json::Value> = steps
+        .iter()
+        .map(|(k, v)| (format!("{k}_s"), serde_json::json!(v)))
+        .collect();
+    let mut timing = serde_json::Value::Object(timing);
+    timing["neurons_fitted"] = serde_json::json!(top.len());
+    timing["pairs"] = serde_json::json!(pairs.len());
+    helixlab_store::atomic::write(
+        &run.neuron_timing(),
+        (serde_json::to_string_pretty(&timing).expect("json") + "\n").as_bytes(),
+    )?;
     Ok(m.outcome())
 }
 

@@ -140,6 +140,11 @@ impl RunLayout {
         self.root.join("patch").join("timing.json")
     }
 
+    /// `neurons/timing.json`: the seconds of each step of the last `helixlab neurons`.
+    pub fn neuron_timing(&self) -> PathBuf {
+        self.root.join("neurons").join("timing.json")
+    }
+
     /// The report's directory.
     pub fn report_dir(&self) -> PathBuf {
         self.root.join("report")
