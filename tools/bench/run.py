@@ -13,7 +13,7 @@ made by make_checkpoints.py) it writes a study file, runs helixlab's setup stage
   grad      d(clean answer logit)/d(mlp.hook_post) at the last token, all neurons, 100 prompts
   attribution  attribution patching over every neuron, 100 last-token pairs (the first step of
             `helixlab neurons`, timed inside the stage: neurons/timing.json)
-  neuron fits  the top 50 neurons' preactivations over the grid fitted in a, b, a+b: helixlab's
+  neuron fits  the top 10 neurons' preactivations over the grid fitted in a, b, a+b: helixlab's
             closed form (a step of `helixlab neurons`) against the original's recipe (2,500
             epochs of gradient descent per neuron) on 3 neurons, compared per neuron
 on helixlab (`extract`, `patch`, `neuron-grads`, `neurons`; on the toy also `patch` with one full forward
@@ -82,7 +82,7 @@ kinds = ["layer", "pca9", "helix"]
 correct_only = false
 
 [neurons]
-top = 50
+top = 10
 keep = [0, 64]
 
 [output]
