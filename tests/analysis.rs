@@ -513,7 +513,10 @@ fn neurons_match_the_hf_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let p = neuron_study(tmp.path());
     let ps = p.to_str().unwrap();
-    for stage in ["accuracy", "pairs", "neurons"] {
+    run_ok(&["accuracy", "--pipeline", ps]);
+    let (ok, _, stderr) = helixlab(&["neurons", "--pipeline", ps]);
+    assert!(!ok && stderr.contains("helixlab pairs"), "{stderr}");
+    for stage in ["pairs", "neurons"] {
         run_ok(&[stage, "--pipeline", ps]);
     }
     let run = tmp.path().join("run");

@@ -133,10 +133,17 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
             .map(|i| (((kept[i] + 1) as f64).log2(), v[i]))
             .collect()
     };
-    let n_layers = layer.iter().copied().max().unwrap_or(0) + 1;
+    // The layers of the top 1 % of all neurons by |attribution|.
+    let attribution = Tbl::require(run, tables::NEURON_ATTRIBUTION)?;
+    let (all_layer, all_rank) = (attribution.i64("layer")?, attribution.i64("rank")?);
+    let all = all_layer.len();
+    let one_pct = all.div_ceil(100) as i64;
+    let n_layers = all_layer.iter().copied().max().unwrap_or(0) + 1;
     let mut per_layer = vec![0usize; n_layers as usize];
-    for &l in &layer {
-        per_layer[l as usize] += 1;
+    for (i, &l) in all_layer.iter().enumerate() {
+        if all_rank[i] <= one_pct {
+            per_layer[l as usize] += 1;
+        }
     }
     let mlps = Tbl::require(run, tables::NEURON_MLPS)?;
     let (ml, circuit, mab, mdt, r2) = (
@@ -202,9 +209,9 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
             vlines: vec![],
         },
         Panel {
-            title: "layers of the top neurons (circuit MLPs: red)".into(),
+            title: format!("layers of the top 1 % ({one_pct} neurons; circuit MLPs: red)"),
             x_desc: "layer".into(),
-            y_desc: "top neurons".into(),
+            y_desc: "neurons".into(),
             series: vec![dots(
                 "",
                 2,
@@ -265,8 +272,6 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
         340,
     )?;
     // The numbers the paper quotes.
-    let all = Tbl::require(run, tables::NEURON_ATTRIBUTION)?.height();
-    let one_pct = (all as f64 * 0.01).round() as i64;
     let near = (0..kind.len())
         .filter(|&i| kind[i] == "real")
         .min_by_key(|&i| (kept[i] - one_pct).abs());
