@@ -135,13 +135,17 @@ fn one_value(model: &Model, v: Vec<f32>) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (b, 1, 1), model.device())?.to_dtype(model.dtype())?)
 }
 
-fn set_neuron(
+/// A run (its batch, its output with the residual stream entering every block, its last-position
+/// logits) resumed at neuron `(l, n)`'s block with that neuron set to `values` at the last
+/// token: the change of each sequence's `targets` logit, summed.
+fn neuron_patch(
     model: &Model,
+    (batch, base, base_logits): (&Batch, &helixlab_model::ForwardOutput, &[Vec<f32>]),
     (l, n): Neuron,
     values: Vec<f32>,
-    resume: &Tensor,
-) -> Result<ForwardRequest> {
-    Ok(ForwardRequest::new()
+    targets: &[usize],
+) -> Result<f64> {
+    let req = ForwardRequest::new()
         .logits(Logits::Last)
         .intervene(Intervention {
             hook: HookPoint::MlpPost(l),
@@ -150,7 +154,18 @@ fn set_neuron(
             edit: Edit::Replace,
             value: one_value(model, values)?,
         })
-        .resume(l, resume.clone()))
+        .resume(l, base.capture(HookPoint::ResidPre(l))?.clone());
+    let out = f32s2(
+        &model
+            .forward(batch, &req)?
+            .logits
+            .expect("asked for logits"),
+    )?;
+    Ok(targets
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (out[i][t] - base_logits[i][t]) as f64)
+        .sum())
 }
 
 /// Exact patches, total and direct effects of each of `neurons` over `pairs`.
@@ -205,28 +220,12 @@ pub fn neuron_effects(
                 .iter()
                 .map(|r| r[n])
                 .collect();
-            // Exact, attribution's direction: the corrupt run with the clean activation.
-            let req = set_neuron(
-                model,
-                (l, n),
-                ca.clone(),
-                corrupt.capture(HookPoint::ResidPre(l))?,
-            )?;
-            let out = f32s2(&model.forward(&corrupt_batch, &req)?.logits.expect("asked"))?;
-            for i in 0..chunk.len() {
-                effects[k].exact += (out[i][clean_t[i]] - corrupt_logits[i][clean_t[i]]) as f64;
-            }
+            // Exact, in attribution's direction: the corrupt run with the clean activation.
+            let corrupt_run = (&corrupt_batch, &corrupt, &corrupt_logits[..]);
+            effects[k].exact += neuron_patch(model, corrupt_run, (l, n), ca.clone(), &clean_t)?;
             // Total effect: the clean run with the corrupt activation.
-            let req = set_neuron(
-                model,
-                (l, n),
-                xa.clone(),
-                clean.capture(HookPoint::ResidPre(l))?,
-            )?;
-            let out = f32s2(&model.forward(&clean_batch, &req)?.logits.expect("asked"))?;
-            for i in 0..chunk.len() {
-                effects[k].total += (out[i][corrupt_t[i]] - clean_logits[i][corrupt_t[i]]) as f64;
-            }
+            let clean_run = (&clean_batch, &clean, &clean_logits[..]);
+            effects[k].total += neuron_patch(model, clean_run, (l, n), xa.clone(), &corrupt_t)?;
             // Direct effect: the change through W_out, straight to the final norm.
             let delta: Vec<f32> = xa.iter().zip(&ca).map(|(x, c)| x - c).collect();
             let delta = Tensor::from_vec(delta, (chunk.len(), 1), model.device())?;
