@@ -83,7 +83,17 @@ fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
     }
 }
 
+/// A closed stdout (`helixlab inspect ... | head`) ends the process quietly, as it does for
+/// other Unix tools, instead of a panic in `println!`: Rust ignores SIGPIPE by default.
+fn quiet_on_closed_stdout() {
+    // SAFETY: sets the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     keep_freed_pages();
     let result = run(command().get_matches());
     match result {

@@ -100,6 +100,23 @@ impl Model {
         let (info, weights) = CheckpointInfo::open(path, opts.dtype, &opts.device)?;
         info.check_fits(opts.dtype, &opts.device)?;
         let arch = arch::load(&info.config, &weights)?;
+        if let Some((deepest, example)) = weights.deepest_layer() {
+            let n = info.config.n_layers;
+            if deepest >= n {
+                let config = match &info.checkpoint {
+                    crate::checkpoint::Checkpoint::HfDir(d) => d.join("config.json"),
+                    crate::checkpoint::Checkpoint::Gguf(f) => f.clone(),
+                };
+                return Err(ModelError::BadConfig {
+                    path: config,
+                    field: "the number of layers".into(),
+                    message: format!(
+                        "the config says {n} layers, but the checkpoint holds tensors of layer \
+                         {deepest} (e.g. `{example}`), which would go unused"
+                    ),
+                });
+            }
+        }
         Ok(Self {
             info,
             dir: path.to_path_buf(),

@@ -68,6 +68,18 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         let name = file
             .as_str()
             .ok_or_else(|| bad(format!("weight_map value {file} is not a file name")))?;
+        // A shard lives in the model directory: a name that climbs out of it (`..`) or is
+        // absolute would open any file on the machine. (Links inside the directory, as in the
+        // HF cache's snapshots, are followed as usual.)
+        let confined = Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !confined || name.is_empty() {
+            return Err(bad(format!(
+                "weight_map names the shard {name:?}, which is not a file inside the model \
+                 directory"
+            )));
+        }
         let p = dir.join(name);
         if !files.contains(&p) {
             if !p.exists() {
@@ -221,6 +233,24 @@ impl Weights {
     /// Every tensor name in the checkpoint, sorted.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The layers the checkpoint's tensor names index (`h.3.`, `layers.3.`, `layer.3.`), the
+    /// largest first, with an example name: a config whose layer count is smaller leaves
+    /// those tensors unused.
+    pub fn deepest_layer(&self) -> Option<(usize, &str)> {
+        self.names
+            .iter()
+            .filter_map(|n| {
+                let parts: Vec<&str> = n.split('.').collect();
+                parts.windows(2).find_map(|w| {
+                    matches!(w[0], "h" | "layers" | "layer" | "blocks")
+                        .then(|| w[1].parse::<usize>().ok())
+                        .flatten()
+                        .map(|l| (l, n.as_str()))
+                })
+            })
+            .max_by_key(|x| x.0)
     }
 
     /// Whether the checkpoint holds `name`.

@@ -67,13 +67,47 @@ fn prompts_per_batch() -> usize {
 }
 
 /// Which layers: `"all"` or a list.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Layers {
     /// Every layer of the model (`"all"`).
     All(String),
     /// These layers.
     List(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for Layers {
+    // By hand, so a bad value says what a layer list is (serde's untagged enums say only "did
+    // not match any variant").
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Layers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"all\" or a list of layer indices counted from 0, such as [0, 5, 10]")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Layers, E> {
+                Ok(Layers::All(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Layers, A::Error> {
+                let mut v = Vec::new();
+                while let Some(l) = seq.next_element::<i64>()? {
+                    if l < 0 {
+                        return Err(serde::de::Error::custom(format!(
+                            "{l} is not a layer: layers are counted from 0 (write \"all\" or \
+                             a list such as [0, 5, 10])"
+                        )));
+                    }
+                    v.push(l as usize);
+                }
+                Ok(Layers::List(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Layers {
@@ -117,6 +151,9 @@ pub struct ExtractSection {
     #[serde(default = "share_prefixes_by_default")]
     pub share_prefixes: bool,
 }
+
+/// The most periods `spectral.discover` may ask for.
+pub const MAX_DISCOVERED: usize = 32;
 
 /// `[output]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,8 +252,21 @@ impl Pipeline {
             message,
         };
         p.task.validate().map_err(|m| invalid("task", m))?;
+        let out = Path::new(&p.output.dir);
+        if out.exists() && !out.is_dir() {
+            return Err(invalid(
+                "output.dir",
+                format!("{} is a file, not a directory", out.display()),
+            ));
+        }
         if p.extract.sites.is_empty() {
             return Err(invalid("extract.sites", "no sites".into()));
+        }
+        if p.extract.layers == Layers::List(Vec::new()) {
+            return Err(invalid(
+                "extract.layers",
+                "an empty list extracts nothing: write \"all\" or the layers to extract".into(),
+            ));
         }
         if p.extract.batch_size == 0 {
             return Err(invalid("extract.batch_size", "must be at least 1".into()));
@@ -241,6 +291,12 @@ impl Pipeline {
             ));
         }
         let fit = &p.fit;
+        if fit.pca_dim == 0 {
+            return Err(invalid(
+                "fit.pca_dim",
+                "the fits are made in a PCA of at least 1 component".into(),
+            ));
+        }
         if fit.periods.iter().any(|&t| t <= 0.0) || fit.holdout <= 0.0 || fit.holdout >= 1.0 {
             return Err(invalid(
                 "fit",
@@ -248,6 +304,16 @@ impl Pipeline {
             ));
         }
         let sp = &p.spectral;
+        if sp.discover > MAX_DISCOVERED {
+            return Err(invalid(
+                "spectral.discover",
+                format!(
+                    "{} periods: the greedy search fits a helix per candidate and step, so at \
+                     most {MAX_DISCOVERED} are discovered",
+                    sp.discover
+                ),
+            ));
+        }
         if sp.probe_holdout <= 0.0 || sp.probe_holdout >= 1.0 || sp.probe_periods.contains(&0) {
             return Err(invalid(
                 "spectral",
@@ -337,6 +403,19 @@ impl Pipeline {
             return Err((
                 "analysis.range",
                 format!("{range:?} holds fewer than 4 numbers"),
+            ));
+        }
+        let task_range = match number {
+            NumberLabel::Answer if self.task.kind == TaskKind::Addition => {
+                let b = self.task.b.unwrap_or([0, 0]);
+                Some([self.task.a[0] + b[0], self.task.a[1] + b[1]])
+            }
+            _ => default_range,
+        };
+        if let Some(t) = task_range.filter(|t| range[0] < t[0] || range[1] > t[1]) {
+            return Err((
+                "analysis.range",
+                format!("{range:?} reaches beyond the task's `{number}`, {t:?}"),
             ));
         }
         let sites = match &a.sites {

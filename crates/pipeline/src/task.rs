@@ -57,6 +57,9 @@ impl TaskKind {
     }
 }
 
+/// The most problems a task may have (ranges are checked against it before prompts are built).
+pub const MAX_PROBLEMS: u64 = 10_000_000;
+
 /// The task section of a pipeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +169,16 @@ impl Task {
             return Err(format!(
                 "range a = {:?} must be [low, high] with 0 <= low <= high",
                 self.a
+            ));
+        }
+        // Checked before any prompt is built: a range of a billion numbers would otherwise
+        // build every prompt first and run out of memory.
+        let count = (self.a[1] - self.a[0] + 1) as u128
+            * self.b.map_or(1, |b| (b[1] - b[0] + 1).max(0) as u128);
+        if count > MAX_PROBLEMS as u128 {
+            return Err(format!(
+                "the ranges give {count} problems; a study holds at most {MAX_PROBLEMS} \
+                 (prompt ids are 32-bit and every prompt is run): narrow a or b"
             ));
         }
         match (self.kind, self.b) {

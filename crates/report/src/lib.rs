@@ -32,6 +32,23 @@ use polars::prelude::*;
 
 pub use figures::{accuracy_heatmap, error_histogram};
 
+/// `text` with the characters HTML gives a meaning escaped, so study names, paths, templates
+/// and manifests show as written and never run as markup.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Errors of the report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -126,13 +143,13 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
          <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} \
          img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}</style>\
          </head><body>\n<h1>helixlab study: {name}</h1>\n<p>Model <code>{model}</code> \
-         ({dtype}, {device}); task <code>{kind:?}</code>, template <code>{template:?}</code>.</p>\n",
-        name = p.name,
-        model = p.model.dir,
+         ({dtype}, {device}); task <code>{kind:?}</code>, template <code>{template}</code>.</p>\n",
+        name = escape(&p.name),
+        model = escape(&p.model.dir),
         dtype = p.model.dtype,
         device = p.model.device,
         kind = p.task.kind,
-        template = p.task.template,
+        template = escape(&format!("{:?}", p.task.template)),
     );
     let problems_path = run.path(tables::PROBLEMS);
     let scored = if Manifest::read_for(&problems_path).is_some() {
@@ -155,11 +172,10 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
             100.0 * ok as f64 / n.max(1) as f64
         );
         if let Some(m) = Manifest::read_for(&problems_path) {
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 html,
                 "<details><summary>How problems.parquet was made</summary><pre>{}</pre></details>",
-                serde_json::to_string_pretty(&m).unwrap_or_default().replace('<', "&lt;")
+                escape(&serde_json::to_string_pretty(&m).unwrap_or_default())
             );
         }
     } else if Manifest::read_for(&problems_path).is_some() {
@@ -190,7 +206,7 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
             let _ = writeln!(
                 html,
                 "<details><summary>How the {stage} tables were made</summary><pre>{}</pre></details>",
-                serde_json::to_string_pretty(&m).unwrap_or_default().replace('<', "&lt;")
+                escape(&serde_json::to_string_pretty(&m).unwrap_or_default())
             );
         }
     }
