@@ -218,6 +218,9 @@ impl Stage {
     /// Runs the stage of the study in `a` and prints what it did.
     pub fn run(self, a: &StageArgs) -> Result<()> {
         let p = a.load()?;
+        // Held until the stage returns: a second process on the same run and stage waits.
+        let _lock = helixlab_store::lock::StageLock::acquire(&p.run_dir(), self.name())
+            .with_context(|| format!("{} stage of {}", self.name(), a.pipeline.display()))?;
         let bar = Bar::new();
         let (force, progress) = (a.force, &bar as &dyn Progress);
         let context = || format!("{} stage of {}", self.name(), a.pipeline.display());

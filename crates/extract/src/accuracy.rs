@@ -64,6 +64,14 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             .to_vec2::<f32>()
             .map_err(helixlab_model::ModelError::from)?;
         for (e, l) in chunk.iter().zip(logits) {
+            if l.iter().any(|v| !v.is_finite()) {
+                return Err(crate::ExtractError::NonFinite {
+                    what: format!(
+                        "the logits of prompt {} ({:?})",
+                        e.problem.prompt_id, e.problem.prompt
+                    ),
+                });
+            }
             let (pred, top) =
                 l.iter()
                     .enumerate()

@@ -82,6 +82,14 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1())
                 .map_err(helixlab_model::ModelError::from)?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(crate::ExtractError::NonFinite {
+                    what: format!(
+                        "the activations at {} of the batch from prompt id {}",
+                        t.hook, chunk[0].problem.prompt_id
+                    ),
+                });
+            }
             let mut rows = ActivationRows {
                 values,
                 ..Default::default()

@@ -94,6 +94,7 @@ pub struct PartitionWriter {
     d: usize,
     writer: ArrowWriter<File>,
     rows: u64,
+    temp: atomic::Temp,
 }
 
 impl PartitionWriter {
@@ -106,8 +107,7 @@ impl PartitionWriter {
             std::fs::remove_file(&m).map_err(io(&m))?;
         }
         let path = partition_file(dir);
-        let tmp = atomic::temp_path(&path);
-        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let (temp, file) = atomic::Temp::create(&path)?;
         let writer =
             ArrowWriter::try_new(file, Arc::new(schema(d)), Some(writer_properties(manifest)))
                 .map_err(|e| StoreError::Format {
@@ -119,6 +119,7 @@ impl PartitionWriter {
             d,
             writer,
             rows: 0,
+            temp,
         })
     }
 
@@ -174,7 +175,7 @@ impl PartitionWriter {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        atomic::commit(&path)?;
+        self.temp.commit()?;
         manifest.rows = self.rows;
         manifest.write_for(&self.dir)?;
         Ok(self.rows)

@@ -25,6 +25,7 @@ pub mod activations;
 pub mod atomic;
 pub mod frame;
 pub mod inspect;
+pub mod lock;
 pub mod manifest;
 pub mod problems;
 pub mod read;

@@ -1,6 +1,5 @@
 //! `problems.parquet`: one row per prompt of the task, with what the model answered.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,8 +95,7 @@ pub fn write(path: &Path, rows: &[ProblemRow], manifest: &Manifest) -> Result<()
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = atomic::temp_path(path);
-    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let (temp, file) = atomic::Temp::create(path)?;
     let props = crate::activations::writer_properties(manifest);
     let mut w = ArrowWriter::try_new(file, Arc::new(schema()), Some(props)).map_err(|e| fmt(&e))?;
     for chunk in rows.chunks(65_536) {
@@ -105,6 +103,6 @@ pub fn write(path: &Path, rows: &[ProblemRow], manifest: &Manifest) -> Result<()
             .map_err(|e| fmt(&e))?;
     }
     w.close().map_err(|e| fmt(&e))?;
-    atomic::commit(path)?;
+    temp.commit()?;
     manifest.write_for(path)
 }

@@ -5,7 +5,6 @@
 //! Vectors (an activation-space coefficient, a prediction) are `FixedSizeList<Float32, d>`,
 //! as in the activation tables, so readers unpack them the same way.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -181,14 +180,13 @@ impl Table {
         }
         let mut manifest = manifest.clone();
         manifest.rows = rows as u64;
-        let tmp = atomic::temp_path(path);
-        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let (temp, file) = atomic::Temp::create(path)?;
         let props = crate::activations::writer_properties(&manifest);
         let mut w =
             ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| fmt(e.to_string()))?;
         w.write(&batch).map_err(|e| fmt(e.to_string()))?;
         w.close().map_err(|e| fmt(e.to_string()))?;
-        atomic::commit(path)?;
+        temp.commit()?;
         manifest.write_for(path)
     }
 }

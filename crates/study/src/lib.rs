@@ -36,6 +36,13 @@ pub enum StageError {
     /// A decomposition failed.
     #[error(transparent)]
     Numeric(#[from] helixlab_numeric::NumericError),
+    /// The model produced NaN or infinite values (bad weights, or an overflow in half
+    /// precision); nothing is written from them.
+    #[error("non-finite values (NaN or Inf) in {what}: the weights or the computation produced them (try dtype = \"f32\"); nothing was written")]
+    NonFinite {
+        /// Where: the hook or the logits, and the prompt.
+        what: String,
+    },
     /// The study does not fit the model or its tokenizer (a site or layer the model lacks, a
     /// number that is not one token, a position that does not resolve).
     #[error("{pipeline}: {message}")]
