@@ -23,6 +23,7 @@
 
 pub mod activations;
 pub mod atomic;
+pub mod content_hash;
 pub mod frame;
 pub mod inspect;
 pub mod lock;
@@ -56,6 +57,17 @@ pub enum StoreError {
         /// The table.
         path: PathBuf,
         /// How to make it.
+        hint: String,
+    },
+    /// A file's contents are not those its manifest vouches for (changed, truncated or copied
+    /// in after it was written).
+    #[error("{path}: its contents do not match its manifest ({message}); rerun `{hint}`")]
+    Corrupt {
+        /// The data file.
+        path: PathBuf,
+        /// What differs.
+        message: String,
+        /// The command that writes it.
         hint: String,
     },
     /// Parquet or arrow failed on a file.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{atomic, io, Result};
+use crate::{atomic, io, Result, StoreError};
 
 /// Which model produced a table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,9 +19,13 @@ pub struct ModelIdentity {
     pub architecture: String,
     /// sha256 of config.json, or of a GGUF file's header (metadata and tensor directory).
     pub config_sha256: String,
-    /// Weight files with their sizes in bytes (hashing multi-GB checkpoints on every run would
-    /// cost more than the run; name + size catches a swapped checkpoint).
+    /// Weight files with their sizes in bytes.
     pub weights: BTreeMap<String, u64>,
+    /// Weight files with the sha256 of their content (cached by path, size and modification
+    /// time: [`crate::content_hash`]), so a file swapped for another of the same size is
+    /// another model.
+    #[serde(default)]
+    pub weight_sha256: BTreeMap<String, String>,
     /// Run dtype: what the weight matrices were held in (`f32`, `bf16`, `f16`).
     pub dtype: String,
     /// What the arithmetic ran in: the run dtype, or `f32` for half-precision weights on the
@@ -76,6 +80,7 @@ impl ModelIdentity {
             architecture: architecture.to_string(),
             config_sha256: config_sha256.to_string(),
             weights,
+            weight_sha256: crate::content_hash::weight_hashes(weight_files)?,
             dtype: dtype.to_string(),
             compute_dtype: compute_dtype.to_string(),
             device: device.to_string(),
@@ -105,6 +110,12 @@ pub struct Manifest {
     pub rows: u64,
     /// Wall time of the stage for this output, seconds (not compared).
     pub wall_s: f64,
+    /// sha256 of the data file this manifest vouches for, set by [`Manifest::write_for`] (the
+    /// copy in the Parquet footer, written before the file is complete, has none). Readers
+    /// check it ([`Manifest::verified_for`]), so a file changed, truncated or copied in after
+    /// it was written is never taken as the result it claims to be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
 }
 
 impl Manifest {
@@ -128,21 +139,71 @@ impl Manifest {
         }
     }
 
+    /// The data file of `table`: the Parquet file itself, or a partition directory's
+    /// `part-0.parquet`.
+    pub fn data_file(table: &Path) -> PathBuf {
+        if table.extension().is_some_and(|e| e == "parquet") {
+            table.to_path_buf()
+        } else {
+            table.join("part-0.parquet")
+        }
+    }
+
+    /// Whether `table`'s data file has the content this manifest vouches for (a manifest
+    /// without a hash, from before hashes were recorded, vouches for nothing and fails).
+    pub fn vouches_for(&self, table: &Path) -> bool {
+        self.data_sha256
+            .as_ref()
+            .is_some_and(|want| sha256_file(&Self::data_file(table)).is_ok_and(|got| &got == want))
+    }
+
+    /// The manifest of `table` after checking that the data file is the one it vouches for:
+    /// `None` when there is no manifest (absent or incomplete), an error naming the file and
+    /// the command to rerun (`hint`) when the contents differ.
+    pub fn verified_for(table: &Path, hint: &str) -> Result<Option<Manifest>> {
+        let Some(m) = Self::read_for(table) else {
+            return Ok(None);
+        };
+        let data = Self::data_file(table);
+        let got = sha256_file(&data).map_err(|_| StoreError::Missing {
+            path: data.clone(),
+            hint: format!("its manifest is there but the data is not; rerun `{hint}`"),
+        })?;
+        match &m.data_sha256 {
+            Some(want) if *want == got => Ok(Some(m)),
+            Some(want) => Err(StoreError::Corrupt {
+                path: data,
+                message: format!("sha256 {got}, the manifest says {want}"),
+                hint: hint.into(),
+            }),
+            None => Err(StoreError::Corrupt {
+                path: data,
+                message: "the manifest records no content hash (written by an older helixlab)"
+                    .into(),
+                hint: hint.into(),
+            }),
+        }
+    }
+
     /// Reads the manifest of `table`, `None` if it has none (absent or incomplete table).
     pub fn read_for(table: &Path) -> Option<Manifest> {
         let text = std::fs::read_to_string(Self::path_for(table)).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    /// Writes the manifest of `table`, atomically; call after the data is in place.
+    /// Writes the manifest of `table`, atomically, with the sha256 of its data file; call after
+    /// the data is in place.
     pub fn write_for(&self, table: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).expect("manifests serialise");
+        let mut m = self.clone();
+        m.data_sha256 = Some(sha256_file(&Self::data_file(table))?);
+        let text = serde_json::to_string_pretty(&m).expect("manifests serialise");
         atomic::write(&Self::path_for(table), (text + "\n").as_bytes())
     }
 
-    /// Whether `table` is complete and was made by the same work as `self`.
+    /// Whether `table` is complete, was made by the same work as `self`, and still holds what
+    /// it was written with (a changed or truncated file is not fresh: the stage redoes it).
     pub fn is_fresh(&self, table: &Path) -> bool {
-        Self::read_for(table).is_some_and(|m| m.same_work(self))
+        Self::read_for(table).is_some_and(|m| m.same_work(self) && m.vouches_for(table))
     }
 }
 

@@ -201,11 +201,19 @@ pub fn extracted_layers(run_dir: &Path, site: &str) -> Result<Vec<(usize, PathBu
             continue;
         };
         let part = e.path();
-        let manifest = Manifest::path_for(&part);
-        if manifest.exists() {
-            let sha = crate::manifest::sha256_file(&manifest)?;
-            out.push((layer, part, sha));
+        // Every partition present must be complete and intact (the path names its site and
+        // layer): a reader that skipped one would write a complete-looking result from a
+        // subset of the layers.
+        if Manifest::verified_for(&part, "helixlab extract")?.is_none() {
+            return Err(StoreError::Missing {
+                path: part,
+                hint: "the partition has no manifest: an extraction stopped before finishing \
+                       it; rerun `helixlab extract`"
+                    .into(),
+            });
         }
+        let sha = crate::manifest::sha256_file(&Manifest::path_for(&part))?;
+        out.push((layer, part, sha));
     }
     out.sort_by_key(|x| x.0);
     if out.is_empty() {

@@ -188,6 +188,7 @@ impl StageRun {
                 completed_unix: 0,
                 rows: 0,
                 wall_s: 0.0,
+                data_sha256: None,
             },
             start: Instant::now(),
             written: Vec::new(),
@@ -204,6 +205,13 @@ impl StageRun {
     /// Records the complete table at `path` as an input; a table without a manifest is an
     /// error that says which command writes it (`hint`).
     pub fn input(&mut self, path: &Path, hint: &str) -> Result<()> {
+        // The data must be what its manifest vouches for (not changed or copied in since).
+        if Manifest::verified_for(path, hint)?.is_none() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+                hint: hint.into(),
+            });
+        }
         let sha = sha256_file(&Manifest::path_for(path)).map_err(|_| StoreError::Missing {
             path: path.to_path_buf(),
             hint: hint.into(),

@@ -209,6 +209,7 @@ mod tests {
             completed_unix: 0,
             rows: 0,
             wall_s: 0.0,
+            data_sha256: None,
         };
         Table::new()
             .column("layer", Values::U32(vec![0, 1]))
