@@ -219,8 +219,8 @@ impl Weights {
         match &self.backend {
             Backend::Safetensors(m) => m
                 .entries()
-                .map(|(_, e)| e.shape.iter().product::<usize>())
-                .sum(),
+                .map(|(_, e)| e.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d)))
+                .fold(0usize, usize::saturating_add),
             Backend::Pth { shards, .. } => shards
                 .iter()
                 .flat_map(|s| s.tensor_infos().values())

@@ -146,3 +146,59 @@ pub fn gradient_sites(r: &HashMap<String, Tensor>) -> Vec<helixlab_model::Captur
         })
         .collect()
 }
+
+/// `n` damaged copies of `bytes`, seeded: bytes overwritten (mostly within the first `head`
+/// bytes, where headers are), bytes inserted or deleted, the file truncated, and lengths
+/// overwritten with huge values.
+pub fn mutations(bytes: &[u8], head: usize, n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut next = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s >> 17
+    };
+    let head = head.min(bytes.len()).max(1);
+    (0..n)
+        .map(|_| {
+            let mut b = bytes.to_vec();
+            match next() % 5 {
+                0 => {
+                    for _ in 0..1 + next() % 4 {
+                        let i = (next() as usize) % head;
+                        b[i] = next() as u8;
+                    }
+                }
+                1 => {
+                    let i = (next() as usize) % head;
+                    b.insert(i, next() as u8);
+                }
+                2 => {
+                    let i = (next() as usize) % head;
+                    b.remove(i);
+                }
+                3 => b.truncate((next() as usize) % b.len()),
+                _ => {
+                    let i = (next() as usize) % head.saturating_sub(8).max(1);
+                    b[i..i + 8].copy_from_slice(&(u64::MAX >> (next() % 8)).to_le_bytes());
+                }
+            }
+            b
+        })
+        .collect()
+}
+
+/// Runs `f` on its own thread: panics if `f` panics or takes longer than `limit` (a reader
+/// must answer bad input with an error, never a panic or a hang).
+pub fn answers_in_time(what: &str, limit: std::time::Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r.is_ok());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(true) => {}
+        Ok(false) => panic!("{what}: panicked"),
+        Err(_) => panic!("{what}: no answer within {limit:?}"),
+    }
+}

@@ -220,3 +220,33 @@ fn missing_tokenizer_is_named() {
         "{e}"
     );
 }
+
+/// Damaged safetensors headers and files: `model check` (headers only) and loading answer
+/// with an error or a model, never a panic or a hang.
+#[test]
+fn damaged_safetensors_files_give_errors_not_panics() {
+    let src = common::fixture("gpt2_tied");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, damaged) in common::mutations(&bytes, header + 16, 300, 7)
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tmp.path().join(format!("m{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join("model.safetensors"), damaged).unwrap();
+        common::answers_in_time(
+            &format!("mutation {i}"),
+            std::time::Duration::from_secs(10),
+            move || {
+                let _ = helixlab_model::CheckpointInfo::read(&dir);
+                let _ = helixlab_model::Model::load(&dir, &helixlab_model::LoadOptions::default());
+                let _ = std::fs::remove_dir_all(&dir);
+            },
+        );
+    }
+}

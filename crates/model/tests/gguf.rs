@@ -15,6 +15,8 @@ use helixlab_model::gguf::GgufFile;
 use helixlab_model::weights::Weights;
 use helixlab_model::{ForwardRequest, LoadOptions, Logits, Model, Tokenizer};
 
+mod common;
+
 const D: usize = 256;
 const HEADS: usize = 4;
 const KV: usize = 2;
@@ -445,4 +447,29 @@ fn unsupported_gguf_files_are_refused_by_name() {
     let p = tmp.path().join("short.gguf");
     std::fs::write(&p, b"GGUF").unwrap();
     assert!(load_err(&p).contains("not a GGUF file"));
+}
+
+/// Damaged GGUF files (metadata, tensor directory, data): opening, checking and loading answer
+/// with an error or a model, never a panic or a hang.
+#[test]
+fn damaged_gguf_files_give_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(tiny(tmp.path())).unwrap();
+    for (i, damaged) in common::mutations(&bytes, 8192, 300, 11)
+        .into_iter()
+        .enumerate()
+    {
+        let path = tmp.path().join(format!("m{i}.gguf"));
+        std::fs::write(&path, damaged).unwrap();
+        common::answers_in_time(
+            &format!("mutation {i}"),
+            std::time::Duration::from_secs(10),
+            move || {
+                let _ = GgufFile::open(&path);
+                let _ = helixlab_model::CheckpointInfo::read(&path);
+                let _ = Model::load(&path, &LoadOptions::default());
+                let _ = std::fs::remove_file(&path);
+            },
+        );
+    }
 }

@@ -537,4 +537,37 @@ dir = "data/runs/toy-adder"
         let p = parse(&GOOD.replace("layers = \"all\"", "layers = [0, 7]")).unwrap();
         assert!(p.extract.layers.resolve(2).unwrap_err().contains("layer 7"));
     }
+
+    /// Damaged study files (bytes overwritten, inserted, deleted; truncated; numbers made
+    /// huge or negative): parsing answers with a pipeline or an error, never a panic.
+    #[test]
+    fn damaged_study_files_give_errors_not_panics() {
+        let mut state = 20250601u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 24) as usize
+        };
+        let alphabet = b"[]{}=\"',.-+0123456789aexl\n #$";
+        for i in 0..3000 {
+            let mut b = GOOD.as_bytes().to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = next() % b.len();
+                match next() % 4 {
+                    0 => b[at] = alphabet[next() % alphabet.len()],
+                    1 => b.insert(at, alphabet[next() % alphabet.len()]),
+                    2 => {
+                        b.remove(at);
+                    }
+                    _ => b
+                        .splice(at..at, b"99999999999999999999".iter().copied())
+                        .for_each(drop),
+                }
+            }
+            let text = String::from_utf8_lossy(&b).to_string();
+            let r = std::panic::catch_unwind(|| parse(&text));
+            assert!(r.is_ok(), "mutation {i} panicked on:\n{text}");
+        }
+    }
 }

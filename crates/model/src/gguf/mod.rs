@@ -60,6 +60,41 @@ impl GgufFile {
         let mut f = File::open(path).map_err(|e| bad(path, e.to_string()))?;
         let content =
             Content::read(&mut f).map_err(|e| bad(path, format!("not a GGUF file: {e}")))?;
+        // A damaged directory must not send the reader past the file (or make it allocate
+        // what a huge offset asks for): every extent is checked against the file's size.
+        let file_len = std::fs::metadata(path)
+            .map_err(|e| bad(path, e.to_string()))?
+            .len();
+        if content.tensor_data_offset > file_len {
+            return Err(bad(
+                path,
+                format!(
+                    "the tensor data starts at byte {}, past the end of the file ({file_len} bytes)",
+                    content.tensor_data_offset
+                ),
+            ));
+        }
+        for (name, t) in &content.tensor_infos {
+            let dims = t.shape.dims();
+            let elems = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .filter(|n| n % t.ggml_dtype.block_size() == 0);
+            let end = elems
+                .and_then(|n| (n / t.ggml_dtype.block_size()).checked_mul(t.ggml_dtype.type_size()))
+                .and_then(|bytes| (bytes as u64).checked_add(t.offset))
+                .and_then(|e| e.checked_add(content.tensor_data_offset));
+            if !end.is_some_and(|e| e <= file_len) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor `{name}` (shape {dims:?}, {:?}, offset {}) does not fit in the \
+                         file ({file_len} bytes)",
+                        t.ggml_dtype, t.offset
+                    ),
+                ));
+            }
+        }
         // The header (metadata and tensor directory) identifies config, tokenizer and layout;
         // the tensor data is the rest of the file, whose size the manifests record.
         let mut f = File::open(path).map_err(|e| bad(path, e.to_string()))?;
