@@ -84,7 +84,7 @@ impl GgufFile {
                 .and_then(|n| (n / t.ggml_dtype.block_size()).checked_mul(t.ggml_dtype.type_size()))
                 .and_then(|bytes| (bytes as u64).checked_add(t.offset))
                 .and_then(|e| e.checked_add(content.tensor_data_offset));
-            if !end.is_some_and(|e| e <= file_len) {
+            if end.is_none_or(|e| e > file_len) {
                 return Err(bad(
                     path,
                     format!(
