@@ -20,17 +20,21 @@ pub struct Frame {
 
 impl Frame {
     /// The table at `path`, `None` when it is absent or incomplete (no manifest).
+    /// A table whose data is not what its manifest vouches for is an error.
     pub fn open(path: &Path) -> Result<Option<Frame>> {
-        if Manifest::read_for(path).is_none() {
+        let hint =
+            Manifest::read_for(path).map_or_else(String::new, |m| format!("helixlab {}", m.stage));
+        if Manifest::verified_for(path, &hint)?.is_none() {
             return Ok(None);
         }
         Self::query(path, |lf| lf).map(Some)
     }
 
-    /// The run's `table`, which must be complete (the error names the command that writes it).
+    /// The run's `table`, which must be complete and intact (the error names the command that
+    /// writes it).
     pub fn require(run: &RunLayout, table: TableName) -> Result<Frame> {
         let path = run.path(table);
-        if Manifest::read_for(&path).is_none() {
+        if Manifest::verified_for(&path, &format!("helixlab {}", table.writer))?.is_none() {
             return Err(run.missing(table));
         }
         Self::query(&path, |lf| lf)
