@@ -111,6 +111,13 @@ fn foreign_partial_and_corrupt_partitions_are_refused_and_redone() {
         &["spectral", "--pipeline", ps, "--force"],
         &["layer=0", "no manifest"],
     );
+    // A layer the study extracts that is not there at all: refused, not skipped.
+    run_ok(&["extract", "--pipeline", ps]);
+    std::fs::remove_dir_all(partition(&run, 1)).unwrap();
+    fails_with(
+        &["spectral", "--pipeline", ps, "--force"],
+        &["layer=1", "extracts layer 1", "helixlab extract"],
+    );
 }
 
 #[test]

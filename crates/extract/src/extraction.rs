@@ -35,6 +35,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 "task": p.task,
                 "site": site.name(),
                 "layer": layer,
+                "n_layers": model.config().n_layers,
                 "hook": hook.to_string(),
                 "positions": offsets,
                 "share_prefixes": p.extract.share_prefixes,

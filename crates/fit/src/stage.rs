@@ -164,8 +164,11 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let layout = RunLayout::new(p.run_dir());
     let run_dir = layout.root();
     let cfg = &p.fit;
-    let (work, inputs) =
-        read::extracted_partitions(run_dir, target.sites.iter().map(|s| s.name()))?;
+    let (work, inputs) = read::extracted_partitions(
+        run_dir,
+        target.sites.iter().map(|s| s.name()),
+        p.extract.layers.listed(),
+    )?;
     let mut run = StageRun::new("fit", serde_json::json!({ "analysis": target, "fit": cfg }));
     run.inputs(inputs);
     // The spectral stage's periods, when it ran: a fit of the model's own periods.

@@ -96,7 +96,8 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
         }),
     )?;
     let (model, tok) = (&study.model, &study.tokenizer);
-    let (names, inputs) = read::extracted_partitions(run.root(), [SITE])?;
+    let (names, inputs) =
+        read::extracted_partitions(run.root(), [SITE], p.extract.layers.listed())?;
     m.inputs(inputs);
     m.input_table(&run, tables::PAIRS)?;
     let outputs = [

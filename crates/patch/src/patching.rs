@@ -290,8 +290,11 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
         "patch",
         serde_json::json!({ "analysis": t, "patch": p.patch, "batch_size": p.extract.batch_size }),
     )?;
-    let (names, inputs) =
-        read::extracted_partitions(layout.root(), t.sites.iter().map(|s| s.name()))?;
+    let (names, inputs) = read::extracted_partitions(
+        layout.root(),
+        t.sites.iter().map(|s| s.name()),
+        p.extract.layers.listed(),
+    )?;
     m.inputs(inputs);
     let work: Vec<(Site, usize)> = names
         .into_iter()

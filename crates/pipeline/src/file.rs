@@ -111,6 +111,14 @@ impl<'de> Deserialize<'de> for Layers {
 }
 
 impl Layers {
+    /// The layers listed, `None` for `"all"`.
+    pub fn listed(&self) -> Option<&[usize]> {
+        match self {
+            Layers::List(v) => Some(v),
+            Layers::All(_) => None,
+        }
+    }
+
     /// The layers for a model with `n` of them.
     pub fn resolve(&self, n: usize) -> Result<Vec<usize>, String> {
         match self {

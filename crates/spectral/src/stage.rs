@@ -79,8 +79,11 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         SpectralError::Input(format!("{}: {field}: {message}", p.path.display()))
     })?;
     let run_dir = p.run_dir();
-    let (work, inputs) =
-        read::extracted_partitions(&run_dir, target.sites.iter().map(|s| s.name()))?;
+    let (work, inputs) = read::extracted_partitions(
+        &run_dir,
+        target.sites.iter().map(|s| s.name()),
+        p.extract.layers.listed(),
+    )?;
     let ranges = p
         .spectral
         .ranges

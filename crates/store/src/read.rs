@@ -254,14 +254,36 @@ pub type Partitions = (
 );
 
 /// See [`Partitions`].
+///
+/// Every layer the study extracts must be there: `layers` lists them, or `None` ("all") means
+/// every layer of the model (the count its partitions' manifests record). A reader never works
+/// on a subset of what the settings ask for.
 pub fn extracted_partitions<'a>(
     run_dir: &Path,
     sites: impl IntoIterator<Item = &'a str>,
+    layers: Option<&[usize]>,
 ) -> Result<Partitions> {
     let mut work = Vec::new();
     let mut inputs = std::collections::BTreeMap::new();
     for site in sites {
-        for (layer, part, sha) in extracted_layers(run_dir, site)? {
+        let found = extracted_layers(run_dir, site)?;
+        let asked: Vec<usize> = match layers {
+            Some(l) => l.to_vec(),
+            None => found
+                .first()
+                .and_then(|(_, part, _)| Manifest::read_for(part))
+                .and_then(|m| m.settings.get("n_layers").and_then(|n| n.as_u64()))
+                .map_or_else(Vec::new, |n| (0..n as usize).collect()),
+        };
+        if let Some(l) = asked.iter().find(|l| !found.iter().any(|f| f.0 == **l)) {
+            return Err(StoreError::Missing {
+                path: partition_dir(run_dir, site, *l),
+                hint: format!(
+                    "the study extracts layer {l} of site {site}; run `helixlab extract`"
+                ),
+            });
+        }
+        for (layer, part, sha) in found {
             inputs.insert(part.display().to_string(), sha);
             work.push((site.to_string(), layer));
         }
