@@ -52,6 +52,14 @@ impl Architecture {
             Architecture::Bert => "bert",
         }
     }
+
+    /// The config.json field that holds the number of layers.
+    pub fn layer_count_field(&self) -> &'static str {
+        match self {
+            Architecture::Gpt2 | Architecture::GptJ => "n_layer",
+            Architecture::GptNeoX | Architecture::Llama | Architecture::Bert => "num_hidden_layers",
+        }
+    }
 }
 
 /// Elementwise activation of the MLP.

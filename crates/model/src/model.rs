@@ -109,10 +109,10 @@ impl Model {
                 };
                 return Err(ModelError::BadConfig {
                     path: config,
-                    field: "the number of layers".into(),
+                    field: info.config.arch.layer_count_field().into(),
                     message: format!(
-                        "the config says {n} layers, but the checkpoint holds tensors of layer \
-                         {deepest} (e.g. `{example}`), which would go unused"
+                        "{n} layers, but the checkpoint holds tensors of layer {deepest} (e.g. \
+                         `{example}`), which would go unused"
                     ),
                 });
             }

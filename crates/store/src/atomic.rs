@@ -75,12 +75,6 @@ pub fn remove_leftovers(path: &Path) {
     }
 }
 
-/// Renames the temporary file into place.
-pub fn commit(path: &Path) -> Result<()> {
-    let tmp = temp_path(path);
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
 /// Writes `bytes` to `path` atomically, creating parent directories.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
