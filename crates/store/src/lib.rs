@@ -16,7 +16,11 @@
 //! data goes to a temporary file that is renamed into place, then the manifest is written
 //! (also by rename). A stage killed midway leaves at most a data file without a manifest,
 //! which every reader and every rerun treats as absent. A stage whose manifest matches its
-//! current settings and inputs does nothing, which is what makes reruns free.
+//! current settings and inputs does nothing, which is what makes reruns free. The manifest
+//! also records the sha256 of its data file, which every reader checks, so a file changed,
+//! truncated or copied in afterwards is refused rather than read ([`Manifest::verified_for`]);
+//! weights are identified by content the same way ([`content_hash`]), and [`lock`] keeps two
+//! processes off one stage of one run.
 //!
 //! Not here: computing anything. Schemas and I/O only.
 #![deny(missing_docs)]
