@@ -157,6 +157,8 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
     let (model, tok) = (&study.model, &study.tokenizer);
     let cfg = model.config().clone();
     m.input_table(&run, tables::PAIRS)?;
+    // The grid and the ablation sample are every problem, not only the pairs'.
+    m.input_table(&run, tables::PROBLEMS)?;
     m.optional_input(&run.path(tables::COMPONENT_ROLES))?;
     if !force && m.tables_fresh(&run, &tables::NEURONS) {
         return Ok(Outcome::UpToDate);
