@@ -284,13 +284,36 @@ pub struct Keep<'a> {
     pub fits: Option<&'a BTreeMap<Neuron, NeuronFit>>,
 }
 
-/// Accuracy and mean logit difference (answer logit with the edits minus without) over
-/// `probs` under `keep`, mean activations `means`.
-pub fn evaluate(
+/// The logit of each problem's answer at the last token, nothing edited: what [`evaluate`]
+/// measures changes against (computed once for every point of a sweep).
+pub fn answer_logits(
     model: &Model,
     tok: &Tokenizer,
     p: &Pipeline,
     probs: &[&ProblemInfo],
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(probs.len());
+    for chunk in probs.chunks(p.extract.batch_size.max(1)) {
+        let batch = encode(model, tok, p, chunk.iter().copied())?;
+        let req = ForwardRequest::new().logits(Logits::Last);
+        let logits = f32s2(&model.forward(&batch, &req)?.logits.expect("asked"))?;
+        out.extend(
+            chunk
+                .iter()
+                .zip(logits)
+                .map(|(pr, l)| l[pr.answer_token as usize]),
+        );
+    }
+    Ok(out)
+}
+
+/// Accuracy and mean logit difference (answer logit with the edits minus `base`, its value
+/// without them, from [`answer_logits`]) over `probs` under `keep`, mean activations `means`.
+pub fn evaluate(
+    model: &Model,
+    tok: &Tokenizer,
+    p: &Pipeline,
+    (probs, base): (&[&ProblemInfo], &[f32]),
     means: &[Vec<f64>],
     keep: &Keep,
 ) -> Result<(f64, f64)> {
@@ -300,14 +323,10 @@ pub fn evaluate(
         kept_by_layer[l].push(n);
     }
     let (mut correct, mut diff) = (0usize, 0f64);
-    for chunk in probs.chunks(p.extract.batch_size.max(1)) {
+    let size = p.extract.batch_size.max(1);
+    for (c, chunk) in probs.chunks(size).enumerate() {
         let batch = encode(model, tok, p, chunk.iter().copied())?;
-        let base = f32s2(
-            &model
-                .forward(&batch, &ForwardRequest::new().logits(Logits::Last))?
-                .logits
-                .expect("asked"),
-        )?;
+        let base = &base[c * size..c * size + chunk.len()];
         let b = chunk.len();
         let mut req = ForwardRequest::new().logits(Logits::Last);
         for (l, kept) in kept_by_layer.iter().enumerate() {
@@ -345,7 +364,7 @@ pub fn evaluate(
         for (i, pr) in chunk.iter().enumerate() {
             let t = pr.answer_token as usize;
             correct += usize::from(argmax(&out[i]) == t);
-            diff += (out[i][t] - base[i][t]) as f64;
+            diff += (out[i][t] - base[i]) as f64;
         }
     }
     let n = probs.len().max(1) as f64;
@@ -452,7 +471,8 @@ mod tests {
             kept: &all,
             fits: Some(&fits),
         };
-        let (acc, diff) = evaluate(&model, &tok, &p, &[&pr], &means, &keep).unwrap();
+        let base = answer_logits(&model, &tok, &p, &[&pr]).unwrap();
+        let (acc, diff) = evaluate(&model, &tok, &p, (&[&pr], &base), &means, &keep).unwrap();
         assert!(diff.abs() < 1e-5, "{diff}");
         assert_eq!(acc, 1.0);
         // The same fits shifted by one: the answer's logit moves.
@@ -467,7 +487,7 @@ mod tests {
             kept: &all,
             fits: Some(&shifted),
         };
-        let (_, diff) = evaluate(&model, &tok, &p, &[&pr], &means, &keep).unwrap();
+        let (_, diff) = evaluate(&model, &tok, &p, (&[&pr], &base), &means, &keep).unwrap();
         assert!(diff.abs() > 1e-2, "{diff}");
     }
 }

@@ -18,8 +18,8 @@ use ndarray::Array2;
 use polars::prelude::{col, lit};
 
 use crate::forwards::{
-    attribution, evaluate, mean_activations, neuron_effects, preactivations, Keep, Neuron,
-    NeuronEffect,
+    answer_logits, attribution, evaluate, mean_activations, neuron_effects, preactivations, Keep,
+    Neuron, NeuronEffect,
 };
 use crate::neuron_fit::{fit_neurons, NeuronFit};
 use crate::periods::{near, periods, Periods};
@@ -214,6 +214,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         .map(|i| &all[i])
         .collect();
     let means = mean_activations(model, tok, p, &sample)?;
+    let base = answer_logits(model, tok, p, &evaluated)?;
     let grid_k = keep_grid(total, &s.keep);
     let fit_k: Vec<usize> = grid_k.iter().copied().filter(|&k| k <= top.len()).collect();
     let kept = |k: usize| -> Vec<Neuron> { order.iter().take(k).map(|&i| neuron(i)).collect() };
@@ -224,7 +225,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
             kept: &kept(k),
             fits: None,
         };
-        let (acc, diff) = evaluate(model, tok, p, &evaluated, &means, &keep)?;
+        let (acc, diff) = evaluate(model, tok, p, (&evaluated, &base), &means, &keep)?;
         sparsity.push("real", k, total, acc, diff, evaluated.len());
         progress.advance(1);
     }
@@ -271,7 +272,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
             kept: &kept(k),
             fits: Some(&fit_map),
         };
-        let (acc, diff) = evaluate(model, tok, p, &evaluated, &means, &keep)?;
+        let (acc, diff) = evaluate(model, tok, p, (&evaluated, &base), &means, &keep)?;
         sparsity.push("fit", k, total, acc, diff, evaluated.len());
         progress.advance(1);
     }

@@ -22,8 +22,8 @@ impl Frame {
     /// The table at `path`, `None` when it is absent or incomplete (no manifest).
     /// A table whose data is not what its manifest vouches for is an error.
     pub fn open(path: &Path) -> Result<Option<Frame>> {
-        let hint =
-            Manifest::read_for(path).map_or_else(String::new, |m| format!("helixlab {}", m.stage));
+        let hint = Manifest::read_for(path)
+            .map_or_else(String::new, |m| format!("rerun `helixlab {}`", m.stage));
         if Manifest::verified_for(path, &hint)?.is_none() {
             return Ok(None);
         }
@@ -34,7 +34,7 @@ impl Frame {
     /// writes it).
     pub fn require(run: &RunLayout, table: TableName) -> Result<Frame> {
         let path = run.path(table);
-        if Manifest::verified_for(&path, &format!("helixlab {}", table.writer))?.is_none() {
+        if Manifest::verified_for(&path, &format!("rerun `helixlab {}`", table.writer))?.is_none() {
             return Err(run.missing(table));
         }
         Self::query(&path, |lf| lf)

@@ -65,13 +65,13 @@ pub enum StoreError {
     },
     /// A file's contents are not those its manifest vouches for (changed, truncated or copied
     /// in after it was written).
-    #[error("{path}: its contents do not match its manifest ({message}); rerun `{hint}`")]
+    #[error("{path}: its contents do not match its manifest ({message}); {hint}")]
     Corrupt {
         /// The data file.
         path: PathBuf,
         /// What differs.
         message: String,
-        /// The command that writes it.
+        /// What to do (the command that writes it).
         hint: String,
     },
     /// Parquet or arrow failed on a file.

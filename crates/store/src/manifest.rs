@@ -159,7 +159,7 @@ impl Manifest {
 
     /// The manifest of `table` after checking that the data file is the one it vouches for:
     /// `None` when there is no manifest (absent or incomplete), an error naming the file and
-    /// the command to rerun (`hint`) when the contents differ.
+    /// saying what to do (`hint`, e.g. "rerun `helixlab extract`") when the contents differ.
     pub fn verified_for(table: &Path, hint: &str) -> Result<Option<Manifest>> {
         let Some(m) = Self::read_for(table) else {
             return Ok(None);
@@ -167,7 +167,7 @@ impl Manifest {
         let data = Self::data_file(table);
         let got = sha256_file(&data).map_err(|_| StoreError::Missing {
             path: data.clone(),
-            hint: format!("its manifest is there but the data is not; rerun `{hint}`"),
+            hint: format!("its manifest is there but the data is not; {hint}"),
         })?;
         match &m.data_sha256 {
             Some(want) if *want == got => Ok(Some(m)),

@@ -204,7 +204,7 @@ pub fn extracted_layers(run_dir: &Path, site: &str) -> Result<Vec<(usize, PathBu
         // Every partition present must be complete and intact (the path names its site and
         // layer): a reader that skipped one would write a complete-looking result from a
         // subset of the layers.
-        if Manifest::verified_for(&part, "helixlab extract")?.is_none() {
+        if Manifest::verified_for(&part, "rerun `helixlab extract`")?.is_none() {
             return Err(StoreError::Missing {
                 path: part,
                 hint: "the partition has no manifest: an extraction stopped before finishing \
