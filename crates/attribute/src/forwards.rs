@@ -169,8 +169,6 @@ fn neuron_patch(
 }
 
 /// Exact patches, total and direct effects of each of `neurons` over `pairs`.
-// Long (about 100 lines) because the clean and corrupt runs of each batch (captured once)
-// feed all three effects of every neuron.
 pub fn neuron_effects(
     model: &Model,
     tok: &Tokenizer,

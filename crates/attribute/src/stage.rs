@@ -133,9 +133,8 @@ impl Grid {
 }
 
 /// `helixlab neurons`.
-// Long (about 200 lines) because the experiments feed each other in order (ranking, top
-// neurons, means, grid, fits) and their tables are assembled from all of them; each
-// experiment's forwards are in `forwards`.
+// Long (about 170 lines) because the experiments feed each other in order (ranking, top
+// neurons, means, grid, fits); their forwards are in `forwards`, their tables below.
 pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
     let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {
@@ -249,19 +248,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
     }
     let fits = fit_neurons(&ab, y.view(), &s.periods)?;
     lap("fits", &mut steps);
-    let cells = grid.n_a * grid.n_b;
-    let mut stored_grids = Vec::with_capacity(top.len() * cells);
-    let mut fitted_grids = Vec::with_capacity(top.len() * cells);
-    let mut found: Vec<Periods> = Vec::with_capacity(top.len());
-    for (v, fit) in pre.iter().zip(&fits) {
-        let (stored, filled) = grid.fill(&all_refs, v);
-        stored_grids.extend(stored);
-        found.push(periods(&filled, grid.n_a, grid.n_b));
-        fitted_grids.extend((0..cells).map(|c| {
-            let (a, b) = grid.at(c);
-            fit.predict(a, b) as f32
-        }));
-    }
+    let grids = Grids::of(&grid, &all_refs, &pre, &fits);
 
     // 7. The top k's preactivations replaced by their fits (the rest mean-ablated).
     let fit_map: BTreeMap<Neuron, NeuronFit> =
@@ -281,130 +268,15 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
 
     // Tables.
     let circuit = circuit_mlps(&run)?;
-    let mut rank = vec![0u32; total];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r as u32 + 1;
-    }
-    let attribution_table = Table::new()
-        .u32s("layer", (0..total).map(|i| neuron(i).0 as u32))
-        .u32s("neuron", (0..total).map(|i| neuron(i).1 as u32))
-        .f64s("score", score.iter().copied())
-        .f64s("abs_score", score.iter().map(|v| v.abs()))
-        .u32s("rank", rank.iter().copied());
-    let top_scores: Vec<f64> = order.iter().take(top.len()).map(|&i| score[i]).collect();
-    let de_te = |e: &NeuronEffect| {
-        if e.total != 0.0 {
-            e.direct / e.total
-        } else {
-            f64::NAN
-        }
+    let found = TopNeurons {
+        top: &top,
+        scores: order.iter().take(top.len()).map(|&i| score[i]).collect(),
+        effects: &effects,
+        fits: &fits,
+        circuit: circuit.as_ref(),
     };
-    let top_table = Table::new()
-        .u32s("rank", 1..=top.len() as u32)
-        .u32s("layer", top.iter().map(|x| x.0 as u32))
-        .u32s("neuron", top.iter().map(|x| x.1 as u32))
-        .f64s("score", top_scores.iter().copied())
-        .f64s("exact", effects.iter().map(|e| e.exact))
-        .f64s("total", effects.iter().map(|e| e.total))
-        .f64s("direct", effects.iter().map(|e| e.direct))
-        .f64s("de_over_te", effects.iter().map(de_te))
-        .column(
-            "in_circuit_mlp",
-            Values::OptI64(
-                top.iter()
-                    .map(|x| circuit.as_ref().map(|c| i64::from(c.contains(&x.0))))
-                    .collect(),
-            ),
-        )
-        .f64s(
-            "rank_correlation",
-            std::iter::repeat_n(
-                spearman(
-                    &top_scores,
-                    &effects.iter().map(|e| e.exact).collect::<Vec<_>>(),
-                ),
-                top.len(),
-            ),
-        );
-    let preact_table = Table::new()
-        .u32s("rank", 1..=top.len() as u32)
-        .u32s("layer", top.iter().map(|x| x.0 as u32))
-        .u32s("neuron", top.iter().map(|x| x.1 as u32))
-        .column("a_min", Values::I64(vec![grid.a0; top.len()]))
-        .column("b_min", Values::I64(vec![grid.b0; top.len()]))
-        .u32s("n_a", std::iter::repeat_n(grid.n_a as u32, top.len()))
-        .u32s("n_b", std::iter::repeat_n(grid.n_b as u32, top.len()))
-        .column(
-            "preactivation",
-            Values::Vector {
-                d: cells,
-                values: stored_grids,
-            },
-        )
-        .column(
-            "fitted",
-            Values::Vector {
-                d: cells,
-                values: fitted_grids,
-            },
-        );
-    let opt = |v: Option<f64>| v;
-    let fits_table = Table::new()
-        .u32s("rank", 1..=top.len() as u32)
-        .u32s("layer", top.iter().map(|x| x.0 as u32))
-        .u32s("neuron", top.iter().map(|x| x.1 as u32))
-        .f64s("nrmse", fits.iter().map(|f| f.nrmse))
-        .f64s("ab_fraction", fits.iter().map(|f| f.ab_fraction()))
-        .column(
-            "period_a",
-            Values::OptF64(found.iter().map(|x| opt(x.a)).collect()),
-        )
-        .column(
-            "period_b",
-            Values::OptF64(found.iter().map(|x| opt(x.b)).collect()),
-        )
-        .column(
-            "period_ab",
-            Values::OptF64(found.iter().map(|x| opt(x.sum)).collect()),
-        )
-        .strs("top_terms", fits.iter().map(|f| f.top_terms(3)))
-        .f64s("linear_a", fits.iter().map(|f| f.linear[0]))
-        .f64s("linear_b", fits.iter().map(|f| f.linear[1]))
-        .f64s("linear_ab", fits.iter().map(|f| f.linear[2]))
-        .f64s("bias", fits.iter().map(|f| f.bias))
-        .f64s("total", effects.iter().map(|e| e.total))
-        .f64s("de_over_te", effects.iter().map(de_te));
-    let terms: Vec<(Neuron, &crate::neuron_fit::Term)> = top
-        .iter()
-        .zip(&fits)
-        .flat_map(|(&n, f)| f.terms.iter().map(move |t| (n, t)))
-        .collect();
-    let terms_table = Table::new()
-        .u32s("layer", terms.iter().map(|x| x.0 .0 as u32))
-        .u32s("neuron", terms.iter().map(|x| x.0 .1 as u32))
-        .strs("operand", terms.iter().map(|x| x.1.operand))
-        .f64s("period", terms.iter().map(|x| x.1.period))
-        .f64s("alpha", terms.iter().map(|x| x.1.alpha))
-        .f64s("beta", terms.iter().map(|x| x.1.beta))
-        .f64s("amplitude", terms.iter().map(|x| x.1.amplitude()))
-        .f64s("shift", terms.iter().map(|x| x.1.shift()));
-    let mut period_rows: Vec<(&str, f64, f64)> = Vec::new();
-    for (var, get) in [
-        ("a", (|x: &Periods| x.a) as fn(&Periods) -> Option<f64>),
-        ("b", |x: &Periods| x.b),
-        ("a+b", |x: &Periods| x.sum),
-    ] {
-        for &t in &[2.0, 5.0, 10.0, 100.0] {
-            let share =
-                found.iter().filter(|x| near(get(x), t)).count() as f64 / found.len().max(1) as f64;
-            period_rows.push((var, t, share));
-        }
-    }
-    let periods_table = Table::new()
-        .strs("variable", period_rows.iter().map(|x| x.0))
-        .f64s("period", period_rows.iter().map(|x| x.1))
-        .f64s("share", period_rows.iter().map(|x| x.2));
-    let mlps_table = mlps_table(&top, &fits, &effects, circuit.as_ref());
+    let (attribution_table, top_table) = ranking_tables(&score, &order, cfg.d_mlp, &found);
+    let (preact_table, fits_table, terms_table, periods_table) = grid_tables(&found, &grid, grids);
     for (name, table) in [
         (tables::NEURON_ATTRIBUTION, attribution_table),
         (tables::NEURON_TOP, top_table),
@@ -413,7 +285,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         (tables::NEURON_FITS, fits_table),
         (tables::NEURON_FIT_TERMS, terms_table),
         (tables::NEURON_PERIODS, periods_table),
-        (tables::NEURON_MLPS, mlps_table),
+        (tables::NEURON_MLPS, mlps_table(&found)),
     ] {
         m.write_table(&run, name, &table)?;
     }
@@ -429,6 +301,167 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         (serde_json::to_string_pretty(&timing).expect("json") + "\n").as_bytes(),
     )?;
     Ok(m.outcome())
+}
+
+/// What the tables say about each top neuron, in rank order.
+struct TopNeurons<'a> {
+    top: &'a [Neuron],
+    scores: Vec<f64>,
+    effects: &'a [NeuronEffect],
+    fits: &'a [NeuronFit],
+    circuit: Option<&'a BTreeSet<usize>>,
+}
+
+fn de_over_te(e: &NeuronEffect) -> f64 {
+    if e.total != 0.0 {
+        e.direct / e.total
+    } else {
+        f64::NAN
+    }
+}
+
+/// The top neurons' grids: the preactivation as stored (missing cells NaN), the fit's values,
+/// and the dominant periods.
+struct Grids {
+    stored: Vec<f32>,
+    fitted: Vec<f32>,
+    periods: Vec<Periods>,
+}
+
+impl Grids {
+    fn of(grid: &Grid, probs: &[&ProblemInfo], pre: &[Vec<f64>], fits: &[NeuronFit]) -> Grids {
+        let cells = grid.n_a * grid.n_b;
+        let mut g = Grids {
+            stored: Vec::with_capacity(pre.len() * cells),
+            fitted: Vec::with_capacity(pre.len() * cells),
+            periods: Vec::with_capacity(pre.len()),
+        };
+        for (v, fit) in pre.iter().zip(fits) {
+            let (stored, filled) = grid.fill(probs, v);
+            g.stored.extend(stored);
+            g.periods.push(periods(&filled, grid.n_a, grid.n_b));
+            g.fitted.extend((0..cells).map(|c| {
+                let (a, b) = grid.at(c);
+                fit.predict(a, b) as f32
+            }));
+        }
+        g
+    }
+}
+
+/// attribution.parquet (every neuron, `order` ranks them) and top.parquet.
+fn ranking_tables(score: &[f64], order: &[usize], d_mlp: usize, t: &TopNeurons) -> (Table, Table) {
+    let total = score.len();
+    let mut rank = vec![0u32; total];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r as u32 + 1;
+    }
+    let attribution = Table::new()
+        .u32s("layer", (0..total).map(|i| (i / d_mlp) as u32))
+        .u32s("neuron", (0..total).map(|i| (i % d_mlp) as u32))
+        .f64s("score", score.iter().copied())
+        .f64s("abs_score", score.iter().map(|v| v.abs()))
+        .u32s("rank", rank.iter().copied());
+    let exact: Vec<f64> = t.effects.iter().map(|e| e.exact).collect();
+    let n = t.top.len();
+    let top = Table::new()
+        .u32s("rank", 1..=n as u32)
+        .u32s("layer", t.top.iter().map(|x| x.0 as u32))
+        .u32s("neuron", t.top.iter().map(|x| x.1 as u32))
+        .f64s("score", t.scores.iter().copied())
+        .f64s("exact", exact.iter().copied())
+        .f64s("total", t.effects.iter().map(|e| e.total))
+        .f64s("direct", t.effects.iter().map(|e| e.direct))
+        .f64s("de_over_te", t.effects.iter().map(de_over_te))
+        .column(
+            "in_circuit_mlp",
+            Values::OptI64(
+                t.top
+                    .iter()
+                    .map(|x| t.circuit.map(|c| i64::from(c.contains(&x.0))))
+                    .collect(),
+            ),
+        )
+        .f64s(
+            "rank_correlation",
+            std::iter::repeat_n(spearman(&t.scores, &exact), n),
+        );
+    (attribution, top)
+}
+
+/// preactivations.parquet, fits.parquet, fit_terms.parquet and periods.parquet.
+fn grid_tables(t: &TopNeurons, grid: &Grid, g: Grids) -> (Table, Table, Table, Table) {
+    let (n, cells) = (t.top.len(), grid.n_a * grid.n_b);
+    let ids = |table: Table| {
+        table
+            .u32s("rank", 1..=n as u32)
+            .u32s("layer", t.top.iter().map(|x| x.0 as u32))
+            .u32s("neuron", t.top.iter().map(|x| x.1 as u32))
+    };
+    let preactivations = ids(Table::new())
+        .column("a_min", Values::I64(vec![grid.a0; n]))
+        .column("b_min", Values::I64(vec![grid.b0; n]))
+        .u32s("n_a", std::iter::repeat_n(grid.n_a as u32, n))
+        .u32s("n_b", std::iter::repeat_n(grid.n_b as u32, n))
+        .column(
+            "preactivation",
+            Values::Vector {
+                d: cells,
+                values: g.stored,
+            },
+        )
+        .column(
+            "fitted",
+            Values::Vector {
+                d: cells,
+                values: g.fitted,
+            },
+        );
+    let period = |f: fn(&Periods) -> Option<f64>| Values::OptF64(g.periods.iter().map(f).collect());
+    let fits = ids(Table::new())
+        .f64s("nrmse", t.fits.iter().map(|f| f.nrmse))
+        .f64s("ab_fraction", t.fits.iter().map(|f| f.ab_fraction()))
+        .column("period_a", period(|x| x.a))
+        .column("period_b", period(|x| x.b))
+        .column("period_ab", period(|x| x.sum))
+        .strs("top_terms", t.fits.iter().map(|f| f.top_terms(3)))
+        .f64s("linear_a", t.fits.iter().map(|f| f.linear[0]))
+        .f64s("linear_b", t.fits.iter().map(|f| f.linear[1]))
+        .f64s("linear_ab", t.fits.iter().map(|f| f.linear[2]))
+        .f64s("bias", t.fits.iter().map(|f| f.bias))
+        .f64s("total", t.effects.iter().map(|e| e.total))
+        .f64s("de_over_te", t.effects.iter().map(de_over_te));
+    let terms: Vec<(Neuron, &crate::neuron_fit::Term)> = t
+        .top
+        .iter()
+        .zip(t.fits)
+        .flat_map(|(&n, f)| f.terms.iter().map(move |term| (n, term)))
+        .collect();
+    let fit_terms = Table::new()
+        .u32s("layer", terms.iter().map(|x| x.0 .0 as u32))
+        .u32s("neuron", terms.iter().map(|x| x.0 .1 as u32))
+        .strs("operand", terms.iter().map(|x| x.1.operand))
+        .f64s("period", terms.iter().map(|x| x.1.period))
+        .f64s("alpha", terms.iter().map(|x| x.1.alpha))
+        .f64s("beta", terms.iter().map(|x| x.1.beta))
+        .f64s("amplitude", terms.iter().map(|x| x.1.amplitude()))
+        .f64s("shift", terms.iter().map(|x| x.1.shift()));
+    let mut rows: Vec<(&str, f64, f64)> = Vec::new();
+    for (var, get) in [
+        ("a", (|x: &Periods| x.a) as fn(&Periods) -> Option<f64>),
+        ("b", |x: &Periods| x.b),
+        ("a+b", |x: &Periods| x.sum),
+    ] {
+        for &target in &[2.0, 5.0, 10.0, 100.0] {
+            let hits = g.periods.iter().filter(|x| near(get(x), target)).count();
+            rows.push((var, target, hits as f64 / g.periods.len().max(1) as f64));
+        }
+    }
+    let shares = Table::new()
+        .strs("variable", rows.iter().map(|x| x.0))
+        .f64s("period", rows.iter().map(|x| x.1))
+        .f64s("share", rows.iter().map(|x| x.2));
+    (preactivations, fits, fit_terms, shares)
 }
 
 /// sparsity.parquet, column-wise.
@@ -466,12 +499,8 @@ impl SparsityRows {
 /// mlps.parquet: per MLP layer with top neurons, their mean a+b fraction and mean DE/TE, and
 /// the R^2 of a line through those points over the circuit MLPs (every such layer when the
 /// components stage has not run).
-fn mlps_table(
-    top: &[Neuron],
-    fits: &[NeuronFit],
-    effects: &[NeuronEffect],
-    circuit: Option<&BTreeSet<usize>>,
-) -> Table {
+fn mlps_table(t: &TopNeurons) -> Table {
+    let (top, fits, effects, circuit) = (t.top, t.fits, t.effects, t.circuit);
     let mut by_layer: BTreeMap<usize, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for ((n, f), e) in top.iter().zip(fits).zip(effects) {
         let entry = by_layer.entry(n.0).or_default();

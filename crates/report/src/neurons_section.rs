@@ -43,32 +43,70 @@ fn cumulative(values: &[f64], share: f64) -> (Option<usize>, Vec<(f64, f64)>) {
     (reached, curve)
 }
 
+/// The top neurons as the top and fits tables give them, in rank order.
+struct Top {
+    layer: Vec<i64>,
+    neuron: Vec<i64>,
+    score: Vec<f64>,
+    exact: Vec<f64>,
+    total: Vec<f64>,
+    direct: Vec<f64>,
+    rho: f64,
+    nrmse: Vec<f64>,
+    ab_frac: Vec<f64>,
+    terms: Vec<String>,
+}
+
+impl Top {
+    /// `None` when `helixlab neurons` has not run.
+    fn read(run: &RunLayout) -> Result<Option<Top>> {
+        let Some(top) = Tbl::open(&run.path(tables::NEURON_TOP))? else {
+            return Ok(None);
+        };
+        let fits = Tbl::require(run, tables::NEURON_FITS)?;
+        Ok(Some(Top {
+            layer: top.i64("layer")?,
+            neuron: top.i64("neuron")?,
+            score: top.f64("score")?,
+            exact: top.f64("exact")?,
+            total: top.f64("total")?,
+            direct: top.f64("direct")?,
+            rho: top
+                .f64("rank_correlation")?
+                .first()
+                .copied()
+                .unwrap_or(f64::NAN),
+            nrmse: fits.f64("nrmse")?,
+            ab_frac: fits.f64("ab_fraction")?,
+            terms: fits.str("top_terms")?,
+        }))
+    }
+}
+
+/// What the summary quotes from the figures' tables.
+struct Quoted {
+    kind: Vec<String>,
+    kept: Vec<i64>,
+    acc: Vec<f64>,
+    all: usize,
+    one_pct: i64,
+    de80: Option<usize>,
+    r2: f64,
+}
+
 /// The section; empty when `helixlab neurons` has not run.
-// Long (about 190 lines): one figure after another from the neuron tables, then the summary
-// numbers and the table of the top neurons, in the order the section shows them.
 pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
-    let Some(top) = Tbl::open(&run.path(tables::NEURON_TOP))? else {
+    let Some(t) = Top::read(run)? else {
         return Ok(String::new());
     };
-    let (layer, neuron, score, exact, total, direct) = (
-        top.i64("layer")?,
-        top.i64("neuron")?,
-        top.f64("score")?,
-        top.f64("exact")?,
-        top.f64("total")?,
-        top.f64("direct")?,
-    );
-    let rho = top
-        .f64("rank_correlation")?
-        .first()
-        .copied()
-        .unwrap_or(f64::NAN);
-    let fits = Tbl::require(run, tables::NEURON_FITS)?;
-    let (nrmse, ab_frac, terms) = (
-        fits.f64("nrmse")?,
-        fits.f64("ab_fraction")?,
-        fits.str("top_terms")?,
-    );
+    preactivation_figure(run, out, &t)?;
+    let q = experiments_figure(run, out, &t)?;
+    Ok(summary(&t, &q))
+}
+
+/// The first top neurons' preactivations over the grid beside their fits.
+fn preactivation_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<()> {
+    let (layer, neuron, nrmse) = (&t.layer, &t.neuron, &t.nrmse);
     let pre = Tbl::require(run, tables::NEURON_PREACTIVATIONS)?;
     let (n_a, n_b) = (pre.i64("n_a")?, pre.i64("n_b")?);
     let ((d, real), (_, fitted)) = (pre.vectors("preactivation")?, pre.vectors("fitted")?);
@@ -110,15 +148,24 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
             range,
         });
     }
-    if shown > 0 {
-        heatmaps(
-            &out.join("neuron_preactivations.png"),
-            "Top neurons' preactivation at the last token and its fit, x: a, y: b (paper Figs 8, 31)",
-            &maps,
-            4,
-            300,
-        )?;
+    if shown == 0 {
+        return Ok(());
     }
+    heatmaps(
+        &out.join("neuron_preactivations.png"),
+        "Top neurons' preactivation at the last token and its fit, x: a, y: b (paper Figs 8, 31)",
+        &maps,
+        4,
+        300,
+    )
+}
+
+/// Accuracy against neurons kept, attribution against exact patching, the top 1 %'s layers,
+/// cumulative DE, NRMSE against TE, a+b fraction against DE/TE, period shares.
+// Long (about 165 lines): eight panels, each a few lines of data and a few of labels.
+fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
+    let (score, exact, total, direct, nrmse, rho) =
+        (&t.score, &t.exact, &t.total, &t.direct, &t.nrmse, t.rho);
     // Sparsity: real and fitted preactivations.
     let sp = Tbl::require(run, tables::NEURON_SPARSITY)?;
     let (kind, kept, acc, ld) = (
@@ -271,7 +318,24 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
         520,
         340,
     )?;
-    // The numbers the paper quotes.
+    Ok(Quoted {
+        kind,
+        kept,
+        acc,
+        all,
+        one_pct,
+        de80,
+        r2,
+    })
+}
+
+/// The numbers the paper quotes, and a table of the top 20 neurons.
+fn summary(t: &Top, q: &Quoted) -> String {
+    let (layer, neuron, score, exact, total, direct) =
+        (&t.layer, &t.neuron, &t.score, &t.exact, &t.total, &t.direct);
+    let (nrmse, ab_frac, terms, rho) = (&t.nrmse, &t.ab_frac, &t.terms, t.rho);
+    let (kind, kept, acc, all, one_pct, de80, r2) =
+        (&q.kind, &q.kept, &q.acc, q.all, q.one_pct, q.de80, q.r2);
     let near = (0..kind.len())
         .filter(|&i| kind[i] == "real")
         .min_by_key(|&i| (kept[i] - one_pct).abs());
@@ -340,7 +404,7 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
         );
     }
     html.push_str("</table>\n");
-    Ok(html)
+    html
 }
 
 #[cfg(test)]
