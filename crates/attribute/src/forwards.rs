@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use helixlab_model::{
     Batch, Capture, Edit, ForwardRequest, HookPoint, Intervention, Logits, Model,
 };
-use helixlab_model::{Positions, Tokenizer};
+use helixlab_model::{LastTokenCache, Positions, Tokenizer};
 use helixlab_pipeline::Pipeline;
 use helixlab_study::pairs::{argmax, clean_run_request, prompt_ids, Pair, ProblemInfo};
 
@@ -135,16 +135,28 @@ fn one_value(model: &Model, v: Vec<f32>) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (b, 1, 1), model.device())?.to_dtype(model.dtype())?)
 }
 
-/// A run (its batch, its output with the residual stream entering every block, its last-position
-/// logits) resumed at neuron `(l, n)`'s block with that neuron set to `values` at the last
-/// token: the change of each sequence's `targets` logit, summed.
+/// A clean or corrupt run of a batch, as the neuron patches resume from it.
+struct BaseRun<'a> {
+    batch: &'a Batch,
+    /// Its output, with the residual stream entering every block.
+    out: &'a helixlab_model::ForwardOutput,
+    /// Its last-position logits.
+    logits: &'a [Vec<f32>],
+    /// The keys and values of the positions before the last (`None` for a padded batch).
+    cache: Option<&'a LastTokenCache>,
+}
+
+/// `base` resumed at neuron `(l, n)`'s block with that neuron set to `values` at the last
+/// token: the change of each sequence's `targets` logit, summed. Only the last token is run
+/// when the batch has a cache (the earlier positions cannot see the patch).
 fn neuron_patch(
     model: &Model,
-    (batch, base, base_logits): (&Batch, &helixlab_model::ForwardOutput, &[Vec<f32>]),
+    base: &BaseRun,
     (l, n): Neuron,
     values: Vec<f32>,
     targets: &[usize],
 ) -> Result<f64> {
+    let resid = base.out.capture(HookPoint::ResidPre(l))?;
     let req = ForwardRequest::new()
         .logits(Logits::Last)
         .intervene(Intervention {
@@ -154,17 +166,26 @@ fn neuron_patch(
             edit: Edit::Replace,
             value: one_value(model, values)?,
         })
-        .resume(l, base.capture(HookPoint::ResidPre(l))?.clone());
-    let out = f32s2(
-        &model
-            .forward(batch, &req)?
-            .logits
-            .expect("asked for logits"),
-    )?;
+        .resume(l, resid.clone());
+    let out = match base.cache {
+        Some(cache) => {
+            let t = cache.seq_len();
+            let req = ForwardRequest {
+                resume: Some(helixlab_model::request::Resume {
+                    layer: l,
+                    resid: resid.narrow(1, t - 1, 1)?,
+                }),
+                ..req
+            };
+            model.forward_last(cache, &req)?
+        }
+        None => model.forward(base.batch, &req)?,
+    };
+    let out = f32s2(&out.logits.expect("asked for logits"))?;
     Ok(targets
         .iter()
         .enumerate()
-        .map(|(i, &t)| (out[i][t] - base_logits[i][t]) as f64)
+        .map(|(i, &t)| (out[i][t] - base.logits[i][t]) as f64)
         .sum())
 }
 
@@ -194,6 +215,10 @@ pub fn neuron_effects(
         let corrupt_batch = encode(model, tok, p, chunk.iter().map(|x| &x.corrupt))?;
         let clean = model.forward(&clean_batch, &req)?;
         let corrupt = model.forward(&corrupt_batch, &req)?;
+        let (clean_cache, corrupt_cache) = (
+            model.last_token_cache(&clean_batch)?,
+            model.last_token_cache(&corrupt_batch)?,
+        );
         let clean_logits = f32s2(clean.logits.as_ref().expect("asked for logits"))?;
         let corrupt_logits = f32s2(corrupt.logits.as_ref().expect("asked for logits"))?;
         let final_clean = clean
@@ -219,11 +244,21 @@ pub fn neuron_effects(
                 .map(|r| r[n])
                 .collect();
             // Exact, in attribution's direction: the corrupt run with the clean activation.
-            let corrupt_run = (&corrupt_batch, &corrupt, &corrupt_logits[..]);
-            effects[k].exact += neuron_patch(model, corrupt_run, (l, n), ca.clone(), &clean_t)?;
+            let corrupt_run = BaseRun {
+                batch: &corrupt_batch,
+                out: &corrupt,
+                logits: &corrupt_logits,
+                cache: corrupt_cache.as_ref(),
+            };
+            effects[k].exact += neuron_patch(model, &corrupt_run, (l, n), ca.clone(), &clean_t)?;
             // Total effect: the clean run with the corrupt activation.
-            let clean_run = (&clean_batch, &clean, &clean_logits[..]);
-            effects[k].total += neuron_patch(model, clean_run, (l, n), xa.clone(), &corrupt_t)?;
+            let clean_run = BaseRun {
+                batch: &clean_batch,
+                out: &clean,
+                logits: &clean_logits,
+                cache: clean_cache.as_ref(),
+            };
+            effects[k].total += neuron_patch(model, &clean_run, (l, n), xa.clone(), &corrupt_t)?;
             // Direct effect: the change through W_out, straight to the final norm.
             let delta: Vec<f32> = xa.iter().zip(&ca).map(|(x, c)| x - c).collect();
             let delta = Tensor::from_vec(delta, (chunk.len(), 1), model.device())?;
