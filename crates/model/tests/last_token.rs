@@ -22,8 +22,7 @@ fn request(model: &Model, l: usize, b: usize, resid: Tensor) -> ForwardRequest {
             positions: Positions::last(),
             index: Some(vec![1, 3]),
             edit: Edit::Replace,
-            value: Tensor::from_vec(vec![0.7f32, -1.3].repeat(b), (b, 1, 2), model.device())
-                .unwrap(),
+            value: Tensor::from_vec([0.7f32, -1.3].repeat(b), (b, 1, 2), model.device()).unwrap(),
         })
         .capture(HookPoint::ResidPost(last), Positions::last())
         .resume(l, resid)
