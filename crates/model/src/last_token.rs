@@ -31,36 +31,43 @@ impl LastTokenCache {
     }
 }
 
+/// An unpadded batch split into its positions before the last and its last token.
+pub(crate) fn split_last(batch: &Batch) -> Result<(Batch, Batch)> {
+    let (b, t) = (batch.size(), batch.seq_len);
+    let head = Batch {
+        input_ids: batch.input_ids.narrow(1, 0, t - 1)?,
+        lengths: vec![t - 1; b],
+        position_ids: batch
+            .position_ids
+            .iter()
+            .map(|p| p[..t - 1].to_vec())
+            .collect(),
+        seq_len: t - 1,
+    };
+    let tail = Batch {
+        input_ids: batch.input_ids.narrow(1, t - 1, 1)?,
+        lengths: vec![1; b],
+        position_ids: batch.position_ids.iter().map(|p| vec![p[t - 1]]).collect(),
+        seq_len: 1,
+    };
+    Ok((head, tail))
+}
+
 impl Model {
     /// The cache of `batch` for [`Model::forward_last`]; `None` where it does not apply (a
     /// model that is not causal, one-token sequences, or a padded batch).
     pub fn last_token_cache(&self, batch: &Batch) -> Result<Option<LastTokenCache>> {
-        let (b, t) = (batch.size(), batch.seq_len);
+        let t = batch.seq_len;
         let c = self.config();
         if !c.arch.is_causal_lm() || t < 2 || batch.lengths.iter().any(|&l| l != t) {
             return Ok(None);
         }
-        let head = Batch {
-            input_ids: batch.input_ids.narrow(1, 0, t - 1)?,
-            lengths: vec![t - 1; b],
-            position_ids: batch
-                .position_ids
-                .iter()
-                .map(|p| p[..t - 1].to_vec())
-                .collect(),
-            seq_len: t - 1,
-        };
+        let (head, tail) = split_last(batch)?;
         let every_block = Plan {
             stop: Stage::Block(c.n_layers - 1),
             stop_at_input: false,
         };
         let (_, kv) = self.run_recording(&head, &ForwardRequest::new(), every_block)?;
-        let tail = Batch {
-            input_ids: batch.input_ids.narrow(1, t - 1, 1)?,
-            lengths: vec![1; b],
-            position_ids: batch.position_ids.iter().map(|p| vec![p[t - 1]]).collect(),
-            seq_len: 1,
-        };
         Ok(Some(LastTokenCache { kv, tail, t }))
     }
 

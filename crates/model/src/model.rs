@@ -430,25 +430,10 @@ impl Model {
         req: &ForwardRequest,
         interventions: &[Intervention],
     ) -> Result<ForwardOutput> {
-        let (b, t) = (batch.size(), batch.seq_len);
+        let t = batch.seq_len;
         let plan = self.plan(req, interventions)?;
-        let head = Batch {
-            input_ids: batch.input_ids.narrow(1, 0, t - 1)?,
-            lengths: vec![t - 1; b],
-            position_ids: batch
-                .position_ids
-                .iter()
-                .map(|p| p[..t - 1].to_vec())
-                .collect(),
-            seq_len: t - 1,
-        };
+        let (head, tail) = crate::last_token::split_last(batch)?;
         let (_, kv) = self.run_recording(&head, &ForwardRequest::new(), plan)?;
-        let tail = Batch {
-            input_ids: batch.input_ids.narrow(1, t - 1, 1)?,
-            lengths: vec![1; b],
-            position_ids: batch.position_ids.iter().map(|p| vec![p[t - 1]]).collect(),
-            seq_len: 1,
-        };
         // Positions were checked to be the last one; in the one-token tail that is -1.
         let at_last = |p: &Positions| match p {
             Positions::At(ps) => Positions::At(vec![-1; ps.len()]),
