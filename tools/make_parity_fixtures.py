@@ -33,8 +33,14 @@ from transformers import (
     GPTJForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 VOCAB = 128
@@ -187,10 +193,30 @@ def register(arch, model, rec, cfg):
             rec.inp(blk.mlp.dense_4h_to_h, f"blocks.{l}.mlp.hook_post")
             rec.out(blk.mlp.dense_4h_to_h, f"blocks.{l}.hook_mlp_out")
         rec.out(tr.final_layer_norm, "ln_final.hook_normalized")
-    elif arch == "llama":
+    elif arch == "gemma2":
+        # hook_attn_out / hook_mlp_out: what enters the residual, after the post-norms.
         tr = model.model
         H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
         D = cfg.head_dim
+        rec.out(tr.embed_tokens, "hook_embed")
+        for l, blk in enumerate(tr.layers):
+            rec.inp(blk, f"blocks.{l}.hook_resid_pre")
+            rec.out(blk, f"blocks.{l}.hook_resid_post")
+            rec.out(blk.self_attn.q_proj, f"blocks.{l}.attn.hook_q", heads(H, D))
+            rec.out(blk.self_attn.k_proj, f"blocks.{l}.attn.hook_k", heads(KV, D))
+            rec.out(blk.self_attn.v_proj, f"blocks.{l}.attn.hook_v", heads(KV, D))
+            rec.inp(blk.self_attn.o_proj, f"blocks.{l}.attn.hook_z", heads(H, D))
+            rec.out(blk.post_attention_layernorm, f"blocks.{l}.hook_attn_out")
+            rec.inp(blk.pre_feedforward_layernorm, f"blocks.{l}.hook_resid_mid")
+            rec.out(blk.mlp.gate_proj, f"blocks.{l}.mlp.hook_pre")
+            rec.out(blk.mlp.up_proj, f"blocks.{l}.mlp.hook_pre_linear")
+            rec.inp(blk.mlp.down_proj, f"blocks.{l}.mlp.hook_post")
+            rec.out(blk.post_feedforward_layernorm, f"blocks.{l}.hook_mlp_out")
+        rec.out(tr.norm, "ln_final.hook_normalized")
+    elif arch in ("llama", "qwen2", "mistral"):
+        tr = model.model
+        H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+        D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
         rec.out(tr.embed_tokens, "hook_embed")
         for l, blk in enumerate(tr.layers):
             rec.inp(blk, f"blocks.{l}.hook_resid_pre")
@@ -294,10 +320,29 @@ CASES = {
     "bert": ("bert", "safetensors", lambda: BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=32, type_vocab_size=2)),
+    # The window (3 keys) is shorter than the longest sequence (7), so it changes the result;
+    # Qwen2 applies it from layer max_window_layers = 1 on, Mistral on every layer.
+    "qwen2_bias_window": ("qwen2", "safetensors", lambda: Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    "mistral_window": ("mistral", "safetensors", lambda: MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=3)),
+    # Caps small enough that tanh bends the O(1) scores and logits; query_pre_attn_scalar
+    # unlike head_dim, so the scale is tested; layer 0 local, layer 1 global (HF's default).
+    "gemma2_softcap": ("gemma2", "safetensors", lambda: Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, intermediate_size=48, max_position_embeddings=64,
+        query_pre_attn_scalar=12, sliding_window=3, attn_logit_softcapping=2.0,
+        final_logit_softcapping=3.0, rms_norm_eps=1e-6, tie_word_embeddings=True)),
 }
 
 MODEL_CLASS = {"gpt2": GPT2LMHeadModel, "gptj": GPTJForCausalLM, "gpt_neox": GPTNeoXForCausalLM,
-               "llama": LlamaForCausalLM, "bert": BertModel}
+               "llama": LlamaForCausalLM, "bert": BertModel, "qwen2": Qwen2ForCausalLM,
+               "mistral": MistralForCausalLM, "gemma2": Gemma2ForCausalLM}
 
 
 def make_case(root, name, seed):
@@ -388,10 +433,18 @@ def shipped_toy_adders(root, models="data/models"):
 
 
 def main():
+    """`make_parity_fixtures.py ROOT [CASE...]`: every case (and the toy adders' logits), or
+    only the cases named; a case's seed is its place in CASES either way."""
     root = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/parity"
+    only = sys.argv[2:]
+    for name in only:
+        if name not in CASES:
+            sys.exit(f"unknown case {name!r}; cases: {', '.join(CASES)}")
     for i, name in enumerate(CASES):
-        make_case(root, name, seed=100 * (i + 1))
-    shipped_toy_adders(root)
+        if not only or name in only:
+            make_case(root, name, seed=100 * (i + 1))
+    if not only:
+        shipped_toy_adders(root)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,32 @@ pub struct Env {
     /// set, `mask` covers `p + t` keys (`(b or 1, 1, t, p + t)`) and queries attend over the
     /// prefix's keys first.
     pub past: Option<Vec<(Tensor, Tensor)>>,
+    /// `mask` with keys beyond the sliding window hidden too, for the layers in `local`.
+    pub local_mask: Option<Tensor>,
+    /// Which layers attend within the window (`ModelConfig::local_layers`).
+    pub local: Vec<bool>,
+    /// The scores' scale, when not 1/sqrt(d_head).
+    pub scale: Option<f64>,
+    /// Soft cap of the scores (`cap * tanh(score / cap)`), applied before the mask.
+    pub softcap: Option<f64>,
+}
+
+/// `mask` (`(b or 1, 1, t, k)`, the `t` queries being the last `t` of the `k` keys, as in every
+/// mask the forward builds) with the keys more than `window - 1` before each query hidden:
+/// HF's `kv_idx > q_idx - sliding_window`. Left padding keeps index distances equal to token
+/// distances.
+pub fn window_mask(mask: &Tensor, window: usize) -> Result<Tensor> {
+    let (_, _, t, k) = mask.dims4()?;
+    let mut m = vec![0f32; t * k];
+    for q in 0..t {
+        let at = k - t + q;
+        for key in 0..k {
+            if key + window <= at {
+                m[q * k + key] = f32::MIN / 2.0;
+            }
+        }
+    }
+    Ok(mask.broadcast_add(&Tensor::from_vec(m, (1, 1, t, k), mask.device())?)?)
 }
 
 /// Attention of `q: (b, t, heads, d)` over `k, v: (b, t, kv_heads, d)` (already rotated);
@@ -59,8 +85,16 @@ pub fn attend(
         (expand(&k)?, expand(&v)?)
     };
     let scores = q.matmul(&k.t()?.contiguous()?)?;
-    let scores = (scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = scores.broadcast_add(&env.mask)?;
+    let scale = env.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut scores = (scores.to_dtype(DType::F32)? * scale)?;
+    if let Some(cap) = env.softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let mask = match &env.local_mask {
+        Some(local) if env.local.get(layer) == Some(&true) => local,
+        _ => &env.mask,
+    };
+    let scores = scores.broadcast_add(mask)?;
     let mut pattern = softmax_last(&scores, ctx.differentiable)?;
     let hp = HookPoint::AttnPattern(layer);
     if ctx.is_live(hp) {

@@ -26,11 +26,31 @@ pub enum Architecture {
     Llama,
     /// `bert`: post-LN encoder with absolute positions and token types.
     Bert,
+    /// `qwen2` (Qwen2, Qwen2.5): the Llama layout with biases on q, k and v.
+    Qwen2,
+    /// `mistral`: the Llama layout with sliding-window attention.
+    Mistral,
+    /// `gemma2`: GeGLU, RMSNorm scaled by 1 + w before and after attention and MLP, embeddings
+    /// times sqrt(d_model), soft-capped attention scores and logits, alternating local and
+    /// global attention.
+    Gemma2,
 }
 
 impl Architecture {
     /// The HF `model_type` strings accepted.
-    pub const SUPPORTED: &'static str = "gpt2, gptj, gpt_neox, llama, bert";
+    pub const SUPPORTED: &'static str = "gpt2, gptj, gpt_neox, llama, qwen2, mistral, gemma2, bert";
+
+    /// Every architecture, in the order of [`Architecture::SUPPORTED`].
+    pub const ALL: [Architecture; 8] = [
+        Architecture::Gpt2,
+        Architecture::GptJ,
+        Architecture::GptNeoX,
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Mistral,
+        Architecture::Gemma2,
+        Architecture::Bert,
+    ];
 
     /// Whether the model predicts the next token (has causal attention and logits).
     pub fn is_causal_lm(&self) -> bool {
@@ -50,6 +70,9 @@ impl Architecture {
             Architecture::GptNeoX => "gpt_neox",
             Architecture::Llama => "llama",
             Architecture::Bert => "bert",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Mistral => "mistral",
+            Architecture::Gemma2 => "gemma2",
         }
     }
 
@@ -57,7 +80,7 @@ impl Architecture {
     pub fn layer_count_field(&self) -> &'static str {
         match self {
             Architecture::Gpt2 | Architecture::GptJ => "n_layer",
-            Architecture::GptNeoX | Architecture::Llama | Architecture::Bert => "num_hidden_layers",
+            _ => "num_hidden_layers",
         }
     }
 }
@@ -175,6 +198,20 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     /// `pad_token_id`, if any.
     pub pad_token_id: Option<u32>,
+    /// Biases on q, k and v only (Qwen2); `attention_bias` puts them on all four projections.
+    pub qkv_bias: bool,
+    /// How many keys a local layer's query sees, itself included (HF: key `k` is visible
+    /// from query `q` when `q - window < k <= q`).
+    pub sliding_window: Option<usize>,
+    /// Which layers attend locally (within `sliding_window`); the others attend globally.
+    pub local_layers: Vec<bool>,
+    /// The attention scores' scale instead of 1/sqrt(d_head) (Gemma 2:
+    /// `query_pre_attn_scalar^-1/2`).
+    pub attention_scale: Option<f64>,
+    /// Scores soft-capped as `cap * tanh(score / cap)` before the mask (Gemma 2).
+    pub attention_softcap: Option<f64>,
+    /// Logits soft-capped as `cap * tanh(logit / cap)` (Gemma 2).
+    pub final_softcap: Option<f64>,
 }
 
 /// A config.json being read: typed field access whose errors name the file and the field.
@@ -278,6 +315,64 @@ impl Fields<'_> {
         Ok(None)
     }
 
+    /// `sliding_window` and which layers use it: `layer_types` (transformers 5 writes it:
+    /// `sliding_attention` / `full_attention` per layer) when present, else `default(l)`.
+    /// A window of `null` makes every layer global.
+    pub(crate) fn sliding_layers(
+        &self,
+        cfg: &mut ModelConfig,
+        default: impl Fn(usize) -> bool,
+    ) -> Result<()> {
+        cfg.sliding_window = self.opt_usize("sliding_window")?;
+        if cfg.sliding_window == Some(0) {
+            return Err(self.err("sliding_window", "a window of 0 keys hides every token"));
+        }
+        let n = cfg.n_layers;
+        cfg.local_layers = match self.get("layer_types") {
+            None => (0..n).map(default).collect(),
+            Some(v) => {
+                let kinds = v.as_array().filter(|a| a.len() == n).ok_or_else(|| {
+                    self.err("layer_types", format!("expected a list of {n} layer kinds"))
+                })?;
+                kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(l, k)| match k.as_str() {
+                        Some("sliding_attention") => Ok(true),
+                        Some("full_attention") => Ok(false),
+                        _ => Err(self.err(
+                            &format!("layer_types[{l}]"),
+                            format!("{k} is not sliding_attention or full_attention"),
+                        )),
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        if cfg.sliding_window.is_none() {
+            cfg.local_layers = vec![false; n];
+        }
+        Ok(())
+    }
+
+    /// `num_key_value_heads` (grouped-query attention), which must divide the query heads.
+    pub(crate) fn kv_heads(&self, n_heads: usize) -> Result<usize> {
+        let kv = self.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        if kv == 0 || !n_heads.is_multiple_of(kv) {
+            return Err(self.err(
+                "num_key_value_heads",
+                format!("{kv} does not divide num_attention_heads {n_heads}"),
+            ));
+        }
+        Ok(kv)
+    }
+
+    pub(crate) fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(_) => self.f64_or(field, 0.0).map(Some),
+        }
+    }
+
     pub(crate) fn llama3_scaling(&self) -> Result<Option<Llama3Scaling>> {
         let (field, obj) = match (self.get("rope_scaling"), self.get("rope_parameters")) {
             (Some(s), _) => ("rope_scaling", s),
@@ -348,6 +443,9 @@ impl ModelConfig {
             "gpt_neox" => Architecture::GptNeoX,
             "llama" => Architecture::Llama,
             "bert" => Architecture::Bert,
+            "qwen2" => Architecture::Qwen2,
+            "mistral" => Architecture::Mistral,
+            "gemma2" => Architecture::Gemma2,
             "" => {
                 return Err(f.err(
                     "model_type",
@@ -394,12 +492,21 @@ impl ModelConfig {
             bos_token_id: f.token_id("bos_token_id"),
             eos_token_id: f.token_id("eos_token_id"),
             pad_token_id: f.token_id("pad_token_id"),
+            qkv_bias: false,
+            sliding_window: None,
+            local_layers: vec![false; n_layers],
+            attention_scale: None,
+            attention_softcap: None,
+            final_softcap: None,
         };
         match arch {
             Architecture::Gpt2 => crate::arch::gpt2::read_config(&f, &mut cfg)?,
             Architecture::GptJ => crate::arch::gptj::read_config(&f, &mut cfg)?,
             Architecture::GptNeoX => crate::arch::gpt_neox::read_config(&f, &mut cfg)?,
-            Architecture::Llama => crate::arch::llama::read_config(&f, &mut cfg)?,
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+                crate::arch::llama::read_config(&f, &mut cfg)?
+            }
+            Architecture::Gemma2 => crate::arch::gemma2::read_config(&f, &mut cfg)?,
             Architecture::Bert => crate::arch::bert::read_config(&f, &mut cfg)?,
         }
         if let Some(r) = cfg.rotary {
@@ -461,6 +568,61 @@ mod tests {
         .unwrap();
         assert_eq!(c.rotary.unwrap().dim, 32);
         assert!(c.parallel_block);
+    }
+
+    #[test]
+    fn windows_follow_each_architecture_rules() {
+        let base = json!({"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 100, "intermediate_size": 128,
+            "sliding_window": 16});
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse(v).unwrap()
+        };
+        // Qwen2.5's shipped configs: a window given but switched off.
+        let q = with(json!({"model_type": "qwen2", "use_sliding_window": false}));
+        assert_eq!(
+            (q.sliding_window, q.qkv_bias, q.attention_bias),
+            (None, true, false)
+        );
+        assert_eq!(q.local_layers, vec![false; 4]);
+        let q = with(
+            json!({"model_type": "qwen2", "use_sliding_window": true, "max_window_layers": 2}),
+        );
+        assert_eq!(q.local_layers, vec![false, false, true, true]);
+        let m = with(json!({"model_type": "mistral"}));
+        assert_eq!(
+            (m.sliding_window, m.local_layers.clone()),
+            (Some(16), vec![true; 4])
+        );
+        let m = with(json!({"model_type": "mistral", "sliding_window": null}));
+        assert_eq!(m.local_layers, vec![false; 4]);
+        let g = with(
+            json!({"model_type": "gemma2", "head_dim": 32, "query_pre_attn_scalar": 64,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}),
+        );
+        assert_eq!(g.local_layers, vec![true, false, true, false]);
+        assert_eq!((g.d_head, g.attention_scale), (32, Some(0.125)));
+        assert_eq!(
+            (g.attention_softcap, g.final_softcap),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(g.activation, Activation::GeluTanh);
+        let e = parse({
+            let mut v = base.clone();
+            v["model_type"] = json!("mistral");
+            v["layer_types"] = json!(["full_attention", "sliding"]);
+            v
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("layer_types") && e.contains("4 layer kinds"),
+            "{e}"
+        );
     }
 
     #[test]

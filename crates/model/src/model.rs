@@ -575,6 +575,12 @@ impl Model {
                 batch.attention_mask(c.arch.is_causal_lm(), &self.device)?,
             ),
         };
+        let local_mask = match c.sliding_window {
+            Some(w) if c.local_layers.contains(&true) => {
+                Some(crate::attention::window_mask(&mask, w)?)
+            }
+            _ => None,
+        };
         let env = Env {
             mask,
             rope: match self.arch.rotary() {
@@ -582,6 +588,10 @@ impl Model {
                 None => None,
             },
             past,
+            local_mask,
+            local: c.local_layers.clone(),
+            scale: c.attention_scale,
+            softcap: c.attention_softcap,
         };
         let mut end = start;
         for l in start..c.n_layers {

@@ -209,6 +209,9 @@ impl LayerNorm {
 pub struct RmsNorm {
     w: Tensor,
     eps: f64,
+    /// Gemma: the scale is `1 + weight`, applied in f32 before casting back (Llama casts back
+    /// first, then multiplies in the model dtype).
+    scale_in_f32: bool,
 }
 
 impl RmsNorm {
@@ -217,11 +220,28 @@ impl RmsNorm {
         Ok(Self {
             w: vb.get("weight", &[d])?,
             eps,
+            scale_in_f32: false,
+        })
+    }
+
+    /// Gemma's RMSNorm (`modeling_gemma2.py`): `weight` is stored as an offset from one.
+    pub fn load_one_plus(vb: &Vb, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            w: (vb.get_f32("weight", &[d])? + 1.0)?,
+            eps,
+            scale_in_f32: true,
         })
     }
 
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if self.scale_in_f32 && (differentiable || x.dtype() != DType::F32) {
+            let dtype = x.dtype();
+            let xf = x.to_dtype(DType::F32)?;
+            let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            return Ok(normed.broadcast_mul(&self.w)?.to_dtype(dtype)?);
+        }
         if differentiable || x.dtype() != DType::F32 {
             // HF: hidden.to(f32) * rsqrt(mean(hidden^2) + eps), back to the input dtype, then
             // times the weight.

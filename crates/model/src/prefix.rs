@@ -269,6 +269,9 @@ mod grad_tests {
             "llama_gqa_llama3",
             "neox_parallel",
             "neox_sequential",
+            "qwen2_bias_window",
+            "mistral_window",
+            "gemma2_softcap",
         ] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/parity")

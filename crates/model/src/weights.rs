@@ -304,6 +304,12 @@ impl Weights {
         Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
     }
 
+    /// The tensor `name`, checked to have `shape`, in f32 whatever the run dtype (what HF
+    /// upcasts before use, such as Gemma's norm weights).
+    pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.fetch(name, shape, DType::F32)
+    }
+
     /// A view that prefixes names with `prefix.`.
     pub fn pp(&self, prefix: &str) -> Vb<'_> {
         Vb {
@@ -345,6 +351,11 @@ impl<'a> Vb<'a> {
     /// The weight matrix `name` under this prefix, checked to have `shape`, in the run dtype.
     pub fn get_matrix(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.w.get_matrix(&self.full(name), shape)
+    }
+
+    /// The tensor `name` under this prefix, checked to have `shape`, in f32.
+    pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get_f32(&self.full(name), shape)
     }
 
     /// The checkpoint's weights (dtypes, device).

@@ -13,12 +13,15 @@ pub fn fixture(case: &str) -> PathBuf {
         .join(case)
 }
 
-pub const CASES: [&str; 6] = [
+pub const CASES: [&str; 9] = [
     "gpt2_tied",
     "gptj_rotary_partial",
     "neox_parallel",
     "neox_sequential",
     "llama_gqa_llama3",
+    "qwen2_bias_window",
+    "mistral_window",
+    "gemma2_softcap",
     "bert",
 ];
 

@@ -35,6 +35,9 @@ fn the_last_token_over_its_cached_prefix_equals_the_whole_prompt() {
         "gptj_rotary_partial",
         "neox_parallel",
         "neox_sequential",
+        "qwen2_bias_window",
+        "mistral_window",
+        "gemma2_softcap",
         "llama_gqa_llama3",
     ] {
         let model = common::load(case);

@@ -148,6 +148,60 @@ fn llama_matches_hf() {
 }
 
 #[test]
+fn qwen2_matches_hf() {
+    check_case("qwen2_bias_window");
+}
+
+#[test]
+fn mistral_matches_hf() {
+    check_case("mistral_window");
+}
+
+#[test]
+fn gemma2_matches_hf() {
+    check_case("gemma2_softcap");
+}
+
+/// The windowed fixtures test the window: the same weights with every layer global (the
+/// window removed from config.json) give logits far from HF's.
+#[test]
+fn sliding_windows_change_the_result() {
+    for case in ["qwen2_bias_window", "mistral_window", "gemma2_softcap"] {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(fixture(case)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let p = tmp.path().join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["sliding_window"] = serde_json::Value::Null;
+        std::fs::write(&p, v.to_string()).unwrap();
+        let global = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
+        assert!(global.config().sliding_window.is_none());
+        let windowed = load(case);
+        assert!(windowed.config().local_layers.contains(&true), "{case}");
+        let r = reference(case);
+        let batch = global.batch(&sequences(&r)).unwrap();
+        let req = ForwardRequest::new().logits(Logits::All);
+        let d = max_diff_real(
+            global
+                .forward(&batch, &req)
+                .unwrap()
+                .logits
+                .as_ref()
+                .unwrap(),
+            &r["logits"],
+            &r["attention_mask"],
+        );
+        assert!(
+            d > 1e-2,
+            "{case}: without the window the logits still match HF ({d})"
+        );
+    }
+}
+
+#[test]
 fn bert_matches_hf() {
     check_case("bert");
 }
@@ -165,13 +219,7 @@ fn fixtures_cover_every_architecture_and_weight_format() {
                 .map(|p| p.file_name().unwrap().to_string_lossy().to_string()),
         );
     }
-    for a in [
-        Architecture::Gpt2,
-        Architecture::GptJ,
-        Architecture::GptNeoX,
-        Architecture::Llama,
-        Architecture::Bert,
-    ] {
+    for a in Architecture::ALL {
         assert!(archs.contains(&a), "{a:?} has no fixture");
     }
     assert!(files.iter().any(|f| f == "pytorch_model.bin"));

@@ -312,6 +312,9 @@ fn sharing_prefixes_gives_the_plain_forward() {
         "llama_gqa_llama3",
         "neox_parallel",
         "neox_sequential",
+        "qwen2_bias_window",
+        "mistral_window",
+        "gemma2_softcap",
     ] {
         let model = load(case);
         let cfg = model.config().clone();

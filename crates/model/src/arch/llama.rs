@@ -1,13 +1,19 @@
 //! Llama 2/3.x (HF `modeling_llama.py`): RMSNorm, grouped-query attention, SwiGLU MLP
 //! (`mlp.hook_pre` is the gate projection, `mlp.hook_pre_linear` the up projection,
 //! `mlp.hook_post` = silu(gate) * up), half-split rotary with optional llama3 rescaling.
+//!
+//! Qwen2 (`modeling_qwen2.py`) and Mistral (`modeling_mistral.py`) are this module tree with
+//! two differences, read from their configs: Qwen2 puts biases on q, k and v (not o) and
+//! attends within `sliding_window` on the layers from `max_window_layers` on when
+//! `use_sliding_window` is set; Mistral attends within `sliding_window` on every layer. The
+//! window itself is applied by the shared attention ([`crate::attention`]).
 
 use candle_core::Tensor;
 
 use super::{rope, Arch};
 use crate::attention::{attend, merge_heads, split_heads, Env};
 use crate::batch::Batch;
-use crate::config::{Activation, Fields, ModelConfig, RotaryConfig, RotaryStyle};
+use crate::config::{Activation, Architecture, Fields, ModelConfig, RotaryConfig, RotaryStyle};
 use crate::context::HookCtx;
 use crate::error::Result;
 use crate::hook::HookPoint;
@@ -24,20 +30,24 @@ pub(crate) fn read_config(f: &Fields<'_>, cfg: &mut ModelConfig) -> Result<()> {
     cfg.norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
     cfg.activation = Activation::parse(f.str_or("hidden_act", "silu")?, &f.path, "hidden_act")?;
     cfg.gated_mlp = true;
-    cfg.n_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-    if cfg.n_kv_heads == 0 || n_heads % cfg.n_kv_heads != 0 {
-        return Err(f.err(
-            "num_key_value_heads",
-            format!(
-                "{} does not divide num_attention_heads {n_heads}",
-                cfg.n_kv_heads
-            ),
-        ));
-    }
+    cfg.n_kv_heads = f.kv_heads(n_heads)?;
     cfg.d_head = f.opt_usize("head_dim")?.unwrap_or(d_model / n_heads);
     cfg.attention_bias = f.bool_or("attention_bias", false)?;
     cfg.mlp_bias = f.bool_or("mlp_bias", false)?;
     cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
+    match cfg.arch {
+        Architecture::Qwen2 => {
+            cfg.qkv_bias = true;
+            let first = f.opt_usize("max_window_layers")?.unwrap_or(28);
+            if !f.bool_or("use_sliding_window", false)? {
+                cfg.sliding_window = None;
+            } else {
+                f.sliding_layers(cfg, |l| l >= first)?;
+            }
+        }
+        Architecture::Mistral => f.sliding_layers(cfg, |_| true)?,
+        _ => {}
+    }
     cfg.rotary = Some(RotaryConfig {
         dim: cfg.d_head,
         theta: f.rope_f64(&["rope_theta"])?.unwrap_or(10000.0),
@@ -77,15 +87,16 @@ impl Llama {
         let d = cfg.d_model;
         let (qd, kvd) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
         let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+        let qkv = ab || cfg.qkv_bias;
         let embed_tokens = Embedding::load(&root.pp("embed_tokens"), cfg.vocab_size, d)?;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let b = root.pp("layers").pp(l);
             blocks.push(Block {
                 input_layernorm: RmsNorm::load(&b.pp("input_layernorm"), d, cfg.norm_eps)?,
-                q_proj: Linear::load(&b.pp("self_attn.q_proj"), d, qd, ab)?,
-                k_proj: Linear::load(&b.pp("self_attn.k_proj"), d, kvd, ab)?,
-                v_proj: Linear::load(&b.pp("self_attn.v_proj"), d, kvd, ab)?,
+                q_proj: Linear::load(&b.pp("self_attn.q_proj"), d, qd, qkv)?,
+                k_proj: Linear::load(&b.pp("self_attn.k_proj"), d, kvd, qkv)?,
+                v_proj: Linear::load(&b.pp("self_attn.v_proj"), d, kvd, qkv)?,
                 o_proj: Linear::load(&b.pp("self_attn.o_proj"), qd, d, ab)?,
                 post_attention_layernorm: RmsNorm::load(
                     &b.pp("post_attention_layernorm"),

@@ -2,6 +2,7 @@
 //! tree and weight names, with hook calls where TransformerLens puts its HookPoints.
 
 pub mod bert;
+pub mod gemma2;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod gptj;
@@ -43,7 +44,8 @@ pub fn load(cfg: &ModelConfig, w: &Weights) -> Result<Box<dyn Arch>> {
         Gpt2 => Box::new(gpt2::Gpt2::load(cfg, w)?),
         GptJ => Box::new(gptj::GptJ::load(cfg, w)?),
         GptNeoX => Box::new(gpt_neox::GptNeoX::load(cfg, w)?),
-        Llama => Box::new(llama::Llama::load(cfg, w)?),
+        Llama | Qwen2 | Mistral => Box::new(llama::Llama::load(cfg, w)?),
+        Gemma2 => Box::new(gemma2::Gemma2::load(cfg, w)?),
         Bert => Box::new(bert::Bert::load(cfg, w)?),
     })
 }
