@@ -57,19 +57,34 @@ impl<'a> HookCtx<'a> {
     }
 
     /// Flat row indices (into `(b * t)`) of `positions`, sequence-major.
-    fn rows(&self, positions: &[i64]) -> Result<Tensor> {
+    /// Flat `(b * t)` row indices of `positions` (not `All`), sequence by sequence.
+    fn rows(&self, positions: &Positions) -> Result<Tensor> {
         let t = self.batch.seq_len;
-        let mut rows = Vec::with_capacity(self.batch.size() * positions.len());
-        for s in 0..self.batch.size() {
-            for &p in positions {
+        let b = self.batch.size();
+        if let Positions::Each(per) = positions {
+            if per.len() != b {
+                return Err(ModelError::BadRequest(format!(
+                    "per-sequence positions for {} sequences in a batch of {b}",
+                    per.len()
+                )));
+            }
+            let n = per.first().map_or(0, Vec::len);
+            if let Some(s) = per.iter().position(|p| p.len() != n) {
+                return Err(ModelError::BadRequest(format!(
+                    "sequence {s} has {} positions, sequence 0 has {n}: every sequence needs \
+                     as many",
+                    per[s].len()
+                )));
+            }
+        }
+        let n = positions.count(t);
+        let mut rows = Vec::with_capacity(b * n);
+        for s in 0..b {
+            for &p in positions.of(s).expect("not All") {
                 rows.push((s * t + self.batch.index(s, p)?) as u32);
             }
         }
-        Ok(Tensor::from_vec(
-            rows,
-            self.batch.size() * positions.len(),
-            &self.device,
-        )?)
+        Ok(Tensor::from_vec(rows, b * n, &self.device)?)
     }
 
     /// Runs the interventions, then the captures, registered at `hook` on `x: (b, t, ...)`.
@@ -85,11 +100,11 @@ impl<'a> HookCtx<'a> {
             if c.hook == hook {
                 self.captured[i] = Some(match &c.positions {
                     Positions::All => x.clone(),
-                    Positions::At(ps) => {
+                    ps => {
                         let dims = x.dims().to_vec();
                         let flat = x.flatten_to(1)?;
                         let picked = flat.index_select(&self.rows(ps)?, 0)?;
-                        let mut shape = vec![dims[0], ps.len()];
+                        let mut shape = vec![dims[0], ps.count(dims[1])];
                         shape.extend_from_slice(&dims[2..]);
                         picked.reshape(shape)?
                     }
@@ -102,19 +117,25 @@ impl<'a> HookCtx<'a> {
     fn intervene(&self, x: &Tensor, iv: &Intervention) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, t) = (dims[0], dims[1]);
-        let n_pos = match &iv.positions {
-            Positions::All => t,
-            Positions::At(ps) => {
-                let mut seen = HashSet::new();
-                if let Some(p) = ps.iter().find(|p| !seen.insert(**p)) {
+        // A position listed twice (or by two names, -1 and t - 1) would be edited twice.
+        let checked = if matches!(iv.positions, Positions::At(_)) {
+            1
+        } else {
+            b
+        };
+        for s in 0..checked {
+            let Some(ps) = iv.positions.of(s) else { break };
+            let mut seen = HashSet::new();
+            for &p in ps {
+                if !seen.insert(self.batch.index(s, p)?) {
                     return Err(ModelError::BadRequest(format!(
-                        "intervention at {}: position {p} is listed twice",
+                        "intervention at {}: position {p} of sequence {s} is listed twice",
                         iv.hook
                     )));
                 }
-                ps.len()
             }
-        };
+        }
+        let n_pos = iv.positions.count(t);
         let per_token = &dims[2..];
         let mut expected = vec![b, n_pos];
         expected.extend_from_slice(per_token);
@@ -151,7 +172,7 @@ impl<'a> HookCtx<'a> {
         }
         let rows = match &iv.positions {
             Positions::All => Tensor::arange(0u32, (b * t) as u32, &self.device)?,
-            Positions::At(ps) => self.rows(ps)?,
+            ps => self.rows(ps)?,
         };
         let n = b * n_pos;
         let mut flat_shape = vec![n];

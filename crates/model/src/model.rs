@@ -322,10 +322,7 @@ impl Model {
         let mut vars = Vec::with_capacity(targets.len());
         for t in targets {
             self.check_hook(t.hook)?;
-            let n = match &t.positions {
-                Positions::All => batch.seq_len,
-                Positions::At(ps) => ps.len(),
-            };
+            let n = t.positions.count(batch.seq_len);
             let mut shape = vec![batch.size(), n];
             shape.extend(self.hook_shape(t.hook, batch.seq_len));
             let var = Var::zeros(shape, self.dtype, &self.device)?;
@@ -436,8 +433,8 @@ impl Model {
         let (_, kv) = self.run_recording(&head, &ForwardRequest::new(), plan)?;
         // Positions were checked to be the last one; in the one-token tail that is -1.
         let at_last = |p: &Positions| match p {
-            Positions::At(ps) => Positions::At(vec![-1; ps.len()]),
             Positions::All => Positions::All,
+            other => Positions::At(vec![-1; other.count(t)]),
         };
         let mut tail_req = req.clone();
         for c in &mut tail_req.captures {

@@ -81,6 +81,13 @@ impl Model {
         if req.logits == Logits::All {
             return bad("only last-position logits are supported".into());
         }
+        if req
+            .captures
+            .iter()
+            .any(|c| matches!(c.positions, Positions::Each(_)))
+        {
+            return bad("per-sequence positions are not supported".into());
+        }
         if let Some(c) = req
             .captures
             .iter()
@@ -108,6 +115,7 @@ impl Model {
         let absolute = |c: &Capture| -> Result<Vec<usize>> {
             match &c.positions {
                 Positions::All => Ok((0..len).collect()),
+                Positions::Each(_) => unreachable!("refused above"),
                 Positions::At(ps) => ps
                     .iter()
                     .map(|&p| {

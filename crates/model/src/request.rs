@@ -13,12 +13,34 @@ pub enum Positions {
     /// These positions of every sequence: negative from the end (-1 = last token),
     /// non-negative from the first real token. Laid out `(b, n, ...)` in this order.
     At(Vec<i64>),
+    /// Positions per sequence, as in `At` but a list of its own for each sequence of the batch
+    /// (all of one length `n`): where a number's tokens are depends on how many tokens the
+    /// numbers before it took. Laid out `(b, n, ...)`.
+    Each(Vec<Vec<i64>>),
 }
 
 impl Positions {
     /// The last token only.
     pub fn last() -> Self {
         Positions::At(vec![-1])
+    }
+
+    /// How many positions of each sequence (of a batch padded to `seq_len`).
+    pub fn count(&self, seq_len: usize) -> usize {
+        match self {
+            Positions::All => seq_len,
+            Positions::At(ps) => ps.len(),
+            Positions::Each(per) => per.first().map_or(0, Vec::len),
+        }
+    }
+
+    /// The positions of sequence `seq` (`None` for every position).
+    pub fn of(&self, seq: usize) -> Option<&[i64]> {
+        match self {
+            Positions::All => None,
+            Positions::At(ps) => Some(ps),
+            Positions::Each(per) => per.get(seq).map(Vec::as_slice),
+        }
     }
 }
 

@@ -404,3 +404,84 @@ fn the_shared_prefix_forward_refuses_what_it_cannot_do() {
         .to_string()
         .contains("differ in length"));
 }
+
+/// Per-sequence positions (`Positions::Each`, where a multi-token operand's tokens are): a
+/// capture equals the plain forward's activation at the index each sequence names, in a ragged
+/// batch; an intervention at per-sequence positions equals each prompt run alone with its own
+/// positions.
+#[test]
+fn per_sequence_positions_address_each_prompt() {
+    for case in ["gpt2_tied", "llama_gqa_llama3", "gemma2_softcap"] {
+        let model = load(case);
+        let vocab = model.config().vocab_size as u32;
+        let seqs: Vec<Vec<u32>> = [7usize, 4, 6]
+            .iter()
+            .enumerate()
+            .map(|(s, &n)| {
+                (0..n as u32)
+                    .map(|i| (11 * s as u32 + 5 * i + 2) % vocab)
+                    .collect()
+            })
+            .collect();
+        // Mixed spellings: from the end and from the first real token.
+        let per = vec![vec![-3, 1], vec![0, -1], vec![4, -5]];
+        let batch = model.batch(&seqs).unwrap();
+        let hook = HookPoint::ResidPost(0);
+        let out = model
+            .forward(
+                &batch,
+                &ForwardRequest::new()
+                    .capture(hook, Positions::All)
+                    .capture(hook, Positions::Each(per.clone())),
+            )
+            .unwrap();
+        let (all, each) = (&out.captures[0], &out.captures[1]);
+        assert_eq!(each.dims()[..2], [3, 2]);
+        for (s, ps) in per.iter().enumerate() {
+            for (j, &p) in ps.iter().enumerate() {
+                let want = all.get(s).unwrap().get(batch.index(s, p).unwrap()).unwrap();
+                let got = each.get(s).unwrap().get(j).unwrap();
+                assert_eq!(max_diff(&want, &got), 0.0, "{case}: seq {s} position {p}");
+            }
+        }
+        // Add a different vector at each sequence's own positions.
+        let d = model.config().d_model;
+        let delta = Tensor::randn(0f32, 1.0, (3, 2, d), &Device::Cpu).unwrap();
+        let req = ForwardRequest::new().add(hook, Positions::Each(per.clone()), delta.clone());
+        let batched = logits(&model, &seqs, req);
+        for (s, ps) in per.iter().enumerate() {
+            let one = ForwardRequest::new().add(
+                hook,
+                Positions::At(ps.clone()),
+                delta.narrow(0, s, 1).unwrap(),
+            );
+            let alone = logits(&model, &seqs[s..s + 1], one);
+            let n = seqs[s].len();
+            let row = batched.get(s).unwrap();
+            let row = row.narrow(0, batched.dim(1).unwrap() - n, n).unwrap();
+            let d = max_diff(&row, &alone.get(0).unwrap());
+            assert!(
+                d < 1e-4,
+                "{case}: sequence {s} differs from its own forward by {d}"
+            );
+        }
+        let plain = logits(&model, &seqs, ForwardRequest::new());
+        assert!(
+            max_diff(&plain, &batched) > 1e-2,
+            "{case}: the edit did nothing"
+        );
+        // A sequence without its list, or with a list of another length, is refused.
+        let short = Positions::Each(vec![vec![0, 1], vec![0]]);
+        let e = model
+            .forward(&batch, &ForwardRequest::new().capture(hook, short))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2 sequences in a batch of 3"), "{e}");
+        let ragged = Positions::Each(vec![vec![0, 1], vec![0], vec![1, 2]]);
+        let e = model
+            .forward(&batch, &ForwardRequest::new().capture(hook, ragged))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sequence 1 has 1 positions"), "{e}");
+    }
+}

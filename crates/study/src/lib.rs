@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use helixlab_model::{
     dtype_name, shared_prefix_split, DType, Device, ForwardOutput, ForwardRequest, HookPoint,
-    LoadOptions, Model, Tokenizer,
+    LoadOptions, Model, Positions, Tokenizer,
 };
 use helixlab_pipeline::{ModelSection, Pipeline, Site};
 use helixlab_store::{ModelFacts, ModelIdentity};
@@ -181,11 +181,12 @@ pub fn forward_prompts(
     seqs: &[Vec<u32>],
     req: &ForwardRequest,
 ) -> Result<ForwardOutput> {
-    let pattern = req
-        .captures
-        .iter()
-        .any(|c| matches!(c.hook, HookPoint::AttnPattern(_)));
-    if p.extract.share_prefixes && !pattern && model.config().arch.is_causal_lm() {
+    // Attention patterns split over the prefix's keys, and per-sequence positions, are not
+    // reassembled by the shared-prefix forward.
+    let unshared = req.captures.iter().any(|c| {
+        matches!(c.hook, HookPoint::AttnPattern(_)) || matches!(c.positions, Positions::Each(_))
+    });
+    if p.extract.share_prefixes && !unshared && model.config().arch.is_causal_lm() {
         if let Some(split) = shared_prefix_split(seqs) {
             return Ok(model.forward_shared_prefix(seqs, split, req)?);
         }
