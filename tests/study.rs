@@ -170,7 +170,7 @@ fn bad_pipeline_files_fail_with_clear_messages() {
     );
     fail(
         &good.replace("a = [0, 49]", "a = [150, 199]"),
-        &["answer 200", "not a single token"],
+        &["answer 200", "not in the vocabulary"],
     );
     fail(
         &good.replace("hook_resid_post", "hook_resid_middle"),

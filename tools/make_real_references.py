@@ -12,6 +12,15 @@ project uses, for the Rust tests (tests/fixtures/real):
                              and hook_resid_post of every layer at the digit of the bare prompts
                              "0".."9", and for `Output ONLY a number.\n{a}+{b}=` with a, b in 0..=4
                              (one-digit answers) the greedy answer token and the answer's logit
+  smollm2_multitoken.safetensors
+                             SmolLM2 on numbers of several tokens: hook_resid_pre of layer 0 and
+                             hook_resid_post of layers 0, 14, 29 at the first and the last digit of
+                             bare numbers (a sample of 0..=999); and for `Output ONLY a number.\n{a}+{b}=`
+                             with a in 5..=9, b in 5..=12, 95, 99 (answers of one to three digits) HF's
+                             greedy continuation (generate, 6 new tokens; the number it writes and
+                             whether that is the answer), the answer's tokens, the
+                             log-probability of the whole answer (teacher-forced, sum of
+                             log-softmax) and the first answer token's logit
   smollm2_reference.safetensors
                              SmolLM2-135M-Instruct loaded by HF from the Q4_1 GGUF file
                              (dequantized, f32, eager attention) on a left-padded ragged batch of the
@@ -281,6 +290,83 @@ def smollm2_stages(out):
           f"smallest top-2 margin {min(margins):.3f}")
 
 
+MULTI_NUMBERS = [0, 7, 10, 42, 99, 100, 123, 500, 789, 999]
+MULTI_LAYERS = [0, 14, 29]
+MULTI_A, MULTI_B = range(5, 10), list(range(5, 13)) + [95, 99]
+
+
+def smollm2_multitoken(out):
+    tok = AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE, dtype=torch.float32).eval()
+    layers = model.model.layers
+    refs = {}
+    first, last = {"pre0": [], **{l: [] for l in MULTI_LAYERS}}, {"pre0": [], **{l: [] for l in MULTI_LAYERS}}
+    for x in MULTI_NUMBERS:
+        ids = tok(str(x), return_tensors="pt")["input_ids"]
+        assert ids.shape[1] == len(str(x)), (x, ids)  # digit by digit
+        # Hooks on the blocks, not output_hidden_states: HF's last hidden state is after the
+        # final norm, not the last block's output.
+        got = {}
+        handles = [layers[0].register_forward_pre_hook(
+            lambda _m, a, k: got.__setitem__("pre0", (a[0] if a else k["hidden_states"])[0].clone()),
+            with_kwargs=True)]
+        for l in MULTI_LAYERS:
+            handles.append(layers[l].register_forward_hook(
+                lambda _m, _a, o, l=l: got.__setitem__(l, (o[0] if isinstance(o, tuple) else o)[0].clone())))
+        with torch.no_grad():
+            model(input_ids=ids)
+        for h in handles:
+            h.remove()
+        for store, at in ((first, 0), (last, -1)):
+            for key in store:
+                store[key].append(got[key][at])
+    refs["numbers.x"] = torch.tensor(MULTI_NUMBERS, dtype=torch.int64)
+    for name, store in (("last", last), ("first", first)):
+        refs[f"numbers.{name}.hook_resid_pre0"] = torch.stack(store["pre0"]).contiguous()
+        for l in MULTI_LAYERS:
+            refs[f"numbers.{name}.hook_resid_post{l}"] = torch.stack(store[l]).contiguous()
+    greedy, answers, logprobs, first_logits, values, correct = [], [], [], [], [], []
+    for a in MULTI_A:
+        for b in MULTI_B:
+            prompt = tok(TEMPLATES["gptj"].format(a=a, b=b), return_tensors="pt")["input_ids"]
+            answer = tok(str(a + b), add_special_tokens=False)["input_ids"]
+            assert len(answer) == len(str(a + b))
+            with torch.no_grad():
+                gen = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)[0, prompt.shape[1]:]
+                full = torch.cat([prompt[0], torch.tensor(answer)]).unsqueeze(0)
+                logits = model(input_ids=full).logits[0]
+            n, p = len(answer), prompt.shape[1]
+            lp = torch.log_softmax(logits[p - 1:p - 1 + n].double(), dim=-1)
+            logprobs.append(float(sum(lp[j, answer[j]] for j in range(n))))
+            first_logits.append(float(logits[p - 1, answer[0]]))
+            greedy.append(torch.nn.functional.pad(gen, (0, 6 - gen.shape[0]), value=-1))
+            # What greedy decoding writes: digits while the tokens are digits (the first may
+            # carry a space); correct when they are the answer's tokens and the number ends.
+            texts = [tok.decode([t]) for t in gen.tolist()]
+            digits = []
+            for j, t in enumerate(texts):
+                t = t.lstrip() if j == 0 else t
+                if not (t and t.isdigit() and t.isascii()):
+                    break
+                digits.append(t)
+            values.append(int("".join(digits)) if digits else -1)
+            correct.append(gen[:n].tolist() == answer and not texts[n][:1].isdigit())
+            answers.append(torch.tensor(answer + [-1] * (3 - n)))
+    refs["addition.greedy"] = torch.stack(greedy).to(torch.int64).contiguous()  # (n, 6), -1 past the end
+    refs["addition.answer_tokens"] = torch.stack(answers).to(torch.int64).contiguous()  # (n, 3), -1 padded
+    refs["addition.answer_logprob"] = torch.tensor(logprobs, dtype=torch.float64)
+    refs["addition.answer_logit"] = torch.tensor(first_logits)
+    refs["addition.greedy_value"] = torch.tensor(values, dtype=torch.int64)  # -1: no number
+    refs["addition.greedy_correct"] = torch.tensor(correct, dtype=torch.int64)
+    save_file(refs, os.path.join(out, "smollm2_multitoken.safetensors"),
+              metadata={"torch": torch.__version__, "transformers": transformers.__version__,
+                        "numbers": json.dumps(MULTI_NUMBERS), "layers": json.dumps(MULTI_LAYERS),
+                        "addition": f"a in {list(MULTI_A)}, b in {MULTI_B}, a major, template "
+                                    + json.dumps(TEMPLATES["gptj"])})
+    print(f"smollm2 multi-token: {len(MULTI_NUMBERS)} numbers; {len(greedy)} additions, "
+          f"{sum(correct)} correct")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "tests/fixtures/real")
     os.makedirs(out, exist_ok=True)
@@ -290,6 +376,7 @@ def main():
     minilm_reference(out)
     smollm2_reference(out)
     smollm2_stages(out)
+    smollm2_multitoken(out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let study = StudyModel::load(p)?;
     let model = &study.model;
     let encoded = encode_task(p, &study.tokenizer, model.config().max_positions)?;
-    let offsets = extraction_offsets(p, &encoded)?;
+    let offsets = extraction_offsets(p, &encoded);
     let layout = RunLayout::new(p.run_dir());
     let mut targets = Vec::new();
     for (site, layer, hook) in study.sites(p)? {
@@ -54,16 +54,27 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     for t in &mut targets {
         t.run.begin();
     }
-    let positions: Vec<i64> = offsets.iter().map(|(_, o)| *o).collect();
+    // One offset per name for the whole task, or each prompt's own (multi-token numbers).
+    let uniform: Option<Vec<i64>> = offsets.iter().map(|(_, o)| *o).collect();
     let mut writers = Vec::with_capacity(targets.len());
     for t in &targets {
         let d: usize = model.hook_shape(t.hook, 0).iter().product();
         writers.push(PartitionWriter::create(&t.dir, d, t.run.manifest())?);
     }
-    let mut req = ForwardRequest::new();
-    for t in &targets {
-        req = req.capture(t.hook, Positions::At(positions.clone()));
-    }
+    let request = |chunk: &[crate::prompts::Encoded]| {
+        let positions = match &uniform {
+            Some(ps) => Positions::At(ps.clone()),
+            None => Positions::Each(
+                chunk
+                    .iter()
+                    .map(|e| offsets.iter().map(|(n, _)| e.positions[n]).collect())
+                    .collect(),
+            ),
+        };
+        targets.iter().fold(ForwardRequest::new(), |r, t| {
+            r.capture(t.hook, positions.clone())
+        })
+    };
     // Test hook: abort (like a kill -9: no destructors, no flushes) after this many batches,
     // so tests can check what an interrupted extraction leaves behind.
     let abort_after: Option<usize> = std::env::var("HELIXLAB_ABORT_AFTER_BATCHES")
@@ -75,7 +86,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             std::process::abort();
         }
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
-        let out = study.forward_prompts(p, &seqs, &req)?;
+        let out = study.forward_prompts(p, &seqs, &request(chunk))?;
         for (w, t) in writers.iter_mut().zip(&targets) {
             let values: Vec<f32> = out
                 .capture(t.hook)?
@@ -96,12 +107,12 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 ..Default::default()
             };
             for e in chunk {
-                for (name, off) in &offsets {
+                for (name, _) in &offsets {
                     rows.prompt_id.push(e.problem.prompt_id);
                     rows.a.push(e.problem.a);
                     rows.b.push(e.problem.b);
                     rows.answer.push(e.problem.answer);
-                    rows.position.push(*off as i32);
+                    rows.position.push(e.positions[name] as i32);
                     rows.position_name.push(name.to_string());
                 }
             }

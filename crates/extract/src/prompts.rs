@@ -1,5 +1,6 @@
-//! Problems to token ids, with every operand located as one token and every answer checked to
-//! be one token: the check that runs before any heavy work.
+//! Problems to token ids, with every operand located as a run of tokens (one token for the
+//! paper's models, several for models that write numbers digit by digit) and every answer
+//! checked to be in the vocabulary: the check that runs before any heavy work.
 
 use std::collections::BTreeMap;
 
@@ -15,20 +16,56 @@ pub struct Encoded {
     pub problem: Problem,
     /// Token ids of the prompt (with special tokens if the task asks for them).
     pub ids: Vec<u32>,
-    /// Named positions (`a`, `b`, `x`, `last`), counted from the end (-1 = last token).
+    /// Named positions (`a`, `a_first`, `b`, ..., `last`), counted from the end (-1 = last
+    /// token). With one-token numbers they are the same for every prompt of a task; a number
+    /// the tokenizer splits moves the positions after it.
     pub positions: BTreeMap<Position, i64>,
-    /// The answer as one token (the bare number, no special tokens).
+    /// How many tokens each operand takes, in template order: prompts with the same layout
+    /// have every named position at the same offset.
+    pub layout: Vec<u32>,
+    /// The answer's tokens (the bare number, no special tokens), when the task has one.
+    pub answer_tokens: Option<Vec<u32>>,
+    /// The answer's first token (the paper's metrics score it).
     pub answer_token: Option<u32>,
 }
 
-/// Encodes every problem of the pipeline's task; fails on the first number that is not a
-/// single token, a position that does not resolve, or a prompt longer than `context` tokens
-/// (the model's positions), naming it.
+/// The tokens `[first, last]` of `span` in `toks`: the first may carry the whitespace before
+/// the number (GPT-NeoX's " 37" after "number."), the last must end where the number ends, and
+/// none may reach past it.
+fn operand_tokens(
+    prompt: &str,
+    toks: &[(u32, (usize, usize))],
+    span: &std::ops::Range<usize>,
+) -> Option<(usize, usize)> {
+    let inside: Vec<usize> = (0..toks.len())
+        .filter(|&i| {
+            let (s, e) = toks[i].1;
+            e > span.start && s < span.end
+        })
+        .collect();
+    let (&first, &last) = (inside.first()?, inside.last()?);
+    let (s, _) = toks[first].1;
+    let (_, e) = toks[last].1;
+    let clean_start = s == span.start
+        || (s < span.start && prompt[s..span.start].chars().all(char::is_whitespace));
+    (clean_start && e == span.end && last - first + 1 == inside.len()).then_some((first, last))
+}
+
+/// Encodes every problem of the pipeline's task; fails on the first number that the tokens do
+/// not line up with (a token covering the number and the text beside it), a number that is not
+/// in the vocabulary, or a prompt longer than `context` tokens (the model's positions), naming
+/// it. Numbers may take several tokens each.
+// Long (about 110 lines) because each refusal builds a message that quotes the prompt's tokens.
 pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Result<Vec<Encoded>> {
     let task = &p.task;
     let err = |message: String| ExtractError::Study {
         pipeline: p.path.clone(),
         message,
+    };
+    let quoted = |ids: &[u32]| -> Vec<String> {
+        ids.iter()
+            .map(|&id| format!("{:?}", tok.decode(&[id]).unwrap_or_default()))
+            .collect()
     };
     let mut out = Vec::new();
     for problem in task.problems() {
@@ -42,73 +79,67 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
         }
         let n = toks.len() as i64;
         let mut positions = BTreeMap::new();
+        let mut layout = Vec::new();
         for (name, span) in task.operand_spans(&problem) {
-            // The token must cover exactly the number, or the number with the whitespace
-            // before it (GPT-NeoX's " 37" after "number.").
-            let idx = toks
-                .iter()
-                .position(|(_, (s, e))| {
-                    *e == span.end
-                        && *s <= span.start
-                        && problem.prompt[*s..span.start]
-                            .chars()
-                            .all(char::is_whitespace)
-                })
-                .ok_or_else(|| {
-                    let pieces = |keep: &dyn Fn(usize, usize) -> bool| -> Vec<String> {
-                        toks.iter()
-                            .filter(|(_, (s, e))| keep(*s, *e))
-                            .map(|(_, (s, e))| format!("{:?}", &problem.prompt[*s..*e]))
-                            .collect()
-                    };
-                    let number = pieces(&|s, e| e > span.start && s < span.end);
-                    err(format!(
-                        "operand {name} = {:?} of prompt {:?} is {} tokens here ({}), not one: \
-                         this tokenizer splits the number, and the single-token studies need \
-                         every operand and answer to be one token (prompt tokens: {})",
-                        &problem.prompt[span.clone()],
-                        problem.prompt,
-                        number.len(),
-                        number.join(" "),
-                        pieces(&|_, _| true).join(" ")
-                    ))
-                })?;
-            // An unknown-word token can span the number too: the token must read back as it.
             let text = &problem.prompt[span.clone()];
-            if tok.decode(&[toks[idx].0])?.trim() != text {
+            let (first, last) = operand_tokens(&problem.prompt, &toks, &span).ok_or_else(|| {
+                let pieces = |keep: &dyn Fn(usize, usize) -> bool| -> Vec<String> {
+                    toks.iter()
+                        .filter(|(_, (s, e))| keep(*s, *e))
+                        .map(|(_, (s, e))| format!("{:?}", &problem.prompt[*s..*e]))
+                        .collect()
+                };
+                let number = pieces(&|s, e| e > span.start && s < span.end);
+                err(format!(
+                    "operand {name} = {text:?} of prompt {:?} does not line up with its tokens \
+                     ({}): a token covers the number and the text beside it, so no token \
+                     position holds the number alone (prompt tokens: {})",
+                    problem.prompt,
+                    number.join(" "),
+                    pieces(&|_, _| true).join(" ")
+                ))
+            })?;
+            // An unknown-word token can cover the number too: the tokens must read back as it.
+            let ids: Vec<u32> = toks[first..=last].iter().map(|(id, _)| *id).collect();
+            if tok.decode(&ids)?.trim() != text {
                 return Err(err(format!(
-                    "operand {name} = {text:?} of prompt {:?} is not in the vocabulary as one token",
-                    problem.prompt
+                    "operand {name} = {text:?} of prompt {:?} is not in the vocabulary: its \
+                     tokens {} read back as {:?}",
+                    problem.prompt,
+                    quoted(&ids).join(" "),
+                    tok.decode(&ids)?
                 )));
             }
-            positions.insert(
-                name.parse().expect("operands are positions"),
-                idx as i64 - n,
-            );
+            let (at_last, at_first) = Position::of_operand(name).expect("operands are positions");
+            positions.insert(at_last, last as i64 - n);
+            positions.insert(at_first, first as i64 - n);
+            layout.push((last - first + 1) as u32);
         }
         positions.insert(Position::Last, -1);
-        let answer_token = match problem.answer {
+        let answer_tokens = match problem.answer {
             None => None,
-            Some(ans) => Some(tok.single_token(&ans.to_string())?.ok_or_else(|| {
-                let pieces: Vec<String> = tok
-                    .encode(&ans.to_string(), false)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&id| format!("{:?}", tok.decode(&[id]).unwrap_or_default()))
-                    .collect();
-                err(format!(
-                    "the answer {ans} (of prompt {:?}) is not a single token ({}): the \
-                     single-token studies need every answer to be one token",
-                    problem.prompt,
-                    pieces.join(" ")
-                ))
-            })?),
+            Some(ans) => {
+                let text = ans.to_string();
+                let ids = tok.encode(&text, false)?;
+                if ids.is_empty() || tok.decode(&ids)?.trim() != text {
+                    return Err(err(format!(
+                        "the answer {ans} (of prompt {:?}) is not in the vocabulary: its tokens \
+                         {} read back as {:?}",
+                        problem.prompt,
+                        quoted(&ids).join(" "),
+                        tok.decode(&ids)?
+                    )));
+                }
+                Some(ids)
+            }
         };
         out.push(Encoded {
             problem,
             ids: toks.into_iter().map(|(id, _)| id).collect(),
             positions,
-            answer_token,
+            layout,
+            answer_token: answer_tokens.as_ref().map(|a| a[0]),
+            answer_tokens,
         });
     }
     if out.is_empty() {
@@ -117,24 +148,17 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
     Ok(out)
 }
 
-/// The pipeline's named extraction positions as offsets from the end, which must be the same
-/// for every problem (they are when every number is one token).
-pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Result<Vec<(Position, i64)>> {
-    let first = &encoded[0];
-    let mut out = Vec::new();
-    for name in &p.extract.positions {
-        let off = first.positions[name];
-        if let Some(e) = encoded.iter().find(|e| e.positions[name] != off) {
-            return Err(ExtractError::Study {
-                pipeline: p.path.clone(),
-                message: format!(
-                    "position `{name}` is {off} from the end in {:?} but {} in {:?}; \
-                     extraction needs one offset for the whole task",
-                    first.problem.prompt, e.positions[name], e.problem.prompt
-                ),
-            });
-        }
-        out.push((*name, off));
-    }
-    Ok(out)
+/// The pipeline's named extraction positions, each with its offset from the end when that is
+/// the same for every problem (always, when every number is one token) and `None` when it
+/// varies (numbers of several tokens), so that extraction addresses each prompt's own.
+pub fn extraction_offsets(p: &Pipeline, encoded: &[Encoded]) -> Vec<(Position, Option<i64>)> {
+    p.extract
+        .positions
+        .iter()
+        .map(|name| {
+            let off = encoded[0].positions[name];
+            let same = encoded.iter().all(|e| e.positions[name] == off);
+            (*name, same.then_some(off))
+        })
+        .collect()
 }

@@ -24,9 +24,9 @@ pub fn draw(problems: &[ProblemInfo], operand: Position, n: usize, seed: u64) ->
     let key = |p: &ProblemInfo| -> (Option<i64>, i64) {
         // Group by the operand that stays fixed.
         match operand {
-            Position::B => (Some(p.a), 0),
+            Position::B | Position::BFirst => (Some(p.a), 0),
             Position::Last => (None, 0),
-            Position::A | Position::X => (p.b, 0),
+            Position::A | Position::AFirst | Position::X | Position::XFirst => (p.b, 0),
         }
     };
     let mut groups: BTreeMap<(Option<i64>, i64), Vec<usize>> = BTreeMap::new();

@@ -280,12 +280,19 @@ impl Pipeline {
             return Err(invalid("extract.batch_size", "must be at least 1".into()));
         }
         for pos in &p.extract.positions {
-            if *pos != Position::Last && !p.task.kind.operands().contains(&pos.name()) {
+            let operand = pos.operand().map(|o| o.name());
+            if operand.is_some_and(|o| !p.task.kind.operands().contains(&o)) {
                 return Err(invalid(
                     "extract.positions",
                     format!(
                         "`{pos}` is not a position of this task (positions: {}, last)",
-                        p.task.kind.operands().join(", ")
+                        p.task
+                            .kind
+                            .operands()
+                            .iter()
+                            .map(|o| format!("{o}, {o}_first"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

@@ -105,21 +105,32 @@ string_serde!(Site);
 named_enum! {
     /// A named token position of a prompt: an operand's token, or the last token.
     ///
+    /// A number the tokenizer splits (SmolLM2 writes 37 as "3" "7") has several tokens: `a`
+    /// names its last (where a causal model has read the whole number), `a_first` its first.
+    /// For one-token numbers the two are the same token.
+    ///
     /// Variants are in the order of their names, so maps keyed by position iterate as maps keyed
     /// by the name did.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub enum Position (
         "a position",
-        "positions (extract.positions, analysis.position) are a, b, x or last"
+        "positions (extract.positions, analysis.position) are a, a_first, b, b_first, x, \
+         x_first or last"
     ) {
-        /// The token of operand `a`.
+        /// The (last) token of operand `a`.
         A = "a",
-        /// The token of operand `b`.
+        /// The first token of operand `a`.
+        AFirst = "a_first",
+        /// The (last) token of operand `b`.
         B = "b",
+        /// The first token of operand `b`.
+        BFirst = "b_first",
         /// The last token (where a causal model predicts the answer).
         Last = "last",
-        /// The token of the bare number `x` (the `numbers` task).
+        /// The (last) token of the bare number `x` (the `numbers` task).
         X = "x",
+        /// The first token of `x`.
+        XFirst = "x_first",
     }
 }
 
@@ -127,10 +138,25 @@ impl Position {
     /// The operand whose token this is (`None` for `last`).
     pub fn operand(self) -> Option<NumberLabel> {
         match self {
-            Position::A => Some(NumberLabel::A),
-            Position::B => Some(NumberLabel::B),
-            Position::X => Some(NumberLabel::X),
+            Position::A | Position::AFirst => Some(NumberLabel::A),
+            Position::B | Position::BFirst => Some(NumberLabel::B),
+            Position::X | Position::XFirst => Some(NumberLabel::X),
             Position::Last => None,
+        }
+    }
+
+    /// Whether this names an operand's first token rather than its last.
+    pub fn is_first(self) -> bool {
+        matches!(self, Position::AFirst | Position::BFirst | Position::XFirst)
+    }
+
+    /// The positions of operand `name` (`a`, `b` or `x`): its last token, then its first.
+    pub fn of_operand(name: &str) -> Option<(Position, Position)> {
+        match name {
+            "a" => Some((Position::A, Position::AFirst)),
+            "b" => Some((Position::B, Position::BFirst)),
+            "x" => Some((Position::X, Position::XFirst)),
+            _ => None,
         }
     }
 }

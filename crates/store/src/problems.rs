@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float32Array, Int64Array, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, Int64Array, ListArray, StringArray, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 
@@ -40,6 +42,11 @@ pub struct ProblemRow {
     pub answer_rank: Option<u32>,
     /// The largest logit.
     pub top_logit: Option<f32>,
+    /// Every token of the answer (one for the paper's models; digit by digit for SmolLM2).
+    pub answer_tokens: Option<Vec<u32>>,
+    /// log P(answer | prompt): the sum over the answer's tokens of the log-softmax of the
+    /// logits before each, the tokens before it given (teacher forcing).
+    pub answer_logprob: Option<f32>,
 }
 
 /// The arrow schema of problems.parquet.
@@ -58,6 +65,12 @@ pub fn schema() -> Schema {
         Field::new("answer_logit", DataType::Float32, true),
         Field::new("answer_rank", DataType::UInt32, true),
         Field::new("top_logit", DataType::Float32, true),
+        Field::new(
+            "answer_tokens",
+            DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))),
+            true,
+        ),
+        Field::new("answer_logprob", DataType::Float32, true),
     ])
 }
 
@@ -82,6 +95,16 @@ fn batch(rows: &[ProblemRow]) -> std::result::Result<RecordBatch, arrow::error::
         Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.answer_logit))),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.answer_rank))),
         Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.top_logit))),
+        Arc::new(ListArray::from_iter_primitive::<UInt32Type, _, _>(
+            rows.iter().map(|r| {
+                r.answer_tokens
+                    .as_ref()
+                    .map(|t| t.iter().map(|&x| Some(x)).collect::<Vec<_>>())
+            }),
+        )),
+        Arc::new(Float32Array::from_iter(
+            rows.iter().map(|r| r.answer_logprob),
+        )),
     ];
     RecordBatch::try_new(Arc::new(schema()), cols)
 }

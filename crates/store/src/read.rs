@@ -231,18 +231,32 @@ pub fn position_offset(run_dir: &Path, site: &str, layer: usize, position: &str)
     let file = partition_file(&dir);
     let df = scan(&file)?
         .filter(col("position_name").eq(lit(position)))
-        .select([col("position")])
-        .limit(1)
+        .select([
+            col("position").min().alias("lo"),
+            col("position").max().alias("hi"),
+        ])
         .collect()
         .map_err(pl(&file))?;
-    let v = df
-        .column("position")
-        .and_then(|c| c.i32().map(|c| c.get(0)))
-        .map_err(pl(&file))?;
-    v.map(i64::from).ok_or_else(|| StoreError::Format {
-        path: file,
-        message: format!("no rows at position `{position}`"),
-    })
+    let get = |c: &str| {
+        df.column(c)
+            .and_then(|c| c.i32().map(|c| c.get(0)))
+            .map_err(pl(&file))
+    };
+    match (get("lo")?, get("hi")?) {
+        (Some(lo), Some(hi)) if lo == hi => Ok(i64::from(lo)),
+        (Some(lo), Some(hi)) => Err(StoreError::Format {
+            path: file,
+            message: format!(
+                "position `{position}` is at offsets {lo}..={hi} from the end in different \
+                 prompts (numbers of several tokens): a stage that patches one offset for the \
+                 whole task cannot use it"
+            ),
+        }),
+        _ => Err(StoreError::Format {
+            path: file,
+            message: format!("no rows at position `{position}`"),
+        }),
+    }
 }
 
 /// Every complete (site, layer) partition of `sites`, in site then layer order, and the
