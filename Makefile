@@ -67,10 +67,13 @@ $(HELIXLAB): $(BUILD_BINARY)
 
 # Studies whose model a make target fetches (not committed): the model is a prerequisite.
 MODEL_minilm := data/models/all-MiniLM-L6-v2/.complete
+MODEL_smollm2 := data/models/SmolLM2-135M-Instruct/.complete
+MODEL_smollm2-addition := data/models/SmolLM2-135M-Instruct/.complete
 MODEL_DEP := $(MODEL_$(PIPELINE))
 
-# Patching needs a model with logits and a task with answers (not the bare-numbers studies).
-NO_PATCH := minilm
+# Patching needs a model with logits and a task with answers (not the bare-numbers studies),
+# and, for now, numbers of one token (SmolLM2's addition: pairs of one token layout are to come).
+NO_PATCH := minilm smollm2 smollm2-addition
 PATCH_DONE := $(if $(filter $(PIPELINE),$(NO_PATCH)),,$(RUN)/patch/patching.manifest.json \
 	$(RUN)/patch/last_token.manifest.json $(RUN)/patch/components.manifest.json \
 	$(RUN)/neurons/mlps.manifest.json)

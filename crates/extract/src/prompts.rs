@@ -120,7 +120,12 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
             None => None,
             Some(ans) => {
                 let text = ans.to_string();
-                let ids = tok.encode(&text, false)?;
+                let ids = tok.encode(&text, false).map_err(|e| {
+                    err(format!(
+                        "the answer {ans} (of prompt {:?}) is not in the vocabulary: {e}",
+                        problem.prompt
+                    ))
+                })?;
                 if ids.is_empty() || tok.decode(&ids)?.trim() != text {
                     return Err(err(format!(
                         "the answer {ans} (of prompt {:?}) is not in the vocabulary: its tokens \
