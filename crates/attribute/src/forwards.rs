@@ -466,6 +466,7 @@ mod tests {
             prompt: format!("{a}+{b}="),
             answer_token: tok.encode(&(a + b).to_string(), false).unwrap()[0],
             answer_logit: 0.0,
+            token_layout: "1,1".into(),
         }
     }
 

@@ -76,6 +76,7 @@ fn row(e: &Encoded, first: &[f32], logprob: f64, correct: bool) -> ProblemRow {
         top_logit: Some(top),
         answer_tokens: e.answer_tokens.clone(),
         answer_logprob: Some(logprob as f32),
+        token_layout: Some(e.token_layout()),
     }
 }
 
@@ -276,6 +277,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
             top_logit: None,
             answer_tokens: None,
             answer_logprob: None,
+            token_layout: Some(e.token_layout()),
         }));
     }
     let longest = encoded

@@ -29,6 +29,24 @@ pub struct Encoded {
     pub answer_token: Option<u32>,
 }
 
+impl Encoded {
+    /// The layout as problems.parquet records it: tokens per operand, comma separated.
+    pub fn token_layout(&self) -> String {
+        self.layout
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// `text` without whitespace: a number's tokens read back as it, whether the decoder joins them
+/// directly (BPE) or with spaces (a word-level vocabulary), and whatever space the first token
+/// carries.
+fn squeezed(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
 /// The tokens `[first, last]` of `span` in `toks`: the first may carry the whitespace before
 /// the number (GPT-NeoX's " 37" after "number."), the last must end where the number ends, and
 /// none may reach past it.
@@ -101,7 +119,7 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
             })?;
             // An unknown-word token can cover the number too: the tokens must read back as it.
             let ids: Vec<u32> = toks[first..=last].iter().map(|(id, _)| *id).collect();
-            if tok.decode(&ids)?.trim() != text {
+            if squeezed(&tok.decode(&ids)?) != text {
                 return Err(err(format!(
                     "operand {name} = {text:?} of prompt {:?} is not in the vocabulary: its \
                      tokens {} read back as {:?}",
@@ -126,7 +144,7 @@ pub fn encode_task(p: &Pipeline, tok: &Tokenizer, context: Option<usize>) -> Res
                         problem.prompt
                     ))
                 })?;
-                if ids.is_empty() || tok.decode(&ids)?.trim() != text {
+                if ids.is_empty() || squeezed(&tok.decode(&ids)?) != text {
                     return Err(err(format!(
                         "the answer {ans} (of prompt {:?}) is not in the vocabulary: its tokens \
                          {} read back as {:?}",

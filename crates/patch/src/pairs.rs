@@ -1,8 +1,10 @@
 //! `helixlab pairs`: clean/corrupt pairs (docs/method.md E3-E5). For the operand `a`, a
 //! correct clean problem a + b and a correct corrupt problem a' + b with the same b and a' != a
 //! (so a different answer); for `b`, symmetrically; for `last` (the last-token and component
-//! experiments), any two correct problems with different answers. Drawn from problems.parquet
-//! with a stored seed, one row per pair.
+//! experiments), any two correct problems with different answers. Both problems of a pair have
+//! the same token layout (numbers of several tokens: a' spelled with as many tokens as a), so
+//! every named position is at the same offset in both. Drawn from problems.parquet with a
+//! stored seed, one row per pair.
 
 use std::collections::BTreeMap;
 
@@ -21,15 +23,17 @@ pub use helixlab_study::pairs::{problems, Pair, ProblemInfo};
 /// (`last`) any two problems with different answers, drawn with `seed` from `problems`
 /// (correct ones). Fewer when fewer exist.
 pub fn draw(problems: &[ProblemInfo], operand: Position, n: usize, seed: u64) -> Vec<Pair> {
-    let key = |p: &ProblemInfo| -> (Option<i64>, i64) {
-        // Group by the operand that stays fixed.
-        match operand {
-            Position::B | Position::BFirst => (Some(p.a), 0),
-            Position::Last => (None, 0),
-            Position::A | Position::AFirst | Position::X | Position::XFirst => (p.b, 0),
-        }
+    let key = |p: &ProblemInfo| -> (Option<i64>, String) {
+        // Group by the operand that stays fixed, and by the token layout: a patch replaces
+        // like with like (with one-token numbers every problem has the same layout).
+        let fixed = match operand {
+            Position::B | Position::BFirst => Some(p.a),
+            Position::Last => None,
+            Position::A | Position::AFirst | Position::X | Position::XFirst => p.b,
+        };
+        (fixed, p.token_layout.clone())
     };
-    let mut groups: BTreeMap<(Option<i64>, i64), Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Option<i64>, String), Vec<usize>> = BTreeMap::new();
     for (i, p) in problems.iter().enumerate() {
         groups.entry(key(p)).or_default().push(i);
     }
@@ -101,7 +105,16 @@ pub fn run_pairs(p: &Pipeline, force: bool) -> Result<Outcome> {
         .column("corrupt_a", col_i64(&|x| x.corrupt.a))
         .column("corrupt_b", col_i64(&|x| x.corrupt.b.unwrap_or(-1)))
         .column("clean_answer", col_i64(&|x| x.clean.answer))
-        .column("corrupt_answer", col_i64(&|x| x.corrupt.answer));
+        .column("corrupt_answer", col_i64(&|x| x.corrupt.answer))
+        .column(
+            "token_layout",
+            Values::Str(
+                pairs
+                    .iter()
+                    .map(|x| x.1.clean.token_layout.clone())
+                    .collect(),
+            ),
+        );
     m.write_table(&run, tables::PAIRS, &table)?;
     Ok(m.outcome())
 }
@@ -112,16 +125,18 @@ mod tests {
 
     fn grid() -> Vec<ProblemInfo> {
         let mut v = Vec::new();
-        for a in 0..10 {
-            for b in 0..10 {
+        for a in 0..20 {
+            for b in 0..20 {
                 v.push(ProblemInfo {
-                    prompt_id: (a * 10 + b) as u32,
+                    prompt_id: (a * 20 + b) as u32,
                     a,
                     b: Some(b),
                     answer: a + b,
                     prompt: format!("{a}+{b}="),
                     answer_token: (a + b) as u32,
                     answer_logit: 1.0,
+                    // Digit by digit: a and b of one or two tokens.
+                    token_layout: format!("{},{}", a.to_string().len(), b.to_string().len()),
                 });
             }
         }
@@ -150,5 +165,15 @@ mod tests {
         assert!(l
             .iter()
             .any(|x| x.clean.a != x.corrupt.a && x.clean.b != x.corrupt.b));
+        // Like with like: both problems of every pair are spelled with as many tokens.
+        for pair in p.iter().chain(&q).chain(&l) {
+            assert_eq!(
+                pair.clean.token_layout, pair.corrupt.token_layout,
+                "{pair:?}"
+            );
+        }
+        let layouts: std::collections::BTreeSet<_> =
+            p.iter().map(|x| x.clean.token_layout.as_str()).collect();
+        assert!(layouts.len() > 1, "{layouts:?}");
     }
 }

@@ -202,7 +202,44 @@ struct LayerPlan {
     acts: NumberActivations,
     fits: Vec<FitPredictor>,
     kinds: Vec<PatchKind>,
-    offset: i64,
+    /// The patched position of each prompt, by prompt id (the same for every prompt when
+    /// every number is one token).
+    offsets: BTreeMap<u32, i64>,
+}
+
+impl LayerPlan {
+    /// Where the patch goes in each clean prompt of `chunk`: one offset for the batch when they
+    /// agree, else each prompt's own. A pair's problems share their token layout, so the
+    /// corrupt value belongs at the clean prompt's offset; a pair that does not is refused.
+    fn positions(&self, chunk: &[Pair]) -> Result<Positions> {
+        let at = |id: u32| {
+            self.offsets.get(&id).copied().ok_or_else(|| {
+                PatchError::Input(format!(
+                    "prompt {id} has no row at {} layer {} (rerun `helixlab extract`)",
+                    self.site.name(),
+                    self.layer
+                ))
+            })
+        };
+        let mut each = Vec::with_capacity(chunk.len());
+        for pair in chunk {
+            let (c, x) = (at(pair.clean.prompt_id)?, at(pair.corrupt.prompt_id)?);
+            if c != x {
+                return Err(PatchError::Input(format!(
+                    "pair {}: the patched position is {c} from the end in the clean prompt {:?} \
+                     but {x} in the corrupt one {:?}; pairs must share their token layout \
+                     (rerun `helixlab pairs`)",
+                    pair.pair_id, pair.clean.prompt, pair.corrupt.prompt
+                )));
+            }
+            each.push(vec![c]);
+        }
+        Ok(if each.iter().all(|o| o == &each[0]) {
+            Positions::At(each[0].clone())
+        } else {
+            Positions::Each(each)
+        })
+    }
 }
 
 /// The patch kinds of one (site, layer): the activation, its PCA-k projections, every stored
@@ -257,14 +294,14 @@ fn plan_layers(
         let acts = NumberActivations::load(run, (site.name(), *layer), t, max_k, &needed)?;
         let fits = fit_predictors(run, site.name(), *layer)?;
         let kinds = kinds_for(p, &fits, site, *layer)?;
-        let offset = read::position_offset(run.root(), site.name(), *layer, t.position.name())?;
+        let offsets = read::position_offsets(run.root(), site.name(), *layer, t.position.name())?;
         plans.push(LayerPlan {
             site: site.clone(),
             layer: *layer,
             acts,
             fits,
             kinds,
-            offset,
+            offsets,
         });
     }
     Ok(plans)
@@ -436,7 +473,7 @@ fn patch_chunk(
                 .to_dtype(model.dtype())?;
             let mut req = ForwardRequest::new().logits(Logits::Last).replace(
                 hook,
-                Positions::At(vec![plan.offset]),
+                plan.positions(chunk)?,
                 value,
             );
             // Resume at the patched block from the clean residual stream when the hook

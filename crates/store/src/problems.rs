@@ -47,6 +47,10 @@ pub struct ProblemRow {
     /// log P(answer | prompt): the sum over the answer's tokens of the log-softmax of the
     /// logits before each, the tokens before it given (teacher forcing).
     pub answer_logprob: Option<f32>,
+    /// How many tokens each operand takes, in template order (`"2,1"`: a two tokens, b one).
+    /// Problems with the same layout have every named position at the same offset, so
+    /// patching pairs them only with each other.
+    pub token_layout: Option<String>,
 }
 
 /// The arrow schema of problems.parquet.
@@ -71,6 +75,7 @@ pub fn schema() -> Schema {
             true,
         ),
         Field::new("answer_logprob", DataType::Float32, true),
+        Field::new("token_layout", DataType::Utf8, true),
     ])
 }
 
@@ -104,6 +109,9 @@ fn batch(rows: &[ProblemRow]) -> std::result::Result<RecordBatch, arrow::error::
         )),
         Arc::new(Float32Array::from_iter(
             rows.iter().map(|r| r.answer_logprob),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.token_layout.as_deref()),
         )),
     ];
     RecordBatch::try_new(Arc::new(schema()), cols)

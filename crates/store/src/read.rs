@@ -1,6 +1,7 @@
 //! Readers, on polars: lazy scans of any table and the matrix of one (site, layer, position)
 //! with its number labels, the form every analysis stage starts from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -220,6 +221,43 @@ pub fn extracted_layers(run_dir: &Path, site: &str) -> Result<Vec<(usize, PathBu
         return Err(StoreError::Missing {
             path: dir,
             hint: format!("run `helixlab extract` with site {site}"),
+        });
+    }
+    Ok(out)
+}
+
+/// The offset from the end (-1 = last token) of the named position in every prompt of a
+/// partition, by prompt id (numbers of several tokens move the positions after them).
+pub fn position_offsets(
+    run_dir: &Path,
+    site: &str,
+    layer: usize,
+    position: &str,
+) -> Result<BTreeMap<u32, i64>> {
+    let dir = partition_dir(run_dir, site, layer);
+    let file = partition_file(&dir);
+    let df = scan(&file)?
+        .filter(col("position_name").eq(lit(position)))
+        .select([col("prompt_id"), col("position")])
+        .collect()
+        .map_err(pl(&file))?;
+    let ids = df
+        .column("prompt_id")
+        .and_then(|c| c.u32().cloned())
+        .map_err(pl(&file))?;
+    let pos = df
+        .column("position")
+        .and_then(|c| c.i32().cloned())
+        .map_err(pl(&file))?;
+    let out: BTreeMap<u32, i64> = ids
+        .iter()
+        .zip(pos.iter())
+        .filter_map(|(i, p)| Some((i?, i64::from(p?))))
+        .collect();
+    if out.is_empty() {
+        return Err(StoreError::Format {
+            path: file,
+            message: format!("no rows at position `{position}`"),
         });
     }
     Ok(out)

@@ -32,6 +32,8 @@ pub struct ProblemInfo {
     pub answer_token: u32,
     /// The logit of its answer in its own run.
     pub answer_logit: f32,
+    /// Tokens per operand (`"2,1"`); empty for tables written before layouts were recorded.
+    pub token_layout: String,
 }
 
 /// A clean/corrupt pair.
@@ -66,6 +68,11 @@ pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> 
     let token = col("answer_token").map_err(e)?;
     let correct = col("correct").map_err(e)?;
     let logit = col("answer_logit").map_err(e)?;
+    let layout = col("token_layout").ok();
+    let layout = match &layout {
+        Some(l) => Some(l.str().map_err(e)?),
+        None => None,
+    };
     let (id, a, b, answer, prompt, token, correct, logit) = (
         id.u32().map_err(e)?,
         a.i64().map_err(e)?,
@@ -99,6 +106,10 @@ pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> 
             prompt: pr.to_string(),
             answer_token: tok,
             answer_logit: lg,
+            token_layout: layout
+                .and_then(|l| l.get(i))
+                .unwrap_or_default()
+                .to_string(),
         });
     }
     Ok(out)

@@ -1,0 +1,149 @@
+//! Numbers of several tokens end to end, on the GPT-2 parity checkpoint (random weights, 32
+//! positions, a word-level vocabulary with "0".."119") given a tokenizer that writes every digit
+//! as its own token ("37+45=" becomes `3 7 + 4 5 =`): operands of one or two tokens, so the
+//! named positions move from prompt to prompt. Checked against `helixlab model run` (the plain
+//! forward of one prompt) and against patching one pair per forward. (The shipped toy adder
+//! has 4 learned positions, too few for a digit-split prompt.)
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{helixlab_with, root, run_ok, write_study};
+
+/// The GPT-2 parity checkpoint with a digit-by-digit tokenizer, in `dir`.
+fn digit_toy(dir: &Path) -> PathBuf {
+    let src = root().join("crates/model/tests/fixtures/parity/gpt2_tied");
+    let out = dir.join("toy-digits");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let pattern = &mut tok["pre_tokenizer"]["pattern"]["Regex"];
+    assert_eq!(pattern.as_str(), Some("\\d+|\\S|\\n"));
+    *pattern = "\\d|\\S|\\n".into();
+    std::fs::write(out.join("tokenizer.json"), tok.to_string()).unwrap();
+    out
+}
+
+fn frame(path: &Path) -> helixlab_store::Frame {
+    helixlab_store::Frame::query(path, |q| q).unwrap()
+}
+
+// Long (about 100 lines) because one study's stages are run in order and each table they write
+// is checked before the next stage reads it.
+#[test]
+fn numbers_of_several_tokens_are_extracted_and_patched_at_each_prompts_own_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = digit_toy(tmp.path());
+    let p = write_study(
+        tmp.path(),
+        "study.toml",
+        &model,
+        "kind = \"addition\"\ntemplate = \"{a}+{b}=\"\na = [0, 39]\nb = [5, 14]",
+        "sites = [\"hook_resid_pre\"]\nlayers = \"all\"\n\
+         positions = [\"a\", \"a_first\", \"b\", \"last\"]\nbatch_size = 64",
+        "[analysis]\nposition = \"a\"\n\n[patch]\npairs = 24\ncorrect_only = false\n\
+         kinds = [\"layer\", \"helix\", \"mean_ablation\"]",
+    );
+    let ps = p.to_str().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(&["accuracy", "--pipeline", ps]);
+    let problems = frame(&run.join("problems.parquet"));
+    let layouts = problems.str("token_layout").unwrap();
+    let (a, b) = (problems.i64("a").unwrap(), problems.i64("b").unwrap());
+    for ((a, b), l) in a.iter().zip(&b).zip(&layouts) {
+        assert_eq!(
+            *l,
+            format!("{},{}", a.to_string().len(), b.to_string().len())
+        );
+    }
+    run_ok(&["extract", "--pipeline", ps]);
+
+    // Every named position, prompt by prompt, equals the plain forward of that prompt alone at
+    // the index its digits give (a ragged batch of 64 prompts of 4 to 6 tokens).
+    for (a, b) in [(7, 5), (12, 9), (3, 14), (39, 11)] {
+        let prompt = format!("{a}+{b}=");
+        let out = tmp.path().join(format!("{a}-{b}.safetensors"));
+        let (ok, _, err) =
+            common::model_run(&model, &prompt, &["blocks.1.hook_resid_pre"], &out, &[]);
+        assert!(ok, "{err}");
+        let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        let acts = t["blocks.1.hook_resid_pre"].to_vec2::<f32>().unwrap();
+        let (la, lb) = (a.to_string().len(), b.to_string().len());
+        let id = (a * 10 + (b - 5)) as usize;
+        for (name, index) in [
+            ("a", la - 1),
+            ("a_first", 0),
+            ("b", la + lb),
+            ("last", la + lb + 1),
+        ] {
+            let m = helixlab_store::read::activations(&run, "hook_resid_pre", 1, name).unwrap();
+            let got = m.row(id);
+            let d = got
+                .iter()
+                .zip(&acts[index])
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-4, "{prompt} at {name} (token {index}): {d}");
+        }
+    }
+
+    // Pairs share their layout; patching a at each pair's own offset in batches equals one
+    // pair per forward from the embedding.
+    run_ok(&["spectral", "--pipeline", ps]);
+    run_ok(&["fit", "--pipeline", ps]);
+    run_ok(&["pairs", "--pipeline", ps]);
+    let pairs = frame(&run.join("patch/pairs.parquet"));
+    let (ca, xa, ops) = (
+        pairs.i64("clean_a").unwrap(),
+        pairs.i64("corrupt_a").unwrap(),
+        pairs.str("operand").unwrap(),
+    );
+    let mut mixed = std::collections::BTreeSet::new();
+    for i in (0..ca.len()).filter(|&i| ops[i] == "a") {
+        assert_eq!(ca[i].to_string().len(), xa[i].to_string().len(), "pair {i}");
+        mixed.insert(ca[i].to_string().len());
+    }
+    assert_eq!(mixed.len(), 2, "pairs of one- and two-digit a");
+    run_ok(&["patch", "--pipeline", ps]);
+    let sorted = |p: &Path| {
+        helixlab_store::Frame::query(p, |q| {
+            q.sort(["layer", "kind", "pair_id"], Default::default())
+        })
+        .unwrap()
+    };
+    let batched = sorted(&run.join("patch/patching.parquet"));
+    let (ok, _, err) = helixlab_with(
+        &["patch", "--force", "--pipeline", ps],
+        &[("HELIXLAB_PATCH_UNBATCHED", "1")],
+    );
+    assert!(ok, "{err}");
+    let alone = sorted(&run.join("patch/patching.parquet"));
+    let (x, y) = (
+        batched.f64("patched_logit").unwrap(),
+        alone.f64("patched_logit").unwrap(),
+    );
+    assert_eq!(x.len(), 2 * 24 * 3, "2 layers x 24 pairs x 3 kinds");
+    let worst = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-4,
+        "batched and one-pair patching differ by {worst}"
+    );
+    // The patch did something: the layer patch moves the clean logit.
+    let clean = batched.f64("clean_logit").unwrap();
+    assert!(
+        x.iter().zip(&clean).any(|(p, c)| (p - c).abs() > 1e-2),
+        "no patch changed a logit"
+    );
+    eprintln!(
+        "multi-token patching: {} rows, batched = one pair per forward within {worst:.1e}",
+        x.len()
+    );
+}
