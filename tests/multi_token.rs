@@ -142,6 +142,78 @@ fn numbers_of_several_tokens_are_extracted_and_patched_at_each_prompts_own_posit
         x.iter().zip(&clean).any(|(p, c)| (p - c).abs() > 1e-2),
         "no patch changed a logit"
     );
+    let (bd, ad) = (
+        batched.f64("answer_logprob_diff").unwrap(),
+        alone.f64("answer_logprob_diff").unwrap(),
+    );
+    let worst_lp = bd
+        .iter()
+        .zip(&ad)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst_lp < 1e-4,
+        "log P differs between batched and one pair: {worst_lp}"
+    );
+
+    // Against plain forwards: patching resid_pre of layer 0 at a's last digit with the corrupt
+    // prompt's is running the prompt whose a ends in the corrupt a's last digit. log P of the
+    // corrupt answer (two digits: teacher forced) in that prompt minus in the clean one is the
+    // table's answer_logprob_diff.
+    let layer0 = helixlab_store::Frame::query(&run.join("patch/patching.parquet"), |q| {
+        use polars::prelude::{col, lit};
+        q.filter(col("layer").eq(lit(0u32)).and(col("kind").eq(lit("layer"))))
+            .sort(["pair_id"], Default::default())
+    })
+    .unwrap();
+    let ids = layer0.i64("pair_id").unwrap();
+    let diffs = layer0.f64("answer_logprob_diff").unwrap();
+    let (cb, pair_ids) = (pairs.i64("clean_b").unwrap(), pairs.i64("pair_id").unwrap());
+    let logprob = |prompt: &str, answer: &str| -> f64 {
+        let text = format!("{prompt}{}", &answer[..answer.len() - 1]);
+        let out = tmp.path().join("lp.safetensors");
+        let (ok, _, err) = common::model_run(&model, &text, &[], &out, &[]);
+        assert!(ok, "{err}");
+        let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        let logits = t["logits"].to_vec2::<f32>().unwrap();
+        let first = logits.len() - answer.len();
+        answer
+            .bytes()
+            .enumerate()
+            .map(|(j, c)| {
+                let row = &logits[first + j];
+                let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+                let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+                // The word-level vocabulary gives "0".."9" the ids 0..9.
+                row[(c - b'0') as usize] as f64 - max - z.ln()
+            })
+            .sum()
+    };
+    let mut checked = 0;
+    for (&id, &diff) in ids.iter().zip(&diffs) {
+        let i = (0..ops.len())
+            .find(|&i| ops[i] == "a" && pair_ids[i] == id)
+            .unwrap();
+        let (a, x, b) = (ca[i], xa[i], cb[i]);
+        let answer = (x + b).to_string();
+        if answer.len() < 2 {
+            continue;
+        }
+        let a_text = a.to_string();
+        let hybrid = format!("{}{}", &a_text[..a_text.len() - 1], x % 10);
+        let want =
+            logprob(&format!("{hybrid}+{b}="), &answer) - logprob(&format!("{a}+{b}="), &answer);
+        assert!(
+            (diff - want).abs() < 1e-4,
+            "pair {id} ({a} <- {x}, b {b}): {diff} vs {want}"
+        );
+        eprintln!("pair {id}: a {a} <- {x}, b {b}: log P diff {diff:.4}, plain forwards {want:.4}");
+        checked += 1;
+        if checked == 4 {
+            break;
+        }
+    }
+    assert_eq!(checked, 4);
     eprintln!(
         "multi-token patching: {} rows, batched = one pair per forward within {worst:.1e}",
         x.len()

@@ -467,6 +467,7 @@ mod tests {
             answer_token: tok.encode(&(a + b).to_string(), false).unwrap()[0],
             answer_logit: 0.0,
             token_layout: "1,1".into(),
+            answer_tokens: tok.encode(&(a + b).to_string(), false).unwrap(),
         }
     }
 

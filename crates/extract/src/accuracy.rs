@@ -14,6 +14,7 @@ use helixlab_model::{ForwardRequest, HookPoint, Logits, ModelError, Positions, T
 use helixlab_pipeline::Pipeline;
 use helixlab_store::problems::{self, ProblemRow};
 use helixlab_store::{tables, RunLayout, StageRun};
+use helixlab_study::pairs::log_softmax_at;
 use helixlab_study::StudyModel;
 
 use crate::prompts::{encode_task, Encoded};
@@ -35,13 +36,6 @@ fn argmax(l: &[f32]) -> (usize, f32) {
                 best
             }
         })
-}
-
-/// log-softmax of `l` at `i`, accumulated in f64.
-fn log_softmax_at(l: &[f32], i: usize) -> f64 {
-    let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
-    l[i] as f64 - max - sum.ln()
 }
 
 fn check_finite(e: &Encoded, l: &[f32]) -> Result<()> {

@@ -3,7 +3,9 @@
 //! Every experiment scores the corrupt answer's logit at the last position: the logit
 //! difference is that logit in the patched run minus in the clean run, the normalised form
 //! divides by the corrupt run's own value minus the clean one, and accuracy counts patched runs
-//! whose argmax is the corrupt answer.
+//! whose argmax is the corrupt answer. Beside them, the change in log P(corrupt answer): from
+//! the last position's log-softmax, or, where the stage runs the answer's tokens too (patching
+//! with answers of several tokens), the whole answer's.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +13,7 @@ use helixlab_store::table::{Table, Values};
 
 use crate::pairs::Pair;
 
-pub use helixlab_study::pairs::argmax;
+pub use helixlab_study::pairs::{argmax, log_softmax_at};
 
 /// The normalised effect of a patch on the corrupt answer's logit: 0 at the clean run, 1 at
 /// the corrupt run (NaN when the two runs give the same logit).
@@ -33,6 +35,7 @@ pub struct Scores {
     pub(crate) logit_diff: Vec<f64>,
     pub(crate) normalized: Vec<f64>,
     pub(crate) correct: Vec<bool>,
+    pub(crate) answer_logprob_diff: Vec<f64>,
 }
 
 impl Scores {
@@ -51,7 +54,17 @@ impl Scores {
         self.normalized
             .push(normalized(patched_l, clean_l, corrupt));
         self.correct.push(top == target);
+        self.answer_logprob_diff
+            .push(log_softmax_at(patched, target) - log_softmax_at(clean, target));
         top
+    }
+
+    /// Replaces the last run's change in log P(corrupt answer) with the whole answer's.
+    pub fn set_answer_logprob_diff(&mut self, diff: f64) {
+        *self
+            .answer_logprob_diff
+            .last_mut()
+            .expect("set after a push") = diff;
     }
 
     /// The means over the runs `rows`.
@@ -75,6 +88,10 @@ impl Scores {
             .column("logit_diff", Values::F64(self.logit_diff.clone()))
             .column("normalized", Values::F64(self.normalized.clone()))
             .column("correct", Values::Bool(self.correct.clone()))
+            .column(
+                "answer_logprob_diff",
+                Values::F64(self.answer_logprob_diff.clone()),
+            )
     }
 }
 

@@ -137,6 +137,7 @@ mod tests {
                     answer_logit: 1.0,
                     // Digit by digit: a and b of one or two tokens.
                     token_layout: format!("{},{}", a.to_string().len(), b.to_string().len()),
+                    answer_tokens: vec![(a + b) as u32],
                 });
             }
         }

@@ -34,6 +34,9 @@ pub struct ProblemInfo {
     pub answer_logit: f32,
     /// Tokens per operand (`"2,1"`); empty for tables written before layouts were recorded.
     pub token_layout: String,
+    /// Every token of the answer (`[answer_token]` for tables written before they were
+    /// recorded).
+    pub answer_tokens: Vec<u32>,
 }
 
 /// A clean/corrupt pair.
@@ -69,6 +72,11 @@ pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> 
     let correct = col("correct").map_err(e)?;
     let logit = col("answer_logit").map_err(e)?;
     let layout = col("token_layout").ok();
+    let answer_tokens = col("answer_tokens").ok();
+    let answer_tokens = match &answer_tokens {
+        Some(l) => Some(l.list().map_err(e)?),
+        None => None,
+    };
     let layout = match &layout {
         Some(l) => Some(l.str().map_err(e)?),
         None => None,
@@ -110,6 +118,11 @@ pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> 
                 .and_then(|l| l.get(i))
                 .unwrap_or_default()
                 .to_string(),
+            answer_tokens: answer_tokens
+                .and_then(|l| l.get_as_series(i))
+                .and_then(|s| s.u32().ok().map(|c| c.into_no_null_iter().collect()))
+                .filter(|t: &Vec<u32>| !t.is_empty())
+                .unwrap_or_else(|| vec![tok]),
         });
     }
     Ok(out)
@@ -198,6 +211,13 @@ pub fn clean_run_request(n_layers: usize) -> ForwardRequest {
         req = req.capture(HookPoint::ResidPre(l), Positions::All);
     }
     req
+}
+
+/// log-softmax of `l` at `i`, accumulated in f64.
+pub fn log_softmax_at(l: &[f32], i: usize) -> f64 {
+    let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
+    l[i] as f64 - max - sum.ln()
 }
 
 /// The index of the largest logit.
