@@ -469,6 +469,27 @@ impl Pipeline {
 mod tests {
     use super::*;
 
+    /// Every shipped study file parses and validates (models named through $HELIXLAB_MODELS
+    /// pointed at a placeholder).
+    #[test]
+    fn every_shipped_pipeline_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .replace("${HELIXLAB_MODELS}", "/models");
+                if let Err(e) = Pipeline::from_toml(&text, &path) {
+                    panic!("{}: {e}", path.display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 16, "{n} pipelines");
+    }
+
     const GOOD: &str = r#"
 [model]
 dir = "data/models/toy-adder"
