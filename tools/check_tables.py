@@ -53,6 +53,9 @@ def main(run, readme):
     problems = pl.read_parquet(run / "problems.parquet")
     check(problems.height == 10_000, "problems.parquet has the 10,000 problems")
     check(problems["correct"].mean() > 0.95, "the toy adder is mostly right")
+    check(problems["answer_tokens"].list.len().max() == 1 and (problems["token_layout"] == "1,1").all(),
+          "one-token numbers and answers: every answer_tokens list has one token, every layout is 1,1")
+    check((problems["answer_logprob"] <= 0).all(), "answer_logprob is a log-probability")
 
     acts = pl.scan_parquet(str(run / "activations" / "**" / "*.parquet"), hive_partitioning=True)
     sites = acts.select(pl.col("site").unique()).collect()["site"].to_list()

@@ -25,40 +25,104 @@ impl StageArgs {
     }
 }
 
-/// A progress bar on stderr.
-struct Bar(ProgressBar);
+/// A progress bar on stderr; where stderr is not a terminal (a batch job, a pipe, `nohup`), a
+/// plain line every tenth of the work instead, so a log shows a long stage moving.
+struct Bar {
+    bar: ProgressBar,
+    plain: Option<std::sync::Mutex<Plain>>,
+}
+
+/// The state of the plain-line progress.
+struct Plain {
+    label: String,
+    unit: &'static str,
+    total: u64,
+    done: u64,
+    next: u64,
+    start: std::time::Instant,
+}
 
 impl Bar {
     fn new() -> Self {
-        Bar(ProgressBar::hidden())
+        use std::io::IsTerminal;
+        Bar {
+            bar: ProgressBar::hidden(),
+            plain: (!std::io::stderr().is_terminal()).then(|| {
+                std::sync::Mutex::new(Plain {
+                    label: String::new(),
+                    unit: "",
+                    total: 0,
+                    done: 0,
+                    next: 0,
+                    start: std::time::Instant::now(),
+                })
+            }),
+        }
+    }
+}
+
+/// What a stage's progress counts.
+fn unit(label: &str) -> &'static str {
+    // Model stages count prompts; analysis stages count (site, layer) partitions.
+    match label {
+        "spectral" | "fit" => "partitions",
+        "patch" => "pair patches",
+        _ => "prompts",
     }
 }
 
 impl Progress for Bar {
     fn start(&self, label: &str, total: u64) {
-        self.0
+        if let Some(p) = &self.plain {
+            let mut p = p.lock().expect("progress lock");
+            *p = Plain {
+                label: label.to_string(),
+                unit: unit(label),
+                total,
+                done: 0,
+                next: total.div_ceil(10).max(1),
+                start: std::time::Instant::now(),
+            };
+            return;
+        }
+        self.bar
             .set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        self.0.set_length(total);
-        self.0.set_style(
+        self.bar.set_length(total);
+        self.bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:>9} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
             )
             .expect("valid template"),
         );
-        self.0.set_prefix(label.to_string());
-        // Model stages count prompts; analysis stages count (site, layer) partitions.
-        let unit = match label {
-            "spectral" | "fit" => "partitions",
-            "patch" => "pair patches",
-            _ => "prompts",
-        };
-        self.0.set_message(unit);
+        self.bar.set_prefix(label.to_string());
+        self.bar.set_message(unit(label));
     }
     fn advance(&self, n: u64) {
-        self.0.inc(n);
+        let Some(p) = &self.plain else {
+            self.bar.inc(n);
+            return;
+        };
+        let mut p = p.lock().expect("progress lock");
+        p.done += n;
+        if p.done >= p.next && p.done < p.total {
+            let secs = p.start.elapsed().as_secs_f64();
+            let eta = secs * (p.total - p.done) as f64 / p.done as f64;
+            eprintln!(
+                "{}: {}/{} {} ({:.0} %), {secs:.0} s, about {eta:.0} s to go",
+                p.label,
+                p.done,
+                p.total,
+                p.unit,
+                100.0 * p.done as f64 / p.total as f64
+            );
+            let step = p.total.div_ceil(10).max(1);
+            p.next = (p.done / step + 1) * step;
+        }
     }
     fn finish(&self) {
-        self.0.finish_and_clear();
+        if self.plain.is_none() {
+            self.bar.finish_and_clear();
+        }
     }
 }
 
