@@ -180,20 +180,31 @@ fn score_teacher_forced(
     Ok(rows)
 }
 
-/// The number each prompt's greedy continuation writes: `steps` tokens decoded one at a time,
-/// read while they are digits. Returns (text, value): the digits, or the first token's text when
-/// the continuation does not start with a number.
+/// The number each prompt's greedy continuation writes: `steps` tokens decoded one at a time
+/// (the first, `first`, is known from the scoring forward), read while they are digits.
+/// Returns (text, value): the digits, or the first token's text when the continuation does not
+/// start with a number.
 fn greedy_numbers(
     study: &StudyModel,
     p: &Pipeline,
     prompts: &[Vec<u32>],
+    first: &[u32],
     steps: usize,
 ) -> Result<Vec<(String, Option<i64>)>> {
     let tok: &Tokenizer = &study.tokenizer;
-    let mut seqs = prompts.to_vec();
-    let mut written: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut open: Vec<usize> = (0..prompts.len()).collect();
-    for step in 0..steps {
+    let mut seqs: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(first)
+        .map(|(s, &f)| [s.as_slice(), &[f]].concat())
+        .collect();
+    let mut written: Vec<Vec<u32>> = first.iter().map(|&f| vec![f]).collect();
+    let mut open: Vec<usize> = Vec::new();
+    for (i, &f) in first.iter().enumerate() {
+        if is_digits(&tok.decode(&[f])?, true) {
+            open.push(i);
+        }
+    }
+    for step in 1..steps {
         if open.is_empty() {
             break;
         }
@@ -290,14 +301,20 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     }
     progress.finish();
     // What the wrong ones write instead, greedily: the answer's length and one more token.
-    let wrong: Vec<usize> = (0..rows.len())
+    // Batched by prompt length, so that prompts sharing the instruction run it once.
+    let mut wrong: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].correct == Some(false) && rows[i].pred_text.is_none())
         .collect();
+    wrong.sort_by_key(|&i| (encoded[i].ids.len(), i));
     if !wrong.is_empty() {
         progress.start("accuracy: reading wrong answers", wrong.len() as u64);
         for chunk in wrong.chunks(p.extract.batch_size) {
             let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| encoded[i].ids.clone()).collect();
-            let read = greedy_numbers(&study, p, &prompts, longest + 1)?;
+            let first: Vec<u32> = chunk
+                .iter()
+                .map(|&i| rows[i].pred_token.expect("scored rows have a prediction"))
+                .collect();
+            let read = greedy_numbers(&study, p, &prompts, &first, longest + 1)?;
             for (&i, (text, value)) in chunk.iter().zip(read) {
                 rows[i].pred_text = Some(text);
                 rows[i].pred_value = value;
