@@ -28,6 +28,14 @@ fn digit_toy(dir: &Path) -> PathBuf {
     out
 }
 
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 fn frame(path: &Path) -> helixlab_store::Frame {
     helixlab_store::Frame::query(path, |q| q).unwrap()
 }
@@ -127,11 +135,7 @@ fn numbers_of_several_tokens_are_extracted_and_patched_at_each_prompts_own_posit
         alone.f64("patched_logit").unwrap(),
     );
     assert_eq!(x.len(), 2 * 24 * 3, "2 layers x 24 pairs x 3 kinds");
-    let worst = x
-        .iter()
-        .zip(&y)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst = max_diff(&x, &y);
     assert!(
         worst < 1e-4,
         "batched and one-pair patching differ by {worst}"
@@ -146,11 +150,7 @@ fn numbers_of_several_tokens_are_extracted_and_patched_at_each_prompts_own_posit
         batched.f64("answer_logprob_diff").unwrap(),
         alone.f64("answer_logprob_diff").unwrap(),
     );
-    let worst_lp = bd
-        .iter()
-        .zip(&ad)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst_lp = max_diff(&bd, &ad);
     assert!(
         worst_lp < 1e-4,
         "log P differs between batched and one pair: {worst_lp}"
