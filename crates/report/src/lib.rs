@@ -32,6 +32,17 @@ use polars::prelude::*;
 
 pub use figures::{accuracy_heatmap, error_histogram};
 
+/// The most tokens an answer of problems.parquet takes (1 for tables without the column).
+fn longest_answer(path: &Path) -> u32 {
+    helixlab_store::Frame::query(path, |q| {
+        q.select([col("answer_tokens").list().len().max().alias("n")])
+    })
+    .ok()
+    .and_then(|f| f.i64("n").ok())
+    .and_then(|v| v.first().copied())
+    .map_or(1, |n| n.max(1) as u32)
+}
+
 /// `text` with the characters HTML gives a meaning escaped, so study names, paths, templates
 /// and manifests show as written and never run as markup.
 pub fn escape(text: &str) -> String {
@@ -164,10 +175,21 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         accuracy_heatmap(&c, &heat)?;
         let hist = out.join("error_histogram.png");
         let wrong_numeric = error_histogram(&c, &hist)?;
+        let longest = longest_answer(&problems_path);
+        let scoring = if longest > 1 {
+            format!(
+                " Answers of up to {longest} tokens are scored whole: a problem is correct when \
+                 greedy decoding writes every answer token and then ends the number (one \
+                 teacher-forced forward), and a wrong answer is the number greedy decoding \
+                 writes."
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             html,
             "<h2>Accuracy</h2>\n<p>{ok} of {n} problems correct ({:.1} %); {wrong_numeric} wrong \
-             answers are numbers.</p>\n<img src=\"accuracy_heatmap.png\" alt=\"correctness over a and b\">\n\
+             answers are numbers.{scoring}</p>\n<img src=\"accuracy_heatmap.png\" alt=\"correctness over a and b\">\n\
              <img src=\"error_histogram.png\" alt=\"histogram of answer minus truth\">\n",
             100.0 * ok as f64 / n.max(1) as f64
         );
