@@ -180,50 +180,28 @@ fn score_teacher_forced(
     Ok(rows)
 }
 
-/// The number each prompt's greedy continuation writes: `steps` tokens decoded one at a time
-/// (the first, `first`, is known from the scoring forward), read while they are digits.
-/// Returns (text, value): the digits, or the first token's text when the continuation does not
-/// start with a number.
+/// The number each prompt's greedy continuation writes: `steps` tokens (the first, `first`, is
+/// known from the scoring forward; the rest decoded with a key/value cache), read while they
+/// are digits. Returns (text, value): the digits, or the first token's text when the
+/// continuation does not start with a number.
 fn greedy_numbers(
     study: &StudyModel,
-    p: &Pipeline,
     prompts: &[Vec<u32>],
     first: &[u32],
     steps: usize,
 ) -> Result<Vec<(String, Option<i64>)>> {
     let tok: &Tokenizer = &study.tokenizer;
-    let mut seqs: Vec<Vec<u32>> = prompts
+    let seqs: Vec<Vec<u32>> = prompts
         .iter()
         .zip(first)
         .map(|(s, &f)| [s.as_slice(), &[f]].concat())
         .collect();
-    let mut written: Vec<Vec<u32>> = first.iter().map(|&f| vec![f]).collect();
-    let mut open: Vec<usize> = Vec::new();
-    for (i, &f) in first.iter().enumerate() {
-        if is_digits(&tok.decode(&[f])?, true) {
-            open.push(i);
-        }
-    }
-    for step in 1..steps {
-        if open.is_empty() {
-            break;
-        }
-        let batch: Vec<Vec<u32>> = open.iter().map(|&i| seqs[i].clone()).collect();
-        let logits = study
-            .forward_prompts(p, &batch, &ForwardRequest::new().logits(Logits::Last))?
-            .logits
-            .expect("logits were asked for");
-        let mut still = Vec::new();
-        for (&i, l) in open.iter().zip(to_rows(logits)?) {
-            let next = argmax(&l).0 as u32;
-            written[i].push(next);
-            seqs[i].push(next);
-            if is_digits(&tok.decode(&[next])?, step == 0) {
-                still.push(i);
-            }
-        }
-        open = still;
-    }
+    let rest = study.model.greedy(&seqs, steps.saturating_sub(1))?;
+    let written: Vec<Vec<u32>> = first
+        .iter()
+        .zip(rest)
+        .map(|(&f, r)| [&[f][..], &r].concat())
+        .collect();
     written
         .iter()
         .map(|w| {
@@ -237,7 +215,13 @@ fn greedy_numbers(
                 return Ok((tok.decode(&w[..1.min(w.len())])?, None));
             }
             let text = tok.decode(&digits)?;
-            let value = text.trim().parse().ok();
+            // A word-level decoder joins tokens with spaces ("1 0").
+            let value = text
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .parse()
+                .ok();
             Ok((text, value))
         })
         .collect()
@@ -301,7 +285,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     }
     progress.finish();
     // What the wrong ones write instead, greedily: the answer's length and one more token.
-    // Batched by prompt length, so that prompts sharing the instruction run it once.
+    // Batched by prompt length, so that a batch carries few pads.
     let mut wrong: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].correct == Some(false) && rows[i].pred_text.is_none())
         .collect();
@@ -314,7 +298,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
                 .iter()
                 .map(|&i| rows[i].pred_token.expect("scored rows have a prediction"))
                 .collect();
-            let read = greedy_numbers(&study, p, &prompts, &first, longest + 1)?;
+            let read = greedy_numbers(&study, &prompts, &first, longest + 1)?;
             for (&i, (text, value)) in chunk.iter().zip(read) {
                 rows[i].pred_text = Some(text);
                 rows[i].pred_value = value;

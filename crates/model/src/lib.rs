@@ -24,6 +24,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod context;
+mod decode;
 pub mod error;
 pub mod gguf;
 pub mod half_matmul;
