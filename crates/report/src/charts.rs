@@ -92,6 +92,24 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A tick label of an axis whose data are whole numbers (layers, ranks, k): whole ticks as
+/// integers, the ticks in between left blank (no "layer 0.4").
+fn whole_tick(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        String::new()
+    }
+}
+
+/// Whether every x of the panel is a whole number.
+fn whole_x(p: &Panel) -> bool {
+    p.series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .all(|q| (q.0 - q.0.round()).abs() < 1e-9)
+}
+
 /// Panels in a grid of `cols` columns, each `w x h` pixels, with an overall title.
 pub fn panels(
     path: &Path,
@@ -120,16 +138,24 @@ pub fn panels(
             .y_label_area_size(52)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|x| e(x.to_string()))?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE.mix(0.0))
+        let whole = whole_x(p);
+        let span = (x1 - x0).max(1.0);
+        let mut mesh = chart.configure_mesh();
+        mesh.light_line_style(WHITE.mix(0.0))
             .x_desc(&p.x_desc)
             .y_desc(&p.y_desc)
-            .x_labels(6)
+            // Whole-number axes (layers 0..27) get up to 15 ticks, all of them whole.
+            .x_labels(if whole {
+                (span as usize + 1).min(15)
+            } else {
+                6
+            })
             .y_labels(6)
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(|x| e(x.to_string()))?;
+            .label_style(("sans-serif", 12));
+        if whole {
+            mesh.x_label_formatter(&|v| whole_tick(*v));
+        }
+        mesh.draw().map_err(|x| e(x.to_string()))?;
         for &v in &p.vlines {
             if v >= x0 && v <= x1 {
                 chart
@@ -234,4 +260,36 @@ pub fn heatmaps(path: &Path, title: &str, maps: &[Heatmap], cols: usize, side: u
             .map_err(|x| e(x.to_string()))?;
     }
     root.present().map_err(|x| e(x.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_number_axes_label_only_whole_ticks() {
+        assert_eq!(whole_tick(0.0), "0");
+        assert_eq!(whole_tick(27.0), "27");
+        assert_eq!(whole_tick(-3.0), "-3");
+        assert_eq!(whole_tick(0.4), "");
+        assert_eq!(whole_tick(1.0 - 1e-12), "1");
+        let layers = Panel {
+            series: vec![Series {
+                label: String::new(),
+                points: (0..28).map(|l| (l as f64, 0.5)).collect(),
+                mark: Mark::Line,
+                color: palette(0),
+            }],
+            ..Default::default()
+        };
+        assert!(whole_x(&layers));
+        let periods = Panel {
+            series: vec![Series {
+                points: vec![(2.5, 1.0), (10.0, 2.0)],
+                ..layers.series[0].clone()
+            }],
+            ..Default::default()
+        };
+        assert!(!whole_x(&periods));
+    }
 }
