@@ -128,10 +128,36 @@ pub fn panels(
     let root = root
         .titled(title, ("sans-serif", 22))
         .map_err(|x| e(x.to_string()))?;
-    for (area, p) in root.split_evenly((rows, cols)).iter().zip(panels) {
+    for (cell, p) in root.split_evenly((rows, cols)).iter().zip(panels) {
         let (x0, x1) = bounds(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0)));
         let (y0, y1) = bounds(p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1)));
-        let mut chart = ChartBuilder::on(area)
+        // The legend gets a strip of its own beside the plot, off the data.
+        let labelled: Vec<&Series> = p.series.iter().filter(|s| !s.label.is_empty()).collect();
+        let widest = labelled.iter().map(|s| s.label.chars().count()).max();
+        let (area, strip) = match widest {
+            Some(n) => {
+                let w = (26 + 7 * n as u32).clamp(60, 180);
+                let (a, b) = cell.split_horizontally(cell.dim_in_pixel().0.saturating_sub(w));
+                (a, Some(b))
+            }
+            None => (cell.clone(), None),
+        };
+        if let Some(strip) = &strip {
+            for (i, s) in labelled.iter().enumerate() {
+                let y = 44 + 16 * i as i32;
+                strip
+                    .draw(&Rectangle::new([(2, y - 4), (14, y + 4)], s.color.filled()))
+                    .map_err(|x| e(x.to_string()))?;
+                strip
+                    .draw(&Text::new(
+                        s.label.clone(),
+                        (18, y - 6),
+                        ("sans-serif", 11).into_font(),
+                    ))
+                    .map_err(|x| e(x.to_string()))?;
+            }
+        }
+        let mut chart = ChartBuilder::on(&area)
             .caption(&p.title, ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(34)
@@ -166,10 +192,9 @@ pub fn panels(
                     .map_err(|x| e(x.to_string()))?;
             }
         }
-        let mut legend = false;
         for s in &p.series {
             let color = s.color;
-            let drawn = match s.mark {
+            match s.mark {
                 Mark::Line => chart
                     .draw_series(LineSeries::new(
                         s.points.iter().copied().filter(|q| q.1.is_finite()),
@@ -185,22 +210,6 @@ pub fn panels(
                     )
                     .map_err(|x| e(x.to_string()))?,
             };
-            if !s.label.is_empty() {
-                legend = true;
-                drawn.label(&s.label).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 4), (x + 12, y + 4)], color.filled())
-                });
-            }
-        }
-        if legend {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(("sans-serif", 11))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|x| e(x.to_string()))?;
         }
     }
     root.present().map_err(|x| e(x.to_string()))
