@@ -219,3 +219,165 @@ fn numbers_of_several_tokens_are_extracted_and_patched_at_each_prompts_own_posit
         x.len()
     );
 }
+
+/// The reference of tools/make_multi_token_reference.py (HF transformers, teacher forced).
+fn reference() -> serde_json::Value {
+    let path = root().join("crates/patch/tests/fixtures/multi_token_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn close(what: &str, got: f64, want: &serde_json::Value) {
+    let want = want.as_f64().unwrap();
+    assert!(
+        (got - want).abs() < 1e-3 * want.abs().max(1.0),
+        "{what}: helixlab {got}, HF {want}"
+    );
+}
+
+// Long (about 110 lines) because three stages run on one study and each table is compared with
+// the same reference, pair by pair.
+#[test]
+fn patch_last_components_and_neurons_score_answers_of_several_tokens_as_hf_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = digit_toy(tmp.path());
+    let p = write_study(
+        tmp.path(),
+        "study.toml",
+        &model,
+        "kind = \"addition\"\ntemplate = \"{a}+{b}=\"\na = [0, 39]\nb = [5, 14]",
+        "sites = [\"hook_resid_post\"]\nlayers = \"all\"\npositions = [\"a\", \"last\"]\n\
+         batch_size = 64",
+        "[patch]\npairs = 6\ncorrect_only = false\ncomponent_fit_problems = 40\nhead_top = 4\n\n\
+         [neurons]\ntop = 8\nablation_problems = 40",
+    );
+    let ps = p.to_str().unwrap();
+    let run = tmp.path().join("run");
+    for stage in [
+        "accuracy",
+        "extract",
+        "pairs",
+        "patch-last",
+        "components",
+        "neurons",
+    ] {
+        run_ok(&[stage, "--pipeline", ps]);
+    }
+    let reference = reference();
+    let refs = reference["pairs"].as_array().unwrap();
+    // The pairs the reference was made for, in pair_id order; answers of one and two digits.
+    let pairs = helixlab_store::Frame::query(&run.join("patch/pairs.parquet"), |q| {
+        use polars::prelude::{col, lit};
+        q.filter(col("operand").eq(lit("last")))
+            .sort(["pair_id"], Default::default())
+    })
+    .unwrap();
+    let cols = ["clean_a", "clean_b", "corrupt_a", "corrupt_b"].map(|c| pairs.i64(c).unwrap());
+    assert_eq!(cols[0].len(), refs.len());
+    for (i, r) in refs.iter().enumerate() {
+        let want: Vec<i64> = ["clean", "corrupt"]
+            .iter()
+            .flat_map(|k| r[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            (0..4).map(|c| cols[c][i]).collect::<Vec<_>>(),
+            want,
+            "pair {i}"
+        );
+    }
+    let lengths: std::collections::BTreeSet<usize> = refs
+        .iter()
+        .map(|r| r["answer_tokens"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(lengths.len(), 2, "a batch of one- and two-token answers");
+
+    // patch-last, kind `layer`, at both layers.
+    let rows = |table: &str, effect: &str| {
+        helixlab_store::Frame::query(&run.join("patch").join(table), |q| {
+            use polars::prelude::{col, lit};
+            q.filter(col("effect").eq(lit(effect)))
+        })
+        .unwrap()
+    };
+    let last = rows("last_token.parquet", "layer");
+    let (pid, layer) = (last.i64("pair_id").unwrap(), last.i64("layer").unwrap());
+    let (ld, lp) = (
+        last.f64("logit_diff").unwrap(),
+        last.f64("answer_logprob_diff").unwrap(),
+    );
+    for i in 0..pid.len() {
+        let want = &refs[pid[i] as usize]["last_layer"][layer[i] as usize];
+        let what = format!("patch-last pair {} layer {}", pid[i], layer[i]);
+        close(&what, ld[i], &want["logit_diff"]);
+        close(&what, lp[i], &want["logprob_diff"]);
+    }
+    assert_eq!(pid.len(), 2 * refs.len());
+
+    // components: total and direct effect of every attention layer, MLP and head.
+    let mut checked = 0;
+    for effect in ["total", "direct"] {
+        let t = rows("components.parquet", effect);
+        let (comp, pid, layer, head) = (
+            t.str("component").unwrap(),
+            t.i64("pair_id").unwrap(),
+            t.i64("layer").unwrap(),
+            t.i64("head").unwrap(),
+        );
+        let (ld, lp) = (
+            t.f64("logit_diff").unwrap(),
+            t.f64("answer_logprob_diff").unwrap(),
+        );
+        for i in (0..pid.len()).filter(|&i| comp[i] != "heads_top" && comp[i] != "mlps_top") {
+            let head = (comp[i] == "head").then_some(head[i]);
+            let want = refs[pid[i] as usize]["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| {
+                    c["component"] == comp[i].as_str()
+                        && c["layer"] == layer[i]
+                        && c["head"].as_i64() == head
+                })
+                .unwrap_or_else(|| {
+                    panic!("{} {} {head:?} not in the reference", comp[i], layer[i])
+                });
+            let what = format!(
+                "{effect} of {} {} {head:?}, pair {}",
+                comp[i], layer[i], pid[i]
+            );
+            close(&what, ld[i], &want[effect]["logit_diff"]);
+            close(&what, lp[i], &want[effect]["logprob_diff"]);
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        2 * refs.len() * 2 * (2 + 4),
+        "2 effects x pairs x 12 components"
+    );
+
+    // neurons: the top neurons' mean total effect, first-token logit and whole answer.
+    let top = frame(&run.join("neurons/top.parquet"));
+    let (layer, neuron) = (top.i64("layer").unwrap(), top.i64("neuron").unwrap());
+    let (total, logprob) = (
+        top.f64("total").unwrap(),
+        top.f64("total_answer_logprob_diff").unwrap(),
+    );
+    let n = &reference["neurons"];
+    for i in 0..layer.len() {
+        let (l, j) = (layer[i] as usize, neuron[i] as usize);
+        close(
+            &format!("neuron L{l}N{j} total"),
+            total[i],
+            &n["total"][l][j],
+        );
+        close(
+            &format!("neuron L{l}N{j} log P"),
+            logprob[i],
+            &n["total_logprob"][l][j],
+        );
+    }
+    assert_eq!(layer.len(), 8);
+    eprintln!(
+        "answers of several tokens: patch-last, {checked} component effects and 8 neurons equal HF"
+    );
+}

@@ -14,6 +14,7 @@ use helixlab_model::{
 };
 use helixlab_model::{LastTokenCache, Positions, Tokenizer};
 use helixlab_pipeline::Pipeline;
+use helixlab_study::answers::{AnswerScoring, Scored};
 use helixlab_study::pairs::{argmax, clean_run_request, prompt_ids, Pair, ProblemInfo};
 
 use crate::neuron_fit::NeuronFit;
@@ -41,9 +42,14 @@ fn last_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 }
 
 /// A request capturing `mlp.hook_post` of every layer at the last token.
-fn with_posts(mut req: ForwardRequest, n_layers: usize) -> ForwardRequest {
+fn with_posts(req: ForwardRequest, n_layers: usize) -> ForwardRequest {
+    posts_at(req, n_layers, &Positions::last())
+}
+
+/// A request capturing `mlp.hook_post` of every layer at `at`.
+fn posts_at(mut req: ForwardRequest, n_layers: usize, at: &Positions) -> ForwardRequest {
     for l in 0..n_layers {
-        req = req.capture(HookPoint::MlpPost(l), Positions::last());
+        req = req.capture(HookPoint::MlpPost(l), at.clone());
     }
     req
 }
@@ -127,6 +133,9 @@ pub struct NeuronEffect {
     /// added to the clean final residual before the final norm, change of the corrupt
     /// answer's logit.
     pub direct: f64,
+    /// The total effect's change of log P(corrupt answer), mean over pairs: the whole answer's
+    /// where it is several tokens (teacher forced), else the answer token's log-softmax.
+    pub total_logprob: f64,
 }
 
 /// One neuron's value for every sequence of a batch, `(b, 1, 1)`.
@@ -140,33 +149,37 @@ struct BaseRun<'a> {
     batch: &'a Batch,
     /// Its output, with the residual stream entering every block.
     out: &'a helixlab_model::ForwardOutput,
-    /// Its last-position logits.
-    logits: &'a [Vec<f32>],
+    /// How it is scored (the corrupt run: its prompts; the clean run: the corrupt answers).
+    scoring: &'a AnswerScoring<'a>,
+    /// Its scores.
+    scored: &'a Scored,
     /// The keys and values of the positions before the last (`None` for a padded batch).
     cache: Option<&'a LastTokenCache>,
 }
 
-/// `base` resumed at neuron `(l, n)`'s block with that neuron set to `values` at the last
-/// token: the change of each sequence's `targets` logit, summed. Only the last token is run
-/// when the batch has a cache (the earlier positions cannot see the patch).
+/// `base` resumed at neuron `(l, n)`'s block with that neuron set to `values` at the prompt's
+/// last token: the change of each sequence's `targets` logit there and of its log P(target
+/// answer), each summed. Only the last token is run when the batch has a cache (the earlier
+/// positions cannot see the patch).
 fn neuron_patch(
     model: &Model,
     base: &BaseRun,
     (l, n): Neuron,
     values: Vec<f32>,
-    targets: &[usize],
-) -> Result<f64> {
+    targets: &[u32],
+) -> Result<(f64, f64)> {
     let resid = base.out.capture(HookPoint::ResidPre(l))?;
-    let req = ForwardRequest::new()
-        .logits(Logits::Last)
-        .intervene(Intervention {
-            hook: HookPoint::MlpPost(l),
-            positions: Positions::last(),
-            index: Some(vec![n]),
-            edit: Edit::Replace,
-            value: one_value(model, values)?,
-        })
-        .resume(l, resid.clone());
+    let req = base.scoring.request(
+        ForwardRequest::new()
+            .intervene(Intervention {
+                hook: HookPoint::MlpPost(l),
+                positions: base.scoring.prompt_last(),
+                index: Some(vec![n]),
+                edit: Edit::Replace,
+                value: one_value(model, values)?,
+            })
+            .resume(l, resid.clone()),
+    );
     let out = match base.cache {
         Some(cache) => {
             let t = cache.seq_len();
@@ -181,12 +194,18 @@ fn neuron_patch(
         }
         None => model.forward(base.batch, &req)?,
     };
-    let out = f32s2(&out.logits.expect("asked for logits"))?;
+    let scored = base.scoring.score(&out)?;
+    let (clean, patched) = (base.scored, &scored);
     Ok(targets
         .iter()
         .enumerate()
-        .map(|(i, &t)| (out[i][t] - base.logits[i][t]) as f64)
-        .sum())
+        .fold((0.0, 0.0), |(d, lp), (i, &t)| {
+            let logit = |s: &Scored| s.first[i][t as usize] as f64;
+            (
+                d + logit(patched) - logit(clean),
+                lp + patched.logprob(i, t) - clean.logprob(i, t),
+            )
+        }))
 }
 
 /// Exact patches, total and direct effects of each of `neurons` over `pairs`.
@@ -201,7 +220,6 @@ pub fn neuron_effects(
     let cfg = model.config();
     let n_layers = cfg.n_layers;
     let mut effects = vec![NeuronEffect::default(); neurons.len()];
-    let last_layer = HookPoint::ResidPost(n_layers - 1);
     let mut directions: BTreeMap<usize, Tensor> = BTreeMap::new();
     for &(l, _) in neurons {
         if let std::collections::btree_map::Entry::Vacant(e) = directions.entry(l) {
@@ -209,30 +227,36 @@ pub fn neuron_effects(
         }
     }
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
-        let req = with_posts(clean_run_request(n_layers), n_layers)
-            .capture(last_layer, Positions::last());
-        let clean_batch = encode(model, tok, p, chunk.iter().map(|x| &x.clean))?;
+        // The clean run, patched for the total effect, runs the corrupt answer after the prompt
+        // where it is several tokens; the corrupt run, patched toward the clean answer's first
+        // token (attribution's direction), is the prompt alone.
+        let clean_scoring = AnswerScoring::corrupt(model, chunk);
+        let corrupt_scoring = AnswerScoring::prompts(model);
+        let at = clean_scoring.prompt_last();
+        let clean_ids = prompt_ids(tok, p, chunk.iter().map(|x| &x.clean))?;
+        let clean_batch = model.batch(&clean_scoring.sequences(clean_ids))?;
         let corrupt_batch = encode(model, tok, p, chunk.iter().map(|x| &x.corrupt))?;
-        let clean = model.forward(&clean_batch, &req)?;
-        let corrupt = model.forward(&corrupt_batch, &req)?;
-        let (clean_cache, corrupt_cache) = (
-            model.last_token_cache(&clean_batch)?,
-            model.last_token_cache(&corrupt_batch)?,
+        let clean = model.forward(
+            &clean_batch,
+            &clean_scoring.request(posts_at(clean_run_request(n_layers), n_layers, &at)),
+        )?;
+        let corrupt = model.forward(
+            &corrupt_batch,
+            &corrupt_scoring.request(with_posts(clean_run_request(n_layers), n_layers)),
+        )?;
+        let clean_cache = match clean_scoring.is_forced() {
+            true => None,
+            false => model.last_token_cache(&clean_batch)?,
+        };
+        let corrupt_cache = model.last_token_cache(&corrupt_batch)?;
+        let (clean_scored, corrupt_scored) = (
+            clean_scoring.score(&clean)?,
+            corrupt_scoring.score(&corrupt)?,
         );
-        let clean_logits = f32s2(clean.logits.as_ref().expect("asked for logits"))?;
-        let corrupt_logits = f32s2(corrupt.logits.as_ref().expect("asked for logits"))?;
-        let final_clean = clean
-            .capture(last_layer)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?;
-        let (clean_t, corrupt_t): (Vec<usize>, Vec<usize>) = chunk
+        let final_clean = clean_scoring.final_residual(&clean)?.to_dtype(DType::F32)?;
+        let (clean_t, corrupt_t): (Vec<u32>, Vec<u32>) = chunk
             .iter()
-            .map(|x| {
-                (
-                    x.clean.answer_token as usize,
-                    x.corrupt.answer_token as usize,
-                )
-            })
+            .map(|x| (x.clean.answer_token, x.corrupt.answer_token))
             .unzip();
         for (k, &(l, n)) in neurons.iter().enumerate() {
             let ca: Vec<f32> = last_rows(clean.capture(HookPoint::MlpPost(l))?)?
@@ -247,26 +271,32 @@ pub fn neuron_effects(
             let corrupt_run = BaseRun {
                 batch: &corrupt_batch,
                 out: &corrupt,
-                logits: &corrupt_logits,
+                scoring: &corrupt_scoring,
+                scored: &corrupt_scored,
                 cache: corrupt_cache.as_ref(),
             };
-            effects[k].exact += neuron_patch(model, &corrupt_run, (l, n), ca.clone(), &clean_t)?;
+            effects[k].exact += neuron_patch(model, &corrupt_run, (l, n), ca.clone(), &clean_t)?.0;
             // Total effect: the clean run with the corrupt activation.
             let clean_run = BaseRun {
                 batch: &clean_batch,
                 out: &clean,
-                logits: &clean_logits,
+                scoring: &clean_scoring,
+                scored: &clean_scored,
                 cache: clean_cache.as_ref(),
             };
-            effects[k].total += neuron_patch(model, &clean_run, (l, n), xa.clone(), &corrupt_t)?;
-            // Direct effect: the change through W_out, straight to the final norm.
+            let (total, logprob) = neuron_patch(model, &clean_run, (l, n), xa.clone(), &corrupt_t)?;
+            effects[k].total += total;
+            effects[k].total_logprob += logprob;
+            // Direct effect: the change through W_out, straight to the final norm (at the
+            // prompt's last token only, so the answer tokens after it are unchanged).
             let delta: Vec<f32> = xa.iter().zip(&ca).map(|(x, c)| x - c).collect();
             let delta = Tensor::from_vec(delta, (chunk.len(), 1), model.device())?;
             let row = directions[&l].narrow(0, n, 1)?;
             let resid = (&final_clean + delta.broadcast_mul(&row)?)?;
             let out = f32s2(&model.logits_from_final_residual(&resid)?)?;
-            for i in 0..chunk.len() {
-                effects[k].direct += (out[i][corrupt_t[i]] - clean_logits[i][corrupt_t[i]]) as f64;
+            for (i, &t) in corrupt_t.iter().enumerate() {
+                let t = t as usize;
+                effects[k].direct += (out[i][t] - clean_scored.first[i][t]) as f64;
             }
         }
         on_batch(chunk.len());
@@ -275,6 +305,7 @@ pub fn neuron_effects(
     for e in &mut effects {
         e.total /= n;
         e.direct /= n;
+        e.total_logprob /= n;
     }
     Ok(effects)
 }

@@ -373,6 +373,10 @@ fn ranking_tables(score: &[f64], order: &[usize], d_mlp: usize, t: &TopNeurons) 
         .f64s("total", t.effects.iter().map(|e| e.total))
         .f64s("direct", t.effects.iter().map(|e| e.direct))
         .f64s("de_over_te", t.effects.iter().map(de_over_te))
+        .f64s(
+            "total_answer_logprob_diff",
+            t.effects.iter().map(|e| e.total_logprob),
+        )
         .column(
             "in_circuit_mlp",
             Values::OptI64(

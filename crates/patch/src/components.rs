@@ -24,13 +24,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{Batch, Logits, Model, Positions, Tokenizer};
+use helixlab_model::{Batch, Model, Positions, Tokenizer};
 use helixlab_model::{Edit, ForwardRequest, HookPoint, Intervention};
 use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::{split, Pca};
 use helixlab_pipeline::{Pipeline, TaskKind};
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
+use helixlab_study::answers::{AnswerScoring, Scored};
 use ndarray::Array2;
 
 use crate::effects::{means_table, Effect, EffectKey, EffectMean, EffectRows, Patched};
@@ -73,9 +74,13 @@ impl Component {
     }
 }
 
-/// What one forward captured at the last position, per layer.
+/// What one forward captured at the prompt's last position, per layer.
 struct LastCaptures {
-    logits: Vec<Vec<f32>>,
+    /// The prompt's last position in each sequence (the sequence's last unless answers were
+    /// appended).
+    at: Positions,
+    /// The corrupt answer scored (for the corrupt prompts' own run, only `first` is read).
+    scored: Scored,
     /// `hook_resid_pre` of every layer, every position (to resume from); clean runs only.
     resid_pre: Vec<Tensor>,
     /// `(b, 1, d)`.
@@ -88,43 +93,45 @@ struct LastCaptures {
     final_resid: Tensor,
 }
 
-fn capture_last(model: &Model, batch: &Batch, with_resid: bool) -> Result<LastCaptures> {
+fn capture_last(
+    model: &Model,
+    batch: &Batch,
+    scoring: &AnswerScoring,
+    with_resid: bool,
+) -> Result<LastCaptures> {
     let n = model.config().n_layers;
-    let mut req = ForwardRequest::new().logits(Logits::Last);
+    let at = scoring.prompt_last();
+    let mut req = ForwardRequest::new();
     for l in 0..n {
         req = req
-            .capture(HookPoint::AttnOut(l), Positions::last())
-            .capture(HookPoint::MlpOut(l), Positions::last())
-            .capture(HookPoint::AttnZ(l), Positions::last());
+            .capture(HookPoint::AttnOut(l), at.clone())
+            .capture(HookPoint::MlpOut(l), at.clone())
+            .capture(HookPoint::AttnZ(l), at.clone());
     }
-    req = req.capture(HookPoint::ResidPost(n - 1), Positions::last());
+    req = scoring.request(req);
     if with_resid {
         for l in 0..n {
             req = req.capture(HookPoint::ResidPre(l), Positions::All);
         }
     }
     let out = model.forward(batch, &req)?;
-    let at = |hook: HookPoint| -> Result<Tensor> { Ok(out.capture(hook)?.clone()) };
+    let get = |hook: HookPoint| -> Result<Tensor> { Ok(out.capture(hook)?.clone()) };
     Ok(LastCaptures {
-        logits: out
-            .logits
-            .clone()
-            .expect("asked for logits")
-            .to_dtype(DType::F32)?
-            .to_vec2()?,
+        at,
+        scored: scoring.score(&out)?,
         attn_out: (0..n)
-            .map(|l| at(HookPoint::AttnOut(l)))
+            .map(|l| get(HookPoint::AttnOut(l)))
             .collect::<Result<_>>()?,
         mlp_out: (0..n)
-            .map(|l| at(HookPoint::MlpOut(l)))
+            .map(|l| get(HookPoint::MlpOut(l)))
             .collect::<Result<_>>()?,
         z: (0..n)
-            .map(|l| at(HookPoint::AttnZ(l)))
+            .map(|l| get(HookPoint::AttnZ(l)))
             .collect::<Result<_>>()?,
-        final_resid: at(HookPoint::ResidPost(n - 1))?.squeeze(1)?,
+        final_resid: scoring.final_residual(&out)?,
         resid_pre: if with_resid {
             (0..n)
-                .map(|l| at(HookPoint::ResidPre(l)))
+                .map(|l| get(HookPoint::ResidPre(l)))
                 .collect::<Result<_>>()?
         } else {
             Vec::new()
@@ -132,8 +139,8 @@ fn capture_last(model: &Model, batch: &Batch, with_resid: bool) -> Result<LastCa
     })
 }
 
-/// The intervention that puts `value` in place of `component`'s output at the last position.
-fn replace(component: Component, value: Tensor) -> Intervention {
+/// The intervention that puts `value` in place of `component`'s output at positions `at`.
+fn replace(component: Component, value: Tensor, at: &Positions) -> Intervention {
     let (hook, index) = match component {
         Component::Mlp(l) => (HookPoint::MlpOut(l), None),
         Component::Attn(l) => (HookPoint::AttnOut(l), None),
@@ -141,7 +148,7 @@ fn replace(component: Component, value: Tensor) -> Intervention {
     };
     Intervention {
         hook,
-        positions: Positions::last(),
+        positions: at.clone(),
         index,
         edit: Edit::Replace,
         value,
@@ -157,31 +164,24 @@ fn corrupt_value(component: Component, corrupt: &LastCaptures) -> Result<Tensor>
     })
 }
 
-/// Last-position logits of the clean batch with `interventions`, resumed at the earliest
-/// layer they touch.
+/// The clean batch with `interventions`, resumed at the earliest layer they touch, scored.
 fn patched_logits(
     model: &Model,
     batch: &Batch,
+    scoring: &AnswerScoring,
     clean: &LastCaptures,
     interventions: Vec<Intervention>,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Scored> {
     let first = interventions
         .iter()
         .filter_map(|i| i.hook.layer())
         .min()
         .unwrap_or(0);
-    let mut req = ForwardRequest::new()
-        .logits(Logits::Last)
-        .resume(first, clean.resid_pre[first].clone());
+    let mut req = ForwardRequest::new().resume(first, clean.resid_pre[first].clone());
     for i in interventions {
         req = req.intervene(i);
     }
-    let out = model.forward(batch, &req)?;
-    Ok(out
-        .logits
-        .expect("asked for logits")
-        .to_dtype(DType::F32)?
-        .to_vec2()?)
+    scoring.score(&model.forward(batch, &scoring.request(req))?)
 }
 
 /// The change of `component`'s contribution to the residual stream at the last position,
@@ -200,8 +200,12 @@ fn contribution_change(
         Component::Head(l, _) => {
             let req = ForwardRequest::new()
                 .resume(l, clean.resid_pre[l].clone())
-                .intervene(replace(component, corrupt_value(component, corrupt)?))
-                .capture(HookPoint::AttnOut(l), Positions::last());
+                .intervene(replace(
+                    component,
+                    corrupt_value(component, corrupt)?,
+                    &clean.at,
+                ))
+                .capture(HookPoint::AttnOut(l), clean.at.clone());
             let out = model.forward(batch, &req)?;
             (out.capture(HookPoint::AttnOut(l))? - &clean.attn_out[l])?.squeeze(1)?
         }
@@ -212,20 +216,39 @@ fn encode(tok: &Tokenizer, p: &Pipeline, model: &Model, probs: &[&ProblemInfo]) 
     Ok(model.batch(&prompt_ids(tok, p, probs.iter().copied())?)?)
 }
 
-/// The clean prompts' batch with their captures (and the residual stream to resume from),
-/// and the corrupt prompts' captures.
-fn capture_pairs(
+/// One batch of pairs run: the clean sequences (prompts, followed by the corrupt answers where
+/// they are several tokens) with how they are scored, their captures (and the residual stream
+/// to resume from), and the corrupt prompts' captures.
+struct PairRun<'m> {
+    batch: Batch,
+    scoring: AnswerScoring<'m>,
+    clean: LastCaptures,
+    corrupt: LastCaptures,
+}
+
+fn capture_pairs<'m>(
     tok: &Tokenizer,
     p: &Pipeline,
-    model: &Model,
+    model: &'m Model,
     chunk: &[Pair],
-) -> Result<(Batch, LastCaptures, LastCaptures)> {
-    let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
+) -> Result<PairRun<'m>> {
+    let scoring = AnswerScoring::corrupt(model, chunk);
+    let clean_ids = prompt_ids(tok, p, chunk.iter().map(|x| &x.clean))?;
+    let batch = model.batch(&scoring.sequences(clean_ids))?;
+    let clean = capture_last(model, &batch, &scoring, true)?;
     let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
-    let batch = encode(tok, p, model, &clean_p)?;
-    let clean = capture_last(model, &batch, true)?;
-    let corrupt = capture_last(model, &encode(tok, p, model, &corrupt_p)?, false)?;
-    Ok((batch, clean, corrupt))
+    let corrupt = capture_last(
+        model,
+        &encode(tok, p, model, &corrupt_p)?,
+        &AnswerScoring::prompts(model),
+        false,
+    )?;
+    Ok(PairRun {
+        batch,
+        scoring,
+        clean,
+        corrupt,
+    })
 }
 
 /// The fits of one component's output over the fit sample.
@@ -388,22 +411,30 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     // Pass 1: each component alone, total and direct.
     progress.start("components: total and direct effects", pairs.len() as u64);
     for chunk in pairs.chunks(chunk_size) {
-        let (batch, clean, corrupt) = capture_pairs(tok, p, model, chunk)?;
+        let PairRun {
+            batch,
+            scoring,
+            clean,
+            corrupt,
+        } = capture_pairs(tok, p, model, chunk)?;
         let mut finals = Vec::with_capacity(singles.len());
         for &c in &singles {
-            let logits = patched_logits(
+            let scored = patched_logits(
                 model,
                 &batch,
+                &scoring,
                 &clean,
-                vec![replace(c, corrupt_value(c, &corrupt)?)],
+                vec![replace(c, corrupt_value(c, &corrupt)?, &clean.at)],
             )?;
             for (i, pair) in chunk.iter().enumerate() {
-                rows.push(c.key(Effect::Total), pair, &clean.logits[i], &logits[i]);
+                rows.push_scored(c.key(Effect::Total), pair, &clean.scored, &scored, i);
             }
             let delta = contribution_change(model, &batch, &clean, &corrupt, c)?;
             finals.push((&clean.final_resid + delta)?);
         }
-        // Every direct effect of the chunk in one final norm + unembedding.
+        // Every direct effect of the chunk in one final norm + unembedding. The direct path
+        // changes the final residual at the prompt's last position only, so the answer tokens
+        // after it keep their clean log P: the first token's change is the whole answer's.
         let de = model
             .logits_from_final_residual(&Tensor::cat(&finals, 0)?)?
             .to_dtype(DType::F32)?
@@ -413,7 +444,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 rows.push(
                     c.key(Effect::Direct),
                     pair,
-                    &clean.logits[i],
+                    &clean.scored.first[i],
                     &de[j * chunk.len() + i],
                 );
             }
@@ -457,7 +488,12 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     let max_heads = heads.len().min(64);
     progress.start("components: top-k and fits", pairs.len() as u64);
     for chunk in pairs.chunks(chunk_size) {
-        let (batch, clean, corrupt) = capture_pairs(tok, p, model, chunk)?;
+        let PairRun {
+            batch,
+            scoring,
+            clean,
+            corrupt,
+        } = capture_pairs(tok, p, model, chunk)?;
         let joint = |set: &[Component]| -> Result<Vec<Intervention>> {
             // Heads of one layer go in one intervention on that layer's z.
             let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -465,7 +501,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             for &c in set {
                 match c {
                     Component::Head(l, h) => by_layer.entry(l).or_default().push(h),
-                    _ => out.push(replace(c, corrupt_value(c, &corrupt)?)),
+                    _ => out.push(replace(c, corrupt_value(c, &corrupt)?, &clean.at)),
                 }
             }
             for (l, hs) in by_layer {
@@ -475,7 +511,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 )?;
                 out.push(Intervention {
                     hook: HookPoint::AttnZ(l),
-                    positions: Positions::last(),
+                    positions: clean.at.clone(),
                     index: Some(hs),
                     edit: Edit::Replace,
                     value: corrupt.z[l].index_select(&idx, 2)?,
@@ -492,7 +528,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 ks.push(ranked.len());
             }
             for k in ks {
-                let logits = patched_logits(model, &batch, &clean, joint(&ranked[..k])?)?;
+                let scored = patched_logits(model, &batch, &scoring, &clean, joint(&ranked[..k])?)?;
                 let key = EffectKey {
                     component: name,
                     layer: k as u32,
@@ -500,7 +536,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                     effect: Effect::Total,
                 };
                 for (i, pair) in chunk.iter().enumerate() {
-                    rows.push(key.clone(), pair, &clean.logits[i], &logits[i]);
+                    rows.push_scored(key.clone(), pair, &clean.scored, &scored, i);
                 }
             }
         }
@@ -511,14 +547,11 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             };
             for name in &fit_names {
                 let value = f.value(name, chunk, &shape, model)?;
-                let logits = patched_logits(model, &batch, &clean, vec![replace(c, value)])?;
+                let replaced = vec![replace(c, value, &clean.at)];
+                let scored = patched_logits(model, &batch, &scoring, &clean, replaced)?;
                 for (i, pair) in chunk.iter().enumerate() {
-                    rows.push(
-                        c.key(Effect::Patch(name.clone())),
-                        pair,
-                        &clean.logits[i],
-                        &logits[i],
-                    );
+                    let key = c.key(Effect::Patch(name.clone()));
+                    rows.push_scored(key, pair, &clean.scored, &scored, i);
                 }
             }
         }
@@ -699,8 +732,9 @@ mod tests {
     #[test]
     fn component_changes_add_up_to_the_change_of_the_final_residual() {
         let (model, clean_b, corrupt_b) = toy();
-        let clean = capture_last(&model, &clean_b, true).unwrap();
-        let corrupt = capture_last(&model, &corrupt_b, true).unwrap();
+        let clean = capture_last(&model, &clean_b, &AnswerScoring::prompts(&model), true).unwrap();
+        let corrupt =
+            capture_last(&model, &corrupt_b, &AnswerScoring::prompts(&model), true).unwrap();
         let n = model.config().n_layers;
         // The embedding's change: resid_pre of block 0 at the last position.
         let last = |t: &Tensor| {
@@ -743,7 +777,7 @@ mod tests {
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
-        for (a, b) in logits.iter().zip(&corrupt.logits) {
+        for (a, b) in logits.iter().zip(&corrupt.scored.first) {
             for (x, y) in a.iter().zip(b) {
                 assert!((x - y).abs() < 1e-3, "{x} vs {y}");
             }
@@ -753,11 +787,13 @@ mod tests {
     #[test]
     fn patching_a_component_with_its_own_clean_value_changes_nothing() {
         let (model, clean_b, _) = toy();
-        let clean = capture_last(&model, &clean_b, true).unwrap();
+        let clean = capture_last(&model, &clean_b, &AnswerScoring::prompts(&model), true).unwrap();
         for c in [Component::Mlp(0), Component::Attn(1), Component::Head(1, 2)] {
             let own = corrupt_value(c, &clean).unwrap();
-            let logits = patched_logits(&model, &clean_b, &clean, vec![replace(c, own)]).unwrap();
-            for (a, b) in logits.iter().zip(&clean.logits) {
+            let scoring = AnswerScoring::prompts(&model);
+            let replaced = vec![replace(c, own, &clean.at)];
+            let scored = patched_logits(&model, &clean_b, &scoring, &clean, replaced).unwrap();
+            for (a, b) in scored.first.iter().zip(&clean.scored.first) {
                 for (x, y) in a.iter().zip(b) {
                     assert!((x - y).abs() < 1e-4, "{c:?}: {x} vs {y}");
                 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use helixlab_store::table::{Table, Values};
 
 use crate::pairs::Pair;
+use helixlab_study::answers::Scored;
 
 pub use helixlab_study::pairs::{argmax, log_softmax_at};
 
@@ -59,12 +60,21 @@ impl Scores {
         top
     }
 
-    /// Replaces the last run's change in log P(corrupt answer) with the whole answer's.
-    pub fn set_answer_logprob_diff(&mut self, diff: f64) {
-        *self
-            .answer_logprob_diff
-            .last_mut()
-            .expect("set after a push") = diff;
+    /// Scores sequence `i` of a patched batch against the same sequence of its clean batch,
+    /// both scored by one [`AnswerScoring`](helixlab_study::answers::AnswerScoring) (the whole answer's log P where it was run);
+    /// returns the patched run's argmax at the prompt's last position.
+    pub fn push_scored(
+        &mut self,
+        pair: &Pair,
+        clean: &Scored,
+        patched: &Scored,
+        i: usize,
+    ) -> usize {
+        let top = self.push(pair, &clean.first[i], &patched.first[i]);
+        let t = pair.corrupt.answer_token;
+        *self.answer_logprob_diff.last_mut().expect("pushed") =
+            patched.logprob(i, t) - clean.logprob(i, t);
+        top
     }
 
     /// The means over the runs `rows`.
@@ -212,11 +222,29 @@ impl EffectRows {
     /// Records pair `pair` patched as `key`: `clean` are the clean run's logits, `patched` the
     /// patched run's, both at the last position.
     pub fn push(&mut self, key: EffectKey, pair: &Pair, clean: &[f32], patched: &[f32]) {
+        self.record(key, pair);
+        self.scores.push(pair, clean, patched);
+    }
+
+    fn record(&mut self, key: EffectKey, pair: &Pair) {
         self.keys.push(key);
         self.pair_id.push(pair.pair_id);
         self.clean_answer.push(pair.clean.answer);
         self.corrupt_answer.push(pair.corrupt.answer);
-        self.scores.push(pair, clean, patched);
+    }
+
+    /// Records sequence `i` of a batch patched as `key`, scored by one [`AnswerScoring`](helixlab_study::answers::AnswerScoring) in the
+    /// clean and the patched run.
+    pub fn push_scored(
+        &mut self,
+        key: EffectKey,
+        pair: &Pair,
+        clean: &Scored,
+        patched: &Scored,
+        i: usize,
+    ) {
+        self.record(key, pair);
+        self.scores.push_scored(pair, clean, patched, i);
     }
 
     /// Rows recorded.

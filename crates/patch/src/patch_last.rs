@@ -14,9 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use helixlab_model::Positions;
-use helixlab_model::{ForwardRequest, HookPoint, Logits};
+use helixlab_model::{ForwardRequest, HookPoint};
 use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::stats::r2;
 use helixlab_numeric::Pca;
@@ -24,6 +24,7 @@ use helixlab_pipeline::{Pipeline, TaskKind};
 use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
+use helixlab_study::answers::AnswerScoring;
 use ndarray::{Array1, Array2, Axis};
 
 use crate::effects::{means_table, Effect, EffectKey, EffectRows, Patched};
@@ -202,16 +203,11 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
         (plans.len() * kinds.len() * pairs.len()) as u64,
     );
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
-        let seqs = prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?;
+        let answers = AnswerScoring::corrupt(model, chunk);
+        let seqs = answers.sequences(prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?);
         let batch = model.batch(&seqs)?;
-        let req = clean_run_request(n_layers);
-        let clean = model.forward(&batch, &req)?;
-        let clean_logits = clean
-            .logits
-            .clone()
-            .expect("asked for logits")
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let clean = model.forward(&batch, &answers.request(clean_run_request(n_layers)))?;
+        let clean_scored = answers.score(&clean)?;
         for plan in &plans {
             for kind in &kinds {
                 let mut values = Vec::new();
@@ -222,22 +218,16 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
                 let value = Tensor::from_vec(values, (chunk.len(), 1, d), model.device())?
                     .to_dtype(model.dtype())?;
                 let req = ForwardRequest::new()
-                    .logits(Logits::Last)
                     .replace(
                         HookPoint::ResidPost(plan.layer),
-                        Positions::At(vec![plan.offset]),
+                        answers.shift(&Positions::At(vec![plan.offset])),
                         value,
                     )
                     .resume(
                         plan.layer,
                         clean.capture(HookPoint::ResidPre(plan.layer))?.clone(),
                     );
-                let out = model.forward(&batch, &req)?;
-                let logits = out
-                    .logits
-                    .expect("asked for logits")
-                    .to_dtype(DType::F32)?
-                    .to_vec2::<f32>()?;
+                let scored = answers.score(&model.forward(&batch, &answers.request(req))?)?;
                 for (i, pair) in chunk.iter().enumerate() {
                     let key = EffectKey {
                         component: Patched::ResidPost,
@@ -245,7 +235,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
                         head: None,
                         effect: Effect::Patch(kind.clone()),
                     };
-                    rows.push(key, pair, &clean_logits[i], &logits[i]);
+                    rows.push_scored(key, pair, &clean_scored, &scored, i);
                 }
                 progress.advance(chunk.len() as u64);
             }

@@ -5,16 +5,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use helixlab_model::shared_prefix_split;
-use helixlab_model::{ForwardRequest, HookPoint, Logits, Model, Positions};
+use helixlab_model::{ForwardRequest, HookPoint, Model, Positions};
 use helixlab_pipeline::{AnalysisTarget, FitName, PatchKind, Pipeline, Position, Site};
 use helixlab_store::read;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
 use helixlab_store::{tables, Frame, RunLayout};
+use helixlab_study::answers::AnswerScoring;
 
-use crate::effects::{log_softmax_at, Scores};
+use crate::effects::Scores;
 use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs, target};
 use crate::pairs::Pair;
 use crate::patches::{fit_predictors, FitPredictor, NumberActivations};
@@ -416,97 +417,6 @@ struct PatchBatch<'a> {
     unbatched: bool,
 }
 
-/// Answers of several tokens, scored whole: every sequence is the clean prompt followed by the
-/// corrupt answer's tokens but its last, and the final residual stream is read before each
-/// answer token (the first of those positions is the prompt's last, where the paper's metrics
-/// read the logits). A patch's offset from the end moves by the answer tokens appended.
-struct TeacherForced<'m> {
-    model: &'m Model,
-    /// The corrupt answer of each pair.
-    answers: Vec<Vec<u32>>,
-    /// Positions read per sequence (the longest answer's count).
-    width: usize,
-}
-
-impl<'m> TeacherForced<'m> {
-    /// `None` when every corrupt answer is one token (the paper's case, scored as before).
-    fn new(model: &'m Model, chunk: &[Pair]) -> Option<Self> {
-        let answers: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|pr| pr.corrupt.answer_tokens.clone())
-            .collect();
-        let width = answers.iter().map(Vec::len).max().unwrap_or(1);
-        (width > 1).then_some(Self {
-            model,
-            answers,
-            width,
-        })
-    }
-
-    fn sequences(&self, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
-        prompts
-            .iter()
-            .zip(&self.answers)
-            .map(|(s, a)| [s.as_slice(), &a[..a.len() - 1]].concat())
-            .collect()
-    }
-
-    fn hook(&self) -> HookPoint {
-        HookPoint::ResidPost(self.model.config().n_layers - 1)
-    }
-
-    /// `req` reading the final residual stream before each answer token.
-    fn capture(&self, req: ForwardRequest) -> ForwardRequest {
-        let per = self
-            .answers
-            .iter()
-            .map(|a| {
-                let n = a.len() as i64;
-                (0..self.width as i64).map(|j| -n + j.min(n - 1)).collect()
-            })
-            .collect();
-        req.capture(self.hook(), Positions::Each(per))
-    }
-
-    /// Prompt offsets from the end moved past the appended answer tokens.
-    fn shift(&self, at: &Positions) -> Positions {
-        Positions::Each(
-            self.answers
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let ps = at.of(i).expect("patch positions are listed");
-                    ps.iter().map(|&o| o - (a.len() as i64 - 1)).collect()
-                })
-                .collect(),
-        )
-    }
-
-    /// The logits at each prompt's last position, and log P(corrupt answer) of each sequence.
-    fn score(&self, out: &helixlab_model::ForwardOutput) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
-        let resid = out.capture(self.hook())?;
-        let (b, d) = (self.answers.len(), self.model.config().d_model);
-        let logits = self
-            .model
-            .logits_from_final_residual(&resid.reshape((b * self.width, d))?)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        let first = (0..b).map(|i| logits[i * self.width].clone()).collect();
-        let logprob = self
-            .answers
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                a.iter()
-                    .enumerate()
-                    .map(|(j, &t)| log_softmax_at(&logits[i * self.width + j], t as usize))
-                    .sum()
-            })
-            .collect();
-        Ok((first, logprob))
-    }
-}
-
 /// One clean forward for a batch of pairs, then one patched forward per (site, layer, kind),
 /// resumed at the patched layer where the hook is a block's input.
 // Long (about 105 lines) because the clean forward, each patched forward resumed from it and the
@@ -528,24 +438,16 @@ fn patch_chunk(
         unbatched,
     } = b;
     let n_layers = model.config().n_layers;
-    let f32s =
-        |t: Tensor| -> Result<Vec<Vec<f32>>> { Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?) };
     let prompts = prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?;
-    let answers = TeacherForced::new(model, chunk);
-    let seqs = match &answers {
-        Some(tf) => tf.sequences(&prompts),
-        None => prompts,
-    };
+    let answers = AnswerScoring::corrupt(model, chunk);
+    let seqs = answers.sequences(prompts);
     let batch = model.batch(&seqs)?;
     // One clean forward: its logits and the residual stream entering every block. Prompts
     // that share a prefix (the paper's instruction) run it once, as in extraction.
-    let mut req = clean_run_request(n_layers);
-    if let Some(tf) = &answers {
-        req = tf.capture(req);
-    }
+    let req = answers.request(clean_run_request(n_layers));
     let split = (p.extract.share_prefixes
         && !unbatched
-        && answers.is_none()
+        && !answers.is_forced()
         && model.config().arch.is_causal_lm())
     .then(|| shared_prefix_split(&seqs))
     .flatten();
@@ -555,13 +457,7 @@ fn patch_chunk(
     };
     timing.forwards += 1;
     timing.blocks_run += n_layers;
-    let (clean_logits, clean_logprobs) = match &answers {
-        Some(tf) => tf.score(&clean)?,
-        None => (
-            f32s(clean.logits.clone().expect("asked for logits"))?,
-            Vec::new(),
-        ),
-    };
+    let clean_scored = answers.score(&clean)?;
     for plan in plans {
         let hook = plan.site.at(plan.layer);
         for kind in &plan.kinds {
@@ -580,14 +476,8 @@ fn patch_chunk(
             let value = Tensor::from_vec(values, (chunk.len(), 1, d), model.device())?
                 .to_dtype(model.dtype())?;
             let at = plan.positions(chunk)?;
-            let mut req = match &answers {
-                Some(tf) => tf
-                    .capture(ForwardRequest::new())
-                    .replace(hook, tf.shift(&at), value),
-                None => ForwardRequest::new()
-                    .logits(Logits::Last)
-                    .replace(hook, at, value),
-            };
+            let mut req =
+                answers.request(ForwardRequest::new().replace(hook, answers.shift(&at), value));
             // Resume at the patched block from the clean residual stream when the hook
             // is that block's input: the blocks before it would compute the same thing.
             if let (HookPoint::ResidPre(l), false) = (hook, unbatched) {
@@ -599,16 +489,9 @@ fn patch_chunk(
             timing.blocks_full += n_layers;
             timing.forwards += 1;
             let out = model.forward(&batch, &req)?;
-            let (logits, logprobs) = match &answers {
-                Some(tf) => tf.score(&out)?,
-                None => (f32s(out.logits.expect("asked for logits"))?, Vec::new()),
-            };
+            let scored = answers.score(&out)?;
             for (i, pair) in chunk.iter().enumerate() {
-                let top = rows.scores.push(pair, &clean_logits[i], &logits[i]);
-                if answers.is_some() {
-                    rows.scores
-                        .set_answer_logprob_diff(logprobs[i] - clean_logprobs[i]);
-                }
+                let top = rows.scores.push_scored(pair, &clean_scored, &scored, i);
                 rows.site.push(plan.site.name().to_string());
                 rows.layer.push(plan.layer as u32);
                 rows.kind.push(kind.to_string());

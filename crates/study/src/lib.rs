@@ -11,6 +11,7 @@
 //! Not here: tasks and prompts (extract), manifests and tables (store), any stage's work.
 #![deny(missing_docs)]
 
+pub mod answers;
 pub mod pairs;
 
 use std::path::PathBuf;
