@@ -48,7 +48,7 @@ PYENV := .venv-check
 # The study's stages in running order, as `helixlab --help` lists them (a test in
 # crates/cli/src/stage_cmd.rs holds the two lists equal); `neuron-grads` is a stage of the CLI
 # that no study runs (the benchmark's gradient workload).
-STAGES := accuracy extract spectral fit pairs patch patch-last components neurons report
+STAGES := accuracy extract spectral fit clock pairs patch patch-last components neurons report
 
 .PHONY: bench-scale cuda-toolkit build-cuda
 .PHONY: all study build $(STAGES) test cargo-test python-check lint fixtures \
@@ -74,6 +74,9 @@ MODEL_DEP := $(MODEL_$(PIPELINE))
 # Patching needs a model with logits and a task with answers (not the bare-numbers studies),
 # and, for now, numbers of one token (SmolLM2's addition: pairs of one token layout are to come).
 NO_PATCH := minilm smollm2 smollm2-addition
+# The clock stage (linear addition, carries, answer logits) needs an addition task.
+CLOCK_DONE := $(if $(shell grep -l '^kind = "addition"' $(PIPE_FILE) 2>/dev/null),\
+	$(RUN)/clock/logit_shapes.manifest.json,)
 PATCH_DONE := $(if $(filter $(PIPELINE),$(NO_PATCH)),,$(RUN)/patch/patching.manifest.json \
 	$(RUN)/patch/last_token.manifest.json $(RUN)/patch/components.manifest.json \
 	$(RUN)/neurons/mlps.manifest.json)
@@ -82,6 +85,7 @@ accuracy: $(RUN)/problems.manifest.json
 extract: $(RUN)/activations/.extracted
 spectral: $(RUN)/spectral/periods.manifest.json
 fit: $(RUN)/fit/fits.manifest.json
+clock: $(RUN)/clock/logit_shapes.manifest.json
 pairs: $(RUN)/patch/pairs.manifest.json
 patch: $(RUN)/patch/patching.manifest.json
 patch-last: $(RUN)/patch/last_token.manifest.json
@@ -103,6 +107,10 @@ $(RUN)/fit/fits.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/activations/.extr
 		$(RUN)/spectral/periods.manifest.json
 	$(HELIXLAB) fit --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 
+$(RUN)/clock/logit_shapes.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/problems.manifest.json \
+		$(RUN)/activations/.extracted
+	$(HELIXLAB) clock --pipeline $(PIPE_FILE) $(FORCE_FLAG)
+
 $(RUN)/patch/pairs.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/problems.manifest.json
 	$(HELIXLAB) pairs --pipeline $(PIPE_FILE) $(FORCE_FLAG)
 
@@ -123,7 +131,7 @@ $(RUN)/neurons/mlps.manifest.json: $(PIPE_FILE) $(HELIXLAB) $(RUN)/patch/pairs.m
 
 $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extracted \
 		$(RUN)/spectral/periods.manifest.json $(RUN)/fit/fits.manifest.json \
-		$(PATCH_DONE)
+		$(CLOCK_DONE) $(PATCH_DONE)
 	$(HELIXLAB) report --pipeline $(PIPE_FILE)
 
 # The real-weight tests need the real checkpoints: fetched once, cached under data/.
@@ -209,6 +217,7 @@ fixtures:
 	.venv-parity/bin/python tools/make_patch_reference.py crates/patch/tests/fixtures/patch_reference.json
 	.venv-parity/bin/python tools/make_component_reference.py crates/patch/tests/fixtures/component_reference.json
 	.venv-parity/bin/python tools/make_multi_token_reference.py crates/patch/tests/fixtures/multi_token_reference.json
+	.venv-parity/bin/python tools/make_clock_reference.py crates/clock/tests/fixtures/clock_reference.json
 	.venv-parity/bin/python tools/make_neuron_reference.py crates/attribute/tests/fixtures/neuron_reference.json
 	.venv-parity/bin/python tools/make_neuron_fit_reference.py crates/attribute/tests/fixtures/neuron_fit_reference.json
 

@@ -38,7 +38,7 @@ def main(run, readme):
         meta = pq.read_metadata(f).metadata or {}
         manifest = json.loads(meta[b"helixlab.manifest"])
         stage = manifest["stage"]
-        check(stage in ("accuracy", "extract", "spectral", "fit", "pairs", "patch",
+        check(stage in ("accuracy", "extract", "spectral", "fit", "clock", "pairs", "patch",
                         "patch-last", "components", "neurons"),
               f"{f}: manifest names its stage")
         if stage in ("accuracy", "extract", "patch", "patch-last", "components", "neurons"):

@@ -66,6 +66,7 @@ fn unit(label: &str) -> &'static str {
     // Model stages count prompts; analysis stages count (site, layer) partitions.
     match label {
         "spectral" | "fit" => "partitions",
+        "clock" => "steps",
         "patch" => "pair patches",
         _ => "prompts",
     }
@@ -160,6 +161,8 @@ pub enum Stage {
     Spectral,
     /// `fit`.
     Fit,
+    /// `clock`.
+    Clock,
     /// `pairs`.
     Pairs,
     /// `patch`.
@@ -178,11 +181,12 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in running order.
-    pub const ALL: [Stage; 11] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Accuracy,
         Stage::Extract,
         Stage::Spectral,
         Stage::Fit,
+        Stage::Clock,
         Stage::Pairs,
         Stage::Patch,
         Stage::PatchLast,
@@ -199,6 +203,7 @@ impl Stage {
             Stage::Extract => "extract",
             Stage::Spectral => "spectral",
             Stage::Fit => "fit",
+            Stage::Clock => "clock",
             Stage::Pairs => "pairs",
             Stage::Patch => "patch",
             Stage::PatchLast => "patch-last",
@@ -235,6 +240,13 @@ impl Stage {
                 "Helix fits of the number representation, with baselines (circle, polynomials, \
                  PCA-k) and controls (held-out numbers, shuffled numbers, random periods, \
                  continuity)."
+            }
+            Stage::Clock => {
+                "Why a clock (the paper's appendix; reads tables, no model): a line fitted to \
+                 the first [clock] pcs PCs of the numbers' layer-0 representation and linear \
+                 addition on it against the model's accuracy, distances between a and a + dn, \
+                 the carry test of the model's -10 errors (chi-squared), and the slope and top \
+                 period of the final logits over every answer; writes clock/*.parquet."
             }
             Stage::Pairs => {
                 "Draw clean/corrupt pairs of correct problems for patching, seeded: for the \
@@ -299,6 +311,9 @@ impl Stage {
                 helixlab_spectral::stage::run(&p, force, progress).with_context(context)?
             }
             Stage::Fit => helixlab_fit::stage::run(&p, force, progress).with_context(context)?,
+            Stage::Clock => {
+                helixlab_clock::stage::run(&p, force, progress).with_context(context)?
+            }
             Stage::Pairs => helixlab_patch::pairs::run_pairs(&p, force).with_context(context)?,
             Stage::Patch => {
                 helixlab_patch::patching::run_patch(&p, force, progress).with_context(context)?

@@ -13,6 +13,7 @@
 use helixlab_model::{ForwardRequest, HookPoint, Logits, ModelError, Positions, Tokenizer};
 use helixlab_pipeline::Pipeline;
 use helixlab_store::problems::{self, ProblemRow};
+use helixlab_store::table::{Table, Values};
 use helixlab_store::{tables, RunLayout, StageRun};
 use helixlab_study::pairs::log_softmax_at;
 use helixlab_study::StudyModel;
@@ -80,8 +81,45 @@ fn to_rows(t: helixlab_model::Tensor) -> Result<Vec<Vec<f32>>> {
         .map_err(ModelError::from)?)
 }
 
-/// One-token answers: the last position's logits, as the paper scores them.
-fn score_last(study: &StudyModel, p: &Pipeline, chunk: &[Encoded]) -> Result<Vec<ProblemRow>> {
+/// The answers the task can have, when every one is a token of its own and they run without
+/// a gap (0..=198 for a + b with a, b in 0..=99): the first of them and each one's token. The
+/// last position's logits at these tokens are answer_logits.parquet (the paper's Figs 41-42).
+pub struct AnswerTokens {
+    /// The smallest answer.
+    pub first: i64,
+    /// The token of `first + i`.
+    pub tokens: Vec<u32>,
+}
+
+impl AnswerTokens {
+    /// `None` when some answer is several tokens, answers are missing between the smallest
+    /// and the largest, or one number is written with two different tokens.
+    pub fn of(encoded: &[Encoded]) -> Option<AnswerTokens> {
+        let mut by_value = std::collections::BTreeMap::new();
+        for e in encoded {
+            let (value, tokens) = (e.problem.answer?, e.answer_tokens.as_ref()?);
+            if tokens.len() != 1 || *by_value.entry(value).or_insert(tokens[0]) != tokens[0] {
+                return None;
+            }
+        }
+        let first = *by_value.keys().next()?;
+        let last = *by_value.keys().next_back()?;
+        (by_value.len() as i64 == last - first + 1 && by_value.len() > 1).then(|| AnswerTokens {
+            first,
+            tokens: by_value.into_values().collect(),
+        })
+    }
+}
+
+/// One-token answers: the last position's logits, as the paper scores them, and their values at
+/// `answers`' tokens (appended to `answer_logits`).
+fn score_last(
+    study: &StudyModel,
+    p: &Pipeline,
+    chunk: &[Encoded],
+    answers: Option<&AnswerTokens>,
+    answer_logits: &mut Vec<f32>,
+) -> Result<Vec<ProblemRow>> {
     let tok = &study.tokenizer;
     let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
     let logits = study
@@ -91,6 +129,9 @@ fn score_last(study: &StudyModel, p: &Pipeline, chunk: &[Encoded]) -> Result<Vec
     let mut rows = Vec::with_capacity(chunk.len());
     for (e, l) in chunk.iter().zip(to_rows(logits)?) {
         check_finite(e, &l)?;
+        if let Some(a) = answers {
+            answer_logits.extend(a.tokens.iter().map(|&t| l[t as usize]));
+        }
         let t = e.answer_token.expect("scored problems have answers");
         let mut r = row(e, &l, log_softmax_at(&l, t as usize), false);
         let pred = r.pred_token.expect("set by row");
@@ -236,15 +277,28 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let encoded = encode_task(p, tok, model.config().max_positions)?;
     study.sites(p)?;
     let path = output(p);
+    let layout = RunLayout::new(p.run_dir());
+    let logits_path = layout.path(tables::ANSWER_LOGITS);
+    let answers = AnswerTokens::of(&encoded);
+    let outputs: Vec<std::path::PathBuf> = std::iter::once(path.clone())
+        .chain(answers.as_ref().map(|_| logits_path.clone()))
+        .collect();
     let mut run = StageRun::new(
         "accuracy",
         serde_json::json!({ "task": p.task, "share_prefixes": p.extract.share_prefixes }),
     )
     .with_model(study.identity.clone());
-    if !force && run.is_fresh(std::slice::from_ref(&path)) {
+    if !force && run.is_fresh(&outputs) {
         return Ok(Outcome::UpToDate);
     }
     run.begin();
+    // A table from an earlier task would be read as this one's.
+    if answers.is_none() && logits_path.exists() {
+        std::fs::remove_file(&logits_path).map_err(|e| {
+            ExtractError::Input(format!("{}: cannot remove: {e}", logits_path.display()))
+        })?;
+    }
+    let mut answer_logits = Vec::new();
     let mut rows = Vec::with_capacity(encoded.len());
     // A task without answers (bare numbers) has nothing to score: its problems are listed
     // without running the model (an encoder such as BERT has no head to run).
@@ -279,7 +333,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         rows.extend(if longest > 1 {
             score_teacher_forced(&study, p, chunk)?
         } else {
-            score_last(&study, p, chunk)?
+            score_last(&study, p, chunk, answers.as_ref(), &mut answer_logits)?
         });
         progress.advance(chunk.len() as u64);
     }
@@ -307,9 +361,38 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
         }
         progress.finish();
     }
+    if let (Some(a), false) = (&answers, answer_logits.is_empty()) {
+        run.write_table(
+            &layout,
+            tables::ANSWER_LOGITS,
+            &answer_table(&rows, a, answer_logits),
+        )?;
+    }
     let mut manifest = run.finished();
     manifest.rows = rows.len() as u64;
     problems::write(&path, &rows, &manifest)?;
     run.record(path, rows.len() as u64);
     Ok(run.outcome())
+}
+
+/// answer_logits.parquet: one row per problem, the last position's logits at the tokens of
+/// every answer the task can have (`first_answer` + i).
+fn answer_table(rows: &[ProblemRow], a: &AnswerTokens, logits: Vec<f32>) -> Table {
+    let n = rows.len();
+    Table::new()
+        .u32s("prompt_id", rows.iter().map(|r| r.prompt_id))
+        .column("a", Values::I64(rows.iter().map(|r| r.a).collect()))
+        .column("b", Values::OptI64(rows.iter().map(|r| r.b).collect()))
+        .column(
+            "answer",
+            Values::OptI64(rows.iter().map(|r| r.answer).collect()),
+        )
+        .column("first_answer", Values::I64(vec![a.first; n]))
+        .column(
+            "logits",
+            Values::Vector {
+                d: a.tokens.len(),
+                values: logits,
+            },
+        )
 }

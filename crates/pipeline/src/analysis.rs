@@ -257,3 +257,46 @@ impl Default for NeuronsSection {
         toml::from_str("").expect("every field has a default")
     }
 }
+
+fn clock_pcs() -> usize {
+    50
+}
+fn clock_alphas() -> Vec<i64> {
+    (1..=20).map(|k| 10 * k).collect()
+}
+fn distance_ranges() -> Vec<[i64; 2]> {
+    vec![[0, 9], [0, 99]]
+}
+
+/// `[clock]`: settings of `helixlab clock` (docs/method.md, "Why a clock"): the alternatives the
+/// paper rules out and the model's errors, from the extracted activations and the accuracy
+/// stage's tables (no model run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSection {
+    /// The site that represents the numbers, for the line, linear addition and distances
+    /// (default: `hook_resid_post` where it is extracted, else `hook_resid_pre`).
+    #[serde(default)]
+    pub site: Option<Site>,
+    /// The layer of that site for the line and linear addition (default: the output of layer
+    /// 0, as the paper: layer 0 of `hook_resid_post`, or layer 1 of `hook_resid_pre`, the same
+    /// activations).
+    #[serde(default)]
+    pub layer: Option<usize>,
+    /// PCA components the line is fitted in (the paper: 50).
+    #[serde(default = "clock_pcs")]
+    pub pcs: usize,
+    /// Thresholds alpha on a + b: linear addition's and the model's accuracy over the problems
+    /// with a + b < alpha.
+    #[serde(default = "clock_alphas")]
+    pub alphas: Vec<i64>,
+    /// Ranges of a whose distance to a + dn is averaged (Fig 14: 0..=9 and 0..=99).
+    #[serde(default = "distance_ranges")]
+    pub distance_ranges: Vec<[i64; 2]>,
+}
+
+impl Default for ClockSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{
-    AnalysisSection, AnalysisTarget, FitSection, NeuronsSection, PatchSection, SpectralSection,
+    AnalysisSection, AnalysisTarget, ClockSection, FitSection, NeuronsSection, PatchSection,
+    SpectralSection,
 };
 use crate::task::{Task, TaskKind};
 use crate::vocab::{Device, Dtype, NumberLabel, Position, Site};
@@ -201,6 +202,9 @@ pub struct Pipeline {
     /// Settings of `neurons`.
     #[serde(default)]
     pub neurons: NeuronsSection,
+    /// Settings of `clock`.
+    #[serde(default)]
+    pub clock: ClockSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,

@@ -25,7 +25,8 @@ mod task;
 mod vocab;
 
 pub use analysis::{
-    AnalysisSection, AnalysisTarget, FitSection, NeuronsSection, PatchSection, SpectralSection,
+    AnalysisSection, AnalysisTarget, ClockSection, FitSection, NeuronsSection, PatchSection,
+    SpectralSection,
 };
 pub use file::{ExtractSection, Layers, ModelSection, OutputSection, Pipeline, PipelineError};
 pub use task::{Problem, Task, TaskKind};

@@ -70,7 +70,16 @@ pub mod tables {
         NEURON_FIT_TERMS = ("neurons", "fit_terms", "neurons");
         NEURON_PERIODS = ("neurons", "periods", "neurons");
         NEURON_MLPS = ("neurons", "mlps", "neurons");
+        ANSWER_LOGITS = ("", "answer_logits", "accuracy");
+        LINE_FIT = ("clock", "line_fit", "clock");
+        LINEAR_ADDITION = ("clock", "linear_addition", "clock");
+        DISTANCES = ("clock", "distances", "clock");
+        CARRY = ("clock", "carry", "clock");
+        LOGIT_SHAPES = ("clock", "logit_shapes", "clock");
     }
+
+    /// What `helixlab clock` writes, in order.
+    pub const CLOCK: [TableName; 5] = [LINE_FIT, LINEAR_ADDITION, DISTANCES, CARRY, LOGIT_SHAPES];
 
     /// What `helixlab neurons` writes, in order.
     pub const NEURONS: [TableName; 8] = [
