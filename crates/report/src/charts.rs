@@ -181,6 +181,15 @@ pub fn panels(
         if whole {
             mesh.x_label_formatter(&|v| whole_tick(*v));
         }
+        // Counts read as counts (1000, not 1000.0).
+        let counts = y1 - y0 > 10.0
+            && p.series
+                .iter()
+                .flat_map(|s| s.points.iter())
+                .all(|q| !q.1.is_finite() || (q.1 - q.1.round()).abs() < 1e-9);
+        if counts {
+            mesh.y_label_formatter(&|v| format!("{}", v.round() as i64));
+        }
         mesh.draw().map_err(|x| e(x.to_string()))?;
         for &v in &p.vlines {
             if v >= x0 && v <= x1 {

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod charts;
+mod clock_section;
 mod components_section;
 mod figures;
 mod fit_section;
@@ -58,6 +59,34 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// `html` with an id on every section heading and a list of links to them after the intro.
+pub fn with_contents(html: &str) -> String {
+    let mut body = String::with_capacity(html.len() + 1024);
+    let mut links = String::new();
+    let mut rest = html;
+    let mut n = 0;
+    while let Some(i) = rest.find("<h2>") {
+        let Some(end) = rest[i..].find("</h2>") else {
+            break;
+        };
+        let title = &rest[i + 4..i + end];
+        n += 1;
+        let _ = write!(links, "<li><a href=\"#s{n}\">{title}</a></li>");
+        body.push_str(&rest[..i]);
+        let _ = write!(body, "<h2 id=\"s{n}\">{title}</h2>");
+        rest = &rest[i + end + 5..];
+    }
+    body.push_str(rest);
+    if n == 0 {
+        return body;
+    }
+    let nav = format!("<nav><h2 id=\"contents\">Contents</h2><ol>{links}</ol></nav>\n");
+    match body.find("</p>\n") {
+        Some(i) => format!("{}{nav}{}", &body[..i + 5], &body[i + 5..]),
+        None => nav + &body,
+    }
 }
 
 /// Errors of the report.
@@ -211,6 +240,7 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         &p.fit.periods,
     )?);
     html.push_str(&fit_section::fit_section(run, &out, &p.fit)?);
+    html.push_str(&clock_section::clock_section(run, &out)?);
     html.push_str(&patching_section::patch_section(run, &out, p)?);
     html.push_str(&last_token_section::last_token_section(run, &out)?);
     html.push_str(&components_section::components_section(run, &out)?);
@@ -218,6 +248,7 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
     for table in [
         tables::PERIODS,
         tables::FITS,
+        tables::LINE_FIT,
         tables::PATCHING,
         tables::LAST_TOKEN,
         tables::COMPONENTS,
@@ -233,6 +264,7 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         }
     }
     html.push_str("</body></html>\n");
+    let html = with_contents(&html);
     let index = out.join("index.html");
     atomic::write(&index, html.as_bytes())?;
     Ok(index)
