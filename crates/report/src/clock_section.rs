@@ -160,7 +160,7 @@ pub fn clock_section(run: &RunLayout, out: &Path) -> Result<String> {
             counts.entry((p * 1e6).round() as i64).or_insert((p, 0)).1 += 1;
         }
         let mut top: Vec<(f64, usize)> = counts.into_values().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|b| std::cmp::Reverse(b.1));
         ps.push(Panel {
             title: "top period of the detrended logits (Fig 42)".into(),
             x_desc: "period (answers)".into(),
