@@ -54,6 +54,23 @@ enum Command {
     #[command(display_order = 21)]
     /// Train a toy adder (a small GPT-2 that adds) and export it as an HF checkpoint.
     Train(train_cmd::TrainArgs),
+    /// Compare finished studies (the paper's Table 1): each run's best layer per patch kind
+    /// (largest mean logit difference) and per fit (largest held-out R^2), in one Parquet
+    /// table and an HTML page.
+    #[command(display_order = 19)]
+    Compare(CompareArgs),
+}
+
+/// Arguments of `compare`.
+#[derive(Args)]
+struct CompareArgs {
+    /// Run directories of finished studies (each with fit/fits.parquet; patching is used where
+    /// it was run), e.g. data/runs/toy-adder data/runs/toy-adder-b.
+    #[arg(required = true, num_args = 1..)]
+    runs: Vec<std::path::PathBuf>,
+    /// Where compare.parquet and compare.html go.
+    #[arg(long, default_value = "data/compare")]
+    out: std::path::PathBuf,
 }
 
 /// The whole command line: the derived subcommands plus one per [`Stage`], in running order
@@ -80,6 +97,11 @@ fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
+        Command::Compare(args) => {
+            let page = helixlab_report::compare::compare(&args.runs, &args.out)?;
+            println!("compare: {} runs, {}", args.runs.len(), page.display());
+            Ok(())
+        }
     }
 }
 

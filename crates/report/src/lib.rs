@@ -15,6 +15,7 @@
 
 pub mod charts;
 mod clock_section;
+pub mod compare;
 mod components_section;
 mod figures;
 mod fit_section;
