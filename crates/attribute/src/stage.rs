@@ -21,6 +21,7 @@ use crate::forwards::{
     answer_logits, attribution, evaluate, mean_activations, neuron_effects, preactivations, Keep,
     Neuron, NeuronEffect,
 };
+use crate::logit_lens::{logit_lens, Lens};
 use crate::neuron_fit::{fit_neurons, NeuronFit};
 use crate::periods::{near, periods, Periods};
 use crate::{AttributeError, Result};
@@ -275,6 +276,15 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         fits: &fits,
         circuit: circuit.as_ref(),
     };
+    let lens = match answer_tokens(&all) {
+        Some((first, tokens)) => Some((
+            first,
+            tokens.len(),
+            logit_lens(model, &top, &effects, &tokens)?,
+        )),
+        None => None,
+    };
+    let lens_table = lens_table(lens, &grids);
     let (attribution_table, top_table) = ranking_tables(&score, &order, cfg.d_mlp, &found);
     let (preact_table, fits_table, terms_table, periods_table) = grid_tables(&found, &grid, grids);
     for (name, table) in [
@@ -286,6 +296,7 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         (tables::NEURON_FIT_TERMS, terms_table),
         (tables::NEURON_PERIODS, periods_table),
         (tables::NEURON_MLPS, mlps_table(&found)),
+        (tables::NEURON_LOGIT_LENS, lens_table),
     ] {
         m.write_table(&run, name, &table)?;
     }
@@ -301,6 +312,45 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         (serde_json::to_string_pretty(&timing).expect("json") + "\n").as_bytes(),
     )?;
     Ok(m.outcome())
+}
+
+/// The first answer and the token of each answer first..=last, when every answer of the task is
+/// one token and none is missing in between (else there is no lens over every answer).
+fn answer_tokens(all: &[ProblemInfo]) -> Option<(i64, Vec<u32>)> {
+    let mut by: BTreeMap<i64, u32> = BTreeMap::new();
+    for p in all {
+        if p.answer_tokens.len() != 1
+            || *by.entry(p.answer).or_insert(p.answer_token) != p.answer_token
+        {
+            return None;
+        }
+    }
+    let (&first, &last) = (by.keys().next()?, by.keys().next_back()?);
+    (by.len() as i64 == last - first + 1).then(|| (first, by.into_values().collect()))
+}
+
+/// logit_lens.parquet: one row per lens neuron (none when the answers are not one token each).
+fn lens_table(lens: Option<(i64, usize, Vec<Lens>)>, grids: &Grids) -> Table {
+    let (first, answers, rows) = lens.unwrap_or((0, 0, Vec::new()));
+    let n = rows.len();
+    Table::new()
+        .u32s("rank", rows.iter().map(|r| r.rank as u32))
+        .u32s("layer", rows.iter().map(|r| r.neuron.0 as u32))
+        .u32s("neuron", rows.iter().map(|r| r.neuron.1 as u32))
+        .f64s("direct", rows.iter().map(|r| r.direct))
+        .f64s("cumulative_share", rows.iter().map(|r| r.cumulative_share))
+        .column(
+            "fit_period_ab",
+            Values::OptF64(rows.iter().map(|r| grids.periods[r.rank - 1].sum).collect()),
+        )
+        .f64s("lens_slope", rows.iter().map(|r| r.period.slope))
+        .u32s(
+            "lens_frequency",
+            rows.iter().map(|r| r.period.frequency as u32),
+        )
+        .f64s("lens_period", rows.iter().map(|r| r.period.period))
+        .column("first_answer", Values::I64(vec![first; n]))
+        .u32s("answers", std::iter::repeat_n(answers as u32, n))
 }
 
 /// What the tables say about each top neuron, in rank order.

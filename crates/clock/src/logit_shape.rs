@@ -1,93 +1,15 @@
 //! The shape of the final logits over every possible answer (Figs 41-42): for one problem, the
 //! logits at the tokens of the answers first..=last (0..=198 for a, b in 0..=99). A line fitted
 //! to them has, in the paper's models, a negative slope (a bias to small answers); what remains
-//! after it is periodic, most often with period 10. As the paper: fit the line, take it away,
-//! scale what remains to [-1, 1], and take the strongest frequency k >= 1 of its discrete
-//! Fourier transform; the period is (number of answers) / k, so on 199 answers period 10 reads
-//! 9.95 and the longest 199.
+//! after it is periodic, most often with period 10. The arithmetic is
+//! [`helixlab_numeric::trend::top_period`] (line, detrend, scale, FFT), shared with the neuron
+//! logit lens.
 
-use rustfft::{num_complex::Complex, FftPlanner};
-
-/// One problem's logit shape.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LogitShape {
-    /// Slope of the least-squares line of logit against answer.
-    pub slope: f64,
-    /// The strongest frequency of the detrended, scaled logits (cycles over the answers).
-    pub frequency: usize,
-    /// Answers / frequency (NaN when the detrended logits are constant).
-    pub period: f64,
-}
+pub use helixlab_numeric::trend::TopPeriod as LogitShape;
+use rustfft::FftPlanner;
 
 /// The shape of `logits` (one per answer, consecutive answers).
 pub fn shape(logits: &[f32], planner: &mut FftPlanner<f64>) -> LogitShape {
-    let k = logits.len();
-    let x_mean = (k as f64 - 1.0) / 2.0;
-    let y: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
-    let y_mean = y.iter().sum::<f64>() / k as f64;
-    let (mut sxy, mut sxx) = (0.0, 0.0);
-    for (i, &v) in y.iter().enumerate() {
-        let dx = i as f64 - x_mean;
-        sxy += dx * (v - y_mean);
-        sxx += dx * dx;
-    }
-    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-    let rest: Vec<f64> = y
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| v - y_mean - slope * (i as f64 - x_mean))
-        .collect();
-    let (lo, hi) = rest
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let scale = y.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    if hi - lo <= 1e-9 * scale || k < 3 {
-        return LogitShape {
-            slope,
-            frequency: 0,
-            period: f64::NAN,
-        };
-    }
-    let mut buf: Vec<Complex<f64>> = rest
-        .iter()
-        .map(|&v| Complex::new(2.0 * (v - lo) / (hi - lo) - 1.0, 0.0))
-        .collect();
-    planner.plan_fft_forward(k).process(&mut buf);
-    let frequency = (1..=k / 2)
-        .max_by(|&i, &j| buf[i].norm().total_cmp(&buf[j].norm()).then(j.cmp(&i)))
-        .expect("k >= 3");
-    LogitShape {
-        slope,
-        frequency,
-        period: k as f64 / frequency as f64,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_falling_line_with_a_ten_cycle_reads_its_slope_and_period() {
-        let logits: Vec<f32> = (0..199)
-            .map(|n| {
-                let n = n as f64;
-                (5.0 - 0.03 * n + (std::f64::consts::TAU * n / 9.95).cos()) as f32
-            })
-            .collect();
-        let s = shape(&logits, &mut FftPlanner::new());
-        assert!((s.slope + 0.03).abs() < 2e-3, "slope {}", s.slope);
-        assert_eq!(s.frequency, 20);
-        assert!((s.period - 9.95).abs() < 1e-12);
-    }
-
-    #[test]
-    fn a_straight_line_has_no_period() {
-        let logits: Vec<f32> = (0..50).map(|n| n as f32).collect();
-        let s = shape(&logits, &mut FftPlanner::new());
-        assert!((s.slope - 1.0).abs() < 1e-9);
-        assert!(s.period.is_nan());
-    }
+    let values: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+    helixlab_numeric::trend::top_period(&values, planner)
 }

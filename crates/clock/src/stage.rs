@@ -124,10 +124,16 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     }
     let c = &p.clock;
     let layout = RunLayout::new(p.run_dir());
-    let (site, layer) = site_and_layer(p)?;
+    let (site, wanted) = site_and_layer(p)?;
     let site = site.as_str();
     let (work, inputs) =
         read::extracted_partitions(layout.root(), [site], p.extract.layers.listed())?;
+    // Without a [clock] layer, the earliest extracted one stands in for layer 0's output.
+    let layer = match p.clock.layer {
+        Some(_) => wanted,
+        None if work.iter().any(|(_, l)| *l == wanted) => wanted,
+        None => work.iter().map(|(_, l)| *l).min().unwrap_or(wanted),
+    };
     if !work.iter().any(|(_, l)| *l == layer) {
         return Err(ClockError::Input(format!(
             "{}: clock.layer {layer}: not extracted at {site} (layers: {})",

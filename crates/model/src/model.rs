@@ -268,6 +268,24 @@ impl Model {
             .squeeze(1)?)
     }
 
+    /// The unembedding of `x` (`(n, d_model)`) without the final norm, `(n, vocab)`: the
+    /// logit lens of a direction in the residual stream (a neuron's W_out row), as the paper
+    /// reads it (Figs 39-40).
+    pub fn unembed_without_norm(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.info.config.arch.is_causal_lm() {
+            return Err(ModelError::BadRequest(format!(
+                "{} has no LM head: there is no unembedding",
+                self.info.config.arch.model_type()
+            )));
+        }
+        let x = x.to_dtype(self.dtype)?.unsqueeze(1)?;
+        Ok(self
+            .arch
+            .unembed(&x)?
+            .expect("causal LMs have a head")
+            .squeeze(1)?)
+    }
+
     /// Neuron n's direction in the residual stream, for every neuron (`mlp.hook_post`) of block
     /// `layer`: `(d_mlp, d_model)`, row n = W_out[n, :] (the MLP output bias is not in it, so
     /// a change of activation times its row is the change of `hook_mlp_out`).

@@ -20,6 +20,7 @@ pub mod pca;
 pub mod probe;
 pub mod split;
 pub mod stats;
+pub mod trend;
 
 pub use basis::{Basis, BasisKind, BasisTerm};
 pub use lstsq::lstsq;

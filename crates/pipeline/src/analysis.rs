@@ -280,7 +280,7 @@ pub struct ClockSection {
     pub site: Option<Site>,
     /// The layer of that site for the line and linear addition (default: the output of layer
     /// 0, as the paper: layer 0 of `hook_resid_post`, or layer 1 of `hook_resid_pre`, the same
-    /// activations).
+    /// activations; the earliest extracted layer when that one is not).
     #[serde(default)]
     pub layer: Option<usize>,
     /// PCA components the line is fitted in (the paper: 50).

@@ -70,6 +70,7 @@ pub mod tables {
         NEURON_FIT_TERMS = ("neurons", "fit_terms", "neurons");
         NEURON_PERIODS = ("neurons", "periods", "neurons");
         NEURON_MLPS = ("neurons", "mlps", "neurons");
+        NEURON_LOGIT_LENS = ("neurons", "logit_lens", "neurons");
         ANSWER_LOGITS = ("", "answer_logits", "accuracy");
         LINE_FIT = ("clock", "line_fit", "clock");
         LINEAR_ADDITION = ("clock", "linear_addition", "clock");
@@ -82,7 +83,7 @@ pub mod tables {
     pub const CLOCK: [TableName; 5] = [LINE_FIT, LINEAR_ADDITION, DISTANCES, CARRY, LOGIT_SHAPES];
 
     /// What `helixlab neurons` writes, in order.
-    pub const NEURONS: [TableName; 8] = [
+    pub const NEURONS: [TableName; 9] = [
         NEURON_ATTRIBUTION,
         NEURON_TOP,
         NEURON_SPARSITY,
@@ -91,6 +92,7 @@ pub mod tables {
         NEURON_FIT_TERMS,
         NEURON_PERIODS,
         NEURON_MLPS,
+        NEURON_LOGIT_LENS,
     ];
 
     /// What `helixlab spectral` writes, in order.
