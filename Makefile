@@ -52,7 +52,7 @@ STAGES := accuracy extract spectral fit clock pairs patch patch-last components 
 
 .PHONY: bench-scale cuda-toolkit build-cuda
 .PHONY: all study build $(STAGES) test cargo-test python-check lint fixtures \
-	fetch-tokenizers clean-external toy-models fetch-minilm fetch-smollm2 real-references reference bench
+	fetch-tokenizers clean-external browser-check toy-models fetch-minilm fetch-smollm2 real-references reference bench
 
 all: study
 
@@ -135,7 +135,21 @@ $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extr
 	$(HELIXLAB) report --pipeline $(PIPE_FILE)
 
 # The real-weight tests need the real checkpoints: fetched once, cached under data/.
-test: fetch-tokenizers fetch-minilm fetch-smollm2 cargo-test python-check
+test: fetch-tokenizers fetch-minilm fetch-smollm2 cargo-test python-check browser-check
+
+# The report in a real browser (headless Chromium, from the system's packages): the toy study's
+# and a random 28-layer x 16-head checkpoint's (tools/make_deep_checkpoint.py, not committed),
+# loaded without errors, every image and heatmap drawn, screenshots in data/report-check/shots.
+browser-check: python-check
+	command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	$(PYENV)/bin/python tools/make_deep_checkpoint.py data/report-check/models/deep
+	rm -rf data/report-check/runs
+	for stage in $(STAGES); do \
+		target/debug/helixlab $$stage --pipeline tools/deep-report.toml || exit 1; done
+	target/debug/helixlab report --pipeline data/check.toml
+	$(PYENV)/bin/python tools/browser_check.py data/report-check/shots \
+		data/report-check/runs/deep/report/index.html:28 data/runs/check/report/index.html:2
 
 cargo-test:
 	$(CARGO) test --workspace

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::charts::{heatmaps, panels, Heatmap, Panel};
 use crate::sections::{line, Tbl};
+use crate::svg_heatmap::SvgHeatmap;
 use crate::Result;
 use helixlab_store::{tables, RunLayout};
 
@@ -117,6 +118,25 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
          <img src=\"components.png\" alt=\"component effects\">\n\
          <img src=\"heads.png\" alt=\"head effects\">\n",
     );
+    if n_layers > 0 {
+        html.push_str(
+            "<p>The same head effects to hover (each cell's tooltip names the head and gives \
+             its mean logit difference; red raises the corrupt answer, blue lowers it):</p>\n",
+        );
+        let name = |l: usize, h: usize| format!("L{l}H{h}");
+        for (effect, m) in ["total", "direct"].iter().zip(&maps) {
+            let title = format!("head {effect} effect (mean logit difference)");
+            let svg = SvgHeatmap {
+                title: &title,
+                x_label: "layer",
+                y_label: "head",
+                values: &m.values,
+                name: &name,
+            };
+            html.push_str(&svg.render());
+            html.push('\n');
+        }
+    }
     if let Some(r) = roles {
         let (rc, rl, rh, rank, te, de) = (
             r.str("component")?,
@@ -136,9 +156,7 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
             "<p>Ranked heads and MLPs. The fit columns are the TE of the component's output \
              replaced by a helix fit's prediction for the corrupt problem, over the component's \
              own TE (paper Figs 7, 26-28); heads are typed by the paper's scores (a,b / a+b / \
-             mixed).</p>\n<table border=1 cellpadding=4><tr><th>component</th><th>rank</th>\
-             <th>TE</th><th>DE</th><th>DE/TE</th><th>helix(a,b)/TE</th><th>helix(a+b)/TE</th>\
-             <th>helix(a,b,a+b)/TE</th><th>role</th></tr>\n",
+             mixed).</p>\n",
         );
         let fmt = |v: f64| {
             if v.is_nan() {
@@ -147,17 +165,20 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
                 format!("{v:.2}")
             }
         };
-        for i in 0..rc.len() {
-            let name = if rc[i] == "head" {
-                format!("L{}H{}", rl[i], rh[i])
-            } else {
-                format!("MLP {}", rl[i])
-            };
-            let _ =
-                writeln!(
-                html,
+        // The first ten heads and MLPs by rank open; the rest folded (448 heads do not read).
+        let header = "<table border=1 cellpadding=4><tr><th>component</th><th>rank</th>\
+                      <th>TE</th><th>DE</th><th>DE/TE</th><th>helix(a,b)/TE</th>\
+                      <th>helix(a+b)/TE</th><th>helix(a,b,a+b)/TE</th><th>role</th></tr>\n";
+        let row =
+            |i: usize| {
+                let name = if rc[i] == "head" {
+                    format!("L{}H{}", rl[i], rh[i])
+                } else {
+                    format!("MLP {}", rl[i])
+                };
+                format!(
                 "<tr><td>{name}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                 <td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 rank[i],
                 te[i],
                 de[i],
@@ -166,9 +187,26 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
                 fmt(sum_[i]),
                 fmt(full[i]),
                 role[i]
-            );
-        }
+            )
+            };
+        let (open, rest): (Vec<usize>, Vec<usize>) = (0..rc.len()).partition(|&i| rank[i] <= 10);
+        html.push_str(header);
+        html.extend(open.into_iter().map(row));
         html.push_str("</table>\n");
+        if !rest.is_empty() {
+            let _ = write!(
+                html,
+                "<details><summary>{} more heads and MLPs, by rank</summary>\n{header}",
+                rest.len()
+            );
+            html.extend(rest.into_iter().map(row));
+            html.push_str("</table></details>\n");
+        }
+        html.push_str(
+            "<p>Every row: <code>patch/component_roles.parquet</code>, e.g. \
+             <code>SELECT component, layer, head, rank, total_effect, direct_effect, role FROM \
+             'patch/component_roles.parquet' ORDER BY abs(total_effect) DESC LIMIT 20</code>.</p>\n",
+        );
     }
     Ok(html)
 }

@@ -24,6 +24,7 @@ mod neurons_section;
 mod patching_section;
 mod sections;
 mod spectral_section;
+pub mod svg_heatmap;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,19 @@ fn longest_answer(path: &Path) -> u32 {
     .and_then(|v| v.first().copied())
     .map_or(1, |n| n.max(1) as u32)
 }
+
+/// What the page checks about itself once loaded, for a headless browser (tools/browser_check.py)
+/// to read from the `data-check` attribute of `<body>`: images that did not load, contents links
+/// without their target, the interactive heatmaps drawn, and any script or resource error.
+const SELF_CHECK: &str = "<script>window.helixlabErrors=[];\
+addEventListener('error',function(e){helixlabErrors.push(String(e.message||(e.target&&(e.target.src||e.target.href))))},true);\
+addEventListener('load',function(){var im=Array.from(document.images),ln=Array.from(document.querySelectorAll('a[href^=\"#\"]'));\
+document.body.setAttribute('data-check',JSON.stringify({images:im.length,\
+broken:im.filter(function(i){return !(i.complete&&i.naturalWidth>0)}).map(function(i){return i.getAttribute('src')}),\
+links:ln.length,dangling:ln.filter(function(a){return !document.getElementById(a.getAttribute('href').slice(1))}).map(function(a){return a.getAttribute('href')}),\
+heatmaps:document.querySelectorAll('svg.heatmap').length,\
+layer_ticks:Array.from(document.querySelectorAll('svg.heatmap text.xtick')).map(function(t){return t.textContent}),\
+errors:helixlabErrors}))});</script>\n";
 
 /// `text` with the characters HTML gives a meaning escaped, so study names, paths, templates
 /// and manifests show as written and never run as markup.
@@ -183,7 +197,7 @@ pub fn write_report(p: &Pipeline) -> Result<PathBuf> {
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>helixlab: {name}</title>\
          <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} \
          img{{max-width:100%}} pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}</style>\
-         </head><body>\n<h1>helixlab study: {name}</h1>\n<p>Model <code>{model}</code> \
+         </head><body>\n{SELF_CHECK}<h1>helixlab study: {name}</h1>\n<p>Model <code>{model}</code> \
          ({dtype}, {device}); task <code>{kind:?}</code>, template <code>{template}</code>.</p>\n",
         name = escape(&p.name),
         model = escape(&p.model.dir),
