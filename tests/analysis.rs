@@ -357,7 +357,7 @@ fn last_token_and_component_effects_on_the_toy_adder() {
     assert_eq!(fits.height(), 2 * 5);
 
     let out = run_ok(&["components", "--pipeline", ps]);
-    assert!(out.contains("wrote 3 table(s)"), "{out}");
+    assert!(out.contains("wrote 4 table(s)"), "{out}");
     let s = table(&run.join("patch/components_summary.parquet"));
     let c = |comp, layer, effect| mean_of(&s, comp, layer, effect, "logit_diff");
     // Nothing follows the last MLP: its total and direct effects are the same.
@@ -487,6 +487,66 @@ fn components_match_the_hf_reference(run: &Path) {
         }
     }
     println!("components vs HF reference: max |logit difference| {worst:.2e}");
+    assert!(worst < 1e-3, "{worst}");
+
+    // Path patching from every layer-0 head to the layer-1 heads and MLP, the same pairs
+    // (tools/make_path_patching_reference.py).
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("crates/patch/tests/fixtures/path_patching_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let paths = table(&run.join("patch/path_patching.parquet"));
+    let (mut worst, mut checked) = (0.0f64, 0);
+    for want in fixture["rows"].as_array().unwrap() {
+        let k = (0..4)
+            .find(|&k| {
+                let w = &fixture["rows"][k * 4];
+                w["clean"] == want["clean"] && w["corrupt"] == want["corrupt"]
+            })
+            .unwrap() as u32;
+        let sender = want["sender"][1].as_i64().unwrap() as u32;
+        for r in want["receivers"].as_array().unwrap() {
+            let mut f = col("pair_id")
+                .eq(lit(k))
+                .and(col("sender_layer").eq(lit(0u32)))
+                .and(col("sender_head").eq(lit(sender)))
+                .and(col("receiver").eq(lit(r["receiver"].as_str().unwrap())))
+                .and(col("receiver_layer").eq(lit(1u32)));
+            f = match r["head"].as_i64() {
+                Some(h) => f.and(col("receiver_head").eq(lit(h))),
+                None => f.and(col("receiver_head").is_null()),
+            };
+            let row = paths.clone().lazy().filter(f).collect().unwrap();
+            assert_eq!(row.height(), 1, "pair {k} sender {sender} {r}");
+            let got = row
+                .column("patched_logit")
+                .unwrap()
+                .f64()
+                .unwrap()
+                .get(0)
+                .unwrap();
+            let clean = row
+                .column("clean_logit")
+                .unwrap()
+                .f64()
+                .unwrap()
+                .get(0)
+                .unwrap();
+            worst = worst
+                .max((got - r["patched_logit"].as_f64().unwrap()).abs())
+                .max((clean - want["clean_logit"].as_f64().unwrap()).abs());
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        4 * 4 * 5,
+        "4 pairs x 4 senders x (4 heads + 1 MLP)"
+    );
+    println!("path patching vs HF reference: max |logit difference| {worst:.2e}");
     assert!(worst < 1e-3, "{worst}");
 }
 

@@ -37,6 +37,7 @@ use ndarray::Array2;
 use crate::effects::{means_table, Effect, EffectKey, EffectMean, EffectRows, Patched};
 use crate::inputs::{load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair, ProblemInfo};
+use crate::path_patching::{path_patch_batch, PathRows};
 use crate::{PatchError, Result};
 use helixlab_pipeline::Position;
 use helixlab_store::{tables, RunLayout};
@@ -393,6 +394,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         tables::COMPONENTS,
         tables::COMPONENTS_SUMMARY,
         tables::COMPONENT_ROLES,
+        tables::PATH_PATCHING,
     ];
     if !force && m.tables_fresh(&run, &outputs) {
         return Ok(Outcome::UpToDate);
@@ -582,9 +584,34 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         ))
         .collect();
     let roles = roles_table(p, &means, &heads, &mlps, &top_heads, &circuit);
+    // Pass 3: path patching from each top head to the later top heads and MLPs.
+    let mut paths = PathRows::default();
+    let senders: Vec<(usize, usize)> = top_heads
+        .iter()
+        .filter_map(|c| match c {
+            Component::Head(l, h) => Some((*l, *h)),
+            _ => None,
+        })
+        .collect();
+    let forced = pairs.iter().any(|x| x.corrupt.answer_tokens.len() > 1);
+    if !forced && !senders.is_empty() {
+        progress.start("components: path patching", pairs.len() as u64);
+        for chunk in pairs.chunks(chunk_size) {
+            let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
+            let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
+            let batches = (
+                &encode(tok, p, model, &clean_p)?,
+                &encode(tok, p, model, &corrupt_p)?,
+            );
+            path_patch_batch(model, batches, chunk, &senders, &senders, &mut paths)?;
+            progress.advance(chunk.len() as u64);
+        }
+        progress.finish();
+    }
     m.write_table(&run, tables::COMPONENTS, &rows.table())?;
     m.write_table(&run, tables::COMPONENTS_SUMMARY, &means_table(&means))?;
     m.write_table(&run, tables::COMPONENT_ROLES, &roles)?;
+    m.write_table(&run, tables::PATH_PATCHING, &paths.table())?;
     Ok(m.outcome())
 }
 

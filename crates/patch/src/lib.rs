@@ -12,7 +12,8 @@
 //! - [`patch_last`] (`helixlab patch-last`, E4): the last token as helix(a+b), helix(a,b) and
 //!   helix(a,b,a+b).
 //! - [`components`] (`helixlab components`, E5): total and direct effects of every MLP,
-//!   attention layer and head, the MLP circuit, head types ([`effects`] holds the rows).
+//!   attention layer and head, the MLP circuit, head types ([`effects`] holds the rows), and
+//!   path patching from the top heads to later heads and MLPs ([`path_patching`]).
 //!
 //! [`inputs`] is what they read in common: the analysed operand, the study's model with the
 //! stage's run record, the drawn pairs.
@@ -33,6 +34,7 @@ pub mod pairs;
 pub mod patch_last;
 pub mod patches;
 pub mod patching;
+pub mod path_patching;
 
 /// Errors of the stages: those of every stage that runs the model.
 pub use helixlab_study::{Result, StageError as PatchError};

@@ -132,11 +132,13 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
                 y_label: "head",
                 values: &m.values,
                 name: &name,
+                ticks: (&[], &[]),
             };
             html.push_str(&svg.render());
             html.push('\n');
         }
     }
+    html.push_str(&path_patching_figure(run)?);
     if let Some(r) = roles {
         let (rc, rl, rh, rank, te, de) = (
             r.str("component")?,
@@ -209,4 +211,76 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
         );
     }
     Ok(html)
+}
+
+/// Path patching (paper Fig 29): the mean logit difference of each sender head's corrupt output
+/// reaching the logits only through one receiver, as a receivers x senders heatmap.
+fn path_patching_figure(run: &RunLayout) -> Result<String> {
+    let Some(t) = Tbl::open(&run.path(tables::PATH_PATCHING))?.filter(|t| t.df().height() > 0)
+    else {
+        return Ok(String::new());
+    };
+    let (sl, sh, kind, rl, rh, ld) = (
+        t.i64("sender_layer")?,
+        t.i64("sender_head")?,
+        t.str("receiver")?,
+        t.i64("receiver_layer")?,
+        t.i64("receiver_head")?,
+        t.f64("logit_diff")?,
+    );
+    let sender = |i: usize| format!("L{}H{}", sl[i], sh[i]);
+    let receiver = |i: usize| match kind[i].as_str() {
+        "head" => format!("L{}H{}", rl[i], rh[i]),
+        _ => format!("MLP {}", rl[i]),
+    };
+    let mut senders: Vec<(i64, i64, String)> =
+        (0..sl.len()).map(|i| (sl[i], sh[i], sender(i))).collect();
+    senders.sort();
+    senders.dedup();
+    let mut receivers: Vec<(i64, bool, i64, String)> = (0..sl.len())
+        .map(|i| (rl[i], kind[i] == "mlp", rh[i], receiver(i)))
+        .collect();
+    receivers.sort();
+    receivers.dedup();
+    let mut sums = vec![vec![(0.0, 0usize); senders.len()]; receivers.len()];
+    for i in 0..sl.len() {
+        let x = receivers
+            .iter()
+            .position(|r| r.3 == receiver(i))
+            .expect("listed");
+        let y = senders
+            .iter()
+            .position(|s| s.2 == sender(i))
+            .expect("listed");
+        sums[x][y].0 += ld[i];
+        sums[x][y].1 += 1;
+    }
+    // A receiver before its sender was not run: blank (NaN) rather than zero.
+    let values: Vec<Vec<f64>> = sums
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|&(s, n)| if n > 0 { s / n as f64 } else { f64::NAN })
+                .collect()
+        })
+        .collect();
+    let xs: Vec<String> = receivers.iter().map(|r| r.3.clone()).collect();
+    let ys: Vec<String> = senders.iter().map(|s| s.2.clone()).collect();
+    let name = |x: usize, y: usize| format!("{} via {}", ys[y], xs[x]);
+    let svg = SvgHeatmap {
+        title: "path patching: sender (row) to the logits through one receiver (column)",
+        x_label: "receiver",
+        y_label: "sender head",
+        values: &values,
+        name: &name,
+        ticks: (&xs, &ys),
+    }
+    .render();
+    Ok(format!(
+        "<p>Path patching (paper Fig 29): a top head's corrupt output, added to the residual \
+         stream, reaches the logits only through one later top head's input (its query, key \
+         and value) or one later MLP's; the mean change of the corrupt answer's logit over the \
+         pairs (<code>patch/path_patching.parquet</code>; grey: receiver not after the \
+         sender).</p>\n{svg}\n"
+    ))
 }

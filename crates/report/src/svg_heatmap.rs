@@ -23,6 +23,8 @@ pub struct SvgHeatmap<'a> {
     pub values: &'a [Vec<f64>],
     /// What a cell's tooltip says before its value (e.g. "L3H7").
     pub name: &'a dyn Fn(usize, usize) -> String,
+    /// Tick labels of x and y (empty: the indices).
+    pub ticks: (&'a [String], &'a [String]),
 }
 
 fn colour(v: f64, scale: f64) -> String {
@@ -54,7 +56,16 @@ impl SvgHeatmap<'_> {
         let nx = self.values.len();
         let ny = self.values.iter().map(Vec::len).max().unwrap_or(0);
         let cell = (840 / nx.max(1)).clamp(4, 28) as i64;
-        let (left, top) = (56i64, 34i64);
+        let label = |names: &[String], i: usize| names.get(i).cloned().unwrap_or(i.to_string());
+        let widest = self
+            .ticks
+            .1
+            .iter()
+            .map(|t| t.len())
+            .max()
+            .unwrap_or(3)
+            .max(3) as i64;
+        let (left, top) = (28 + 7 * widest, 34i64);
         let (w, h) = (left + cell * nx as i64 + 90, top + cell * ny as i64 + 48);
         let scale = self
             .values
@@ -88,17 +99,19 @@ impl SvgHeatmap<'_> {
         for x in (0..nx).step_by(step(nx)) {
             let _ = write!(
                 s,
-                "<text class=\"xtick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x}</text>",
+                "<text class=\"xtick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
                 left + cell * x as i64 + cell / 2,
-                bottom + 14
+                bottom + 14,
+                escape(&label(self.ticks.0, x))
             );
         }
         for y in (0..ny).step_by(step(ny)) {
             let _ = write!(
                 s,
-                "<text class=\"ytick\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{y}</text>",
+                "<text class=\"ytick\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
                 left - 4,
-                top + cell * y as i64 + cell / 2 + 4
+                top + cell * y as i64 + cell / 2 + 4,
+                escape(&label(self.ticks.1, y))
             );
         }
         let _ = write!(
@@ -145,6 +158,7 @@ mod tests {
             y_label: "head",
             values: &values,
             name: &name,
+            ticks: (&[], &[]),
         }
         .render();
         assert_eq!(svg.matches("<rect").count(), 28 * 16 + 3);
@@ -160,6 +174,7 @@ mod tests {
             x_label: "",
             y_label: "",
             name: &name,
+            ticks: (&[], &[]),
         }
         .render();
         assert!(svg.matches("class=\"xtick\"").count() <= 32);

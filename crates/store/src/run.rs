@@ -61,6 +61,7 @@ pub mod tables {
         COMPONENTS = ("patch", "components", "components");
         COMPONENTS_SUMMARY = ("patch", "components_summary", "components");
         COMPONENT_ROLES = ("patch", "component_roles", "components");
+        PATH_PATCHING = ("patch", "path_patching", "components");
         NEURON_GRADS = ("neurons", "gradients", "neuron-grads");
         NEURON_ATTRIBUTION = ("neurons", "attribution", "neurons");
         NEURON_TOP = ("neurons", "top", "neurons");
