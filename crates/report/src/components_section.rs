@@ -243,7 +243,7 @@ fn path_patching_figure(run: &RunLayout) -> Result<String> {
     receivers.sort();
     receivers.dedup();
     let mut sums = vec![vec![(0.0, 0usize); senders.len()]; receivers.len()];
-    for i in 0..sl.len() {
+    for (i, v) in ld.iter().enumerate() {
         let x = receivers
             .iter()
             .position(|r| r.3 == receiver(i))
@@ -252,7 +252,7 @@ fn path_patching_figure(run: &RunLayout) -> Result<String> {
             .iter()
             .position(|s| s.2 == sender(i))
             .expect("listed");
-        sums[x][y].0 += ld[i];
+        sums[x][y].0 += v;
         sums[x][y].1 += 1;
     }
     // A receiver before its sender was not run: blank (NaN) rather than zero.
