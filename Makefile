@@ -231,6 +231,7 @@ fixtures:
 	.venv-parity/bin/python tools/make_patch_reference.py crates/patch/tests/fixtures/patch_reference.json
 	.venv-parity/bin/python tools/make_component_reference.py crates/patch/tests/fixtures/component_reference.json
 	.venv-parity/bin/python tools/make_path_patching_reference.py crates/patch/tests/fixtures/path_patching_reference.json
+	.venv-parity/bin/python tools/make_head_attention_reference.py crates/patch/tests/fixtures/head_attention_reference.json
 	.venv-parity/bin/python tools/make_multi_token_reference.py crates/patch/tests/fixtures/multi_token_reference.json
 	.venv-parity/bin/python tools/make_clock_reference.py crates/clock/tests/fixtures/clock_reference.json
 	.venv-parity/bin/python tools/make_neuron_reference.py crates/attribute/tests/fixtures/neuron_reference.json

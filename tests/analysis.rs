@@ -357,7 +357,7 @@ fn last_token_and_component_effects_on_the_toy_adder() {
     assert_eq!(fits.height(), 2 * 5);
 
     let out = run_ok(&["components", "--pipeline", ps]);
-    assert!(out.contains("wrote 4 table(s)"), "{out}");
+    assert!(out.contains("wrote 5 table(s)"), "{out}");
     let s = table(&run.join("patch/components_summary.parquet"));
     let c = |comp, layer, effect| mean_of(&s, comp, layer, effect, "logit_diff");
     // Nothing follows the last MLP: its total and direct effects are the same.
@@ -548,6 +548,48 @@ fn components_match_the_hf_reference(run: &Path) {
     );
     println!("path patching vs HF reference: max |logit difference| {worst:.2e}");
     assert!(worst < 1e-3, "{worst}");
+
+    // Where the heads look: the sampled prompts with a < 5 against HF's attentions
+    // (tools/make_head_attention_reference.py).
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("crates/patch/tests/fixtures/head_attention_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let problems = table(&run.join("problems.parquet"));
+    let att = table(&run.join("patch/head_attention.parquet"))
+        .join(
+            &problems,
+            ["prompt_id"],
+            ["prompt_id"],
+            JoinArgs::new(JoinType::Inner),
+            None,
+        )
+        .unwrap();
+    let (mut worst, mut checked) = (0.0f64, 0);
+    for i in 0..att.height() {
+        let (a, b) = (int(&att, "a", i), int(&att, "b", i));
+        let Some(want) = fixture["attention"].get(format!("{a},{b}")) else {
+            continue;
+        };
+        let (l, h) = (
+            int(&att, "layer", i) as usize,
+            int(&att, "head", i) as usize,
+        );
+        for (j, c) in ["attn_to_a", "attn_to_b", "attn_to_self"]
+            .iter()
+            .enumerate()
+        {
+            let got = att.column(c).unwrap().f64().unwrap().get(i).unwrap();
+            worst = worst.max((got - want[l][h][j].as_f64().unwrap()).abs());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8 * 20, "{checked} prompt x head rows compared");
+    println!("head attention vs HF: {checked} rows, max |difference| {worst:.2e}");
+    assert!(worst < 1e-5, "{worst}");
 }
 
 /// The neuron study: the grid of a, b in 0..=39, the first four last-token pairs, the mean

@@ -35,6 +35,7 @@ use helixlab_study::answers::{AnswerScoring, Scored};
 use ndarray::Array2;
 
 use crate::effects::{means_table, Effect, EffectKey, EffectMean, EffectRows, Patched};
+use crate::head_attention::head_attention;
 use crate::inputs::{load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair, ProblemInfo};
 use crate::path_patching::{path_patch_batch, PathRows};
@@ -395,6 +396,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         tables::COMPONENTS_SUMMARY,
         tables::COMPONENT_ROLES,
         tables::PATH_PATCHING,
+        tables::HEAD_ATTENTION,
     ];
     if !force && m.tables_fresh(&run, &outputs) {
         return Ok(Outcome::UpToDate);
@@ -612,6 +614,8 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
     m.write_table(&run, tables::COMPONENTS_SUMMARY, &means_table(&means))?;
     m.write_table(&run, tables::COMPONENT_ROLES, &roles)?;
     m.write_table(&run, tables::PATH_PATCHING, &paths.table())?;
+    let attention = head_attention(model, tok, p, &sample, &senders)?;
+    m.write_table(&run, tables::HEAD_ATTENTION, &attention)?;
     Ok(m.outcome())
 }
 

@@ -13,7 +13,8 @@
 //!   helix(a,b,a+b).
 //! - [`components`] (`helixlab components`, E5): total and direct effects of every MLP,
 //!   attention layer and head, the MLP circuit, head types ([`effects`] holds the rows), and
-//!   path patching from the top heads to later heads and MLPs ([`path_patching`]).
+//!   path patching from the top heads to later heads and MLPs ([`path_patching`]), and where
+//!   the top heads look ([`head_attention`]).
 //!
 //! [`inputs`] is what they read in common: the analysed operand, the study's model with the
 //! stage's run record, the drawn pairs.
@@ -29,6 +30,7 @@
 
 pub mod components;
 pub mod effects;
+pub mod head_attention;
 pub mod inputs;
 pub mod pairs;
 pub mod patch_last;

@@ -138,6 +138,7 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
             html.push('\n');
         }
     }
+    html.push_str(&attention_figure(run, out)?);
     html.push_str(&path_patching_figure(run)?);
     if let Some(r) = roles {
         let (rc, rl, rh, rank, te, de) = (
@@ -283,4 +284,83 @@ fn path_patching_figure(run: &RunLayout) -> Result<String> {
          pairs (<code>patch/path_patching.parquet</code>; grey: receiver not after the \
          sender).</p>\n{svg}\n"
     ))
+}
+
+/// Where the top heads look (paper Fig 28): mean attention from the last token to a, b and
+/// itself against the head's layer, coloured by the head's type.
+fn attention_figure(run: &RunLayout, out: &Path) -> Result<String> {
+    let Some(t) = Tbl::open(&run.path(tables::HEAD_ATTENTION))?.filter(|t| t.df().height() > 0)
+    else {
+        return Ok(String::new());
+    };
+    let (l, h) = (t.i64("layer")?, t.i64("head")?);
+    let cols = [
+        t.f64("attn_to_a")?,
+        t.f64("attn_to_b")?,
+        t.f64("attn_to_self")?,
+    ];
+    let mut means: std::collections::BTreeMap<(i64, i64), ([f64; 3], [usize; 3])> =
+        Default::default();
+    for i in 0..l.len() {
+        let e = means.entry((l[i], h[i])).or_default();
+        for (j, c) in cols.iter().enumerate() {
+            if c[i].is_finite() {
+                e.0[j] += c[i];
+                e.1[j] += 1;
+            }
+        }
+    }
+    let mut role = std::collections::BTreeMap::new();
+    if let Some(r) = Tbl::open(&run.path(tables::COMPONENT_ROLES))? {
+        let (rc, rl, rh, rr) = (
+            r.str("component")?,
+            r.i64("layer")?,
+            r.i64("head")?,
+            r.str("role")?,
+        );
+        for i in (0..rc.len()).filter(|&i| rc[i] == "head" && !rr[i].is_empty()) {
+            role.insert((rl[i], rh[i]), rr[i].clone());
+        }
+    }
+    let types = ["a,b", "a+b", "mixed"];
+    let ps: Vec<Panel> = ["a", "b", "itself"]
+        .iter()
+        .enumerate()
+        .map(|(j, to)| Panel {
+            title: format!("attention from the last token to {to}"),
+            x_desc: "layer".into(),
+            y_desc: "mean attention probability".into(),
+            series: types
+                .iter()
+                .enumerate()
+                .map(|(ci, ty)| crate::charts::Series {
+                    label: format!("{ty} heads"),
+                    points: means
+                        .iter()
+                        .filter(|(k, _)| role.get(*k).map(String::as_str) == Some(*ty))
+                        .filter(|(_, v)| v.1[j] > 0)
+                        .map(|(k, v)| (k.0 as f64, v.0[j] / v.1[j] as f64))
+                        .collect(),
+                    mark: crate::charts::Mark::Dots,
+                    color: crate::charts::palette(ci),
+                })
+                .collect(),
+            vlines: vec![],
+        })
+        .collect();
+    panels(
+        &out.join("head_attention.png"),
+        "Where the top heads look (paper Fig 28)",
+        &ps,
+        3,
+        420,
+        340,
+    )?;
+    Ok(
+        "<p>Where the top heads look (paper Fig 28): each top head's attention from the last \
+        token to the a token, the b token and itself, averaged over the component-fit sample \
+        (<code>patch/head_attention.parquet</code>, one row per prompt and head), coloured by \
+        the head's type.</p>\n<img src=\"head_attention.png\" alt=\"head attention\">\n"
+            .to_string(),
+    )
 }

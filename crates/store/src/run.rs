@@ -62,6 +62,7 @@ pub mod tables {
         COMPONENTS_SUMMARY = ("patch", "components_summary", "components");
         COMPONENT_ROLES = ("patch", "component_roles", "components");
         PATH_PATCHING = ("patch", "path_patching", "components");
+        HEAD_ATTENTION = ("patch", "head_attention", "components");
         NEURON_GRADS = ("neurons", "gradients", "neuron-grads");
         NEURON_ATTRIBUTION = ("neurons", "attribution", "neurons");
         NEURON_TOP = ("neurons", "top", "neurons");
