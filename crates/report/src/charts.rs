@@ -41,6 +41,9 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Vertical reference lines (e.g. the paper's periods).
     pub vlines: Vec<f64>,
+    /// Tick labels of an x axis drawn on a transformed scale (log2(k + 1) shown as k): the
+    /// label of a tick at x, empty to leave it blank.
+    pub x_ticks: Option<fn(f64) -> String>,
 }
 
 /// The n-th colour of a qualitative palette.
@@ -178,7 +181,10 @@ pub fn panels(
             })
             .y_labels(6)
             .label_style(("sans-serif", 12));
-        if whole {
+        let transformed = p.x_ticks.map(|f| move |v: &f64| f(*v));
+        if let Some(f) = &transformed {
+            mesh.x_label_formatter(f);
+        } else if whole {
             mesh.x_label_formatter(&|v| whole_tick(*v));
         }
         // Counts read as counts (1000, not 1000.0).

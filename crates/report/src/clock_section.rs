@@ -73,6 +73,7 @@ pub fn clock_section(run: &RunLayout, out: &Path) -> Result<String> {
             y_desc: "accuracy".into(),
             series,
             vlines: vec![],
+            x_ticks: None,
         });
         let _ = writeln!(
             html,
@@ -120,6 +121,7 @@ pub fn clock_section(run: &RunLayout, out: &Path) -> Result<String> {
                     })
                     .collect(),
                 vlines: vec![10.0, 100.0],
+                x_ticks: None,
             });
         }
     }
@@ -154,6 +156,7 @@ pub fn clock_section(run: &RunLayout, out: &Path) -> Result<String> {
                     .collect(),
             )],
             vlines: vec![0.0],
+            x_ticks: None,
         });
         let mut counts: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
         for &p in period.iter().filter(|p| p.is_finite()) {
@@ -172,6 +175,7 @@ pub fn clock_section(run: &RunLayout, out: &Path) -> Result<String> {
                 color: crate::charts::palette(3),
             }],
             vlines: vec![2.0, 5.0, 10.0, 100.0],
+            x_ticks: None,
         });
         for (p, c) in top.iter().take(6) {
             let _ = write!(

@@ -53,6 +53,7 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
                 line("attention DE", 3, pick("attn", "direct")),
             ],
             vlines: vec![],
+            x_ticks: None,
         },
         Panel {
             title: "top-k patched together (circuit: dashed)".into(),
@@ -63,6 +64,7 @@ pub fn components_section(run: &RunLayout, out: &Path) -> Result<String> {
                 line("MLPs", 5, pick("mlps_top", "total")),
             ],
             vlines: circuit_k.into_iter().collect(),
+            x_ticks: None,
         },
     ];
     panels(
@@ -346,6 +348,7 @@ fn attention_figure(run: &RunLayout, out: &Path) -> Result<String> {
                 })
                 .collect(),
             vlines: vec![],
+            x_ticks: None,
         })
         .collect();
     panels(

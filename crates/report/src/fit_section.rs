@@ -54,6 +54,7 @@ pub fn fit_section(run: &RunLayout, out: &Path, cfg: &FitSection) -> Result<Stri
                 y_desc: "R²".into(),
                 series: rows.lines(&shown, site, |i| values[i].max(-0.5)),
                 vlines: vec![],
+                x_ticks: None,
             });
         }
     }
@@ -165,6 +166,7 @@ fn helix_circles(
                 y_desc: format!("sin_{name}"),
                 series,
                 vlines: vec![],
+                x_ticks: None,
             });
         }
         if let Some(lin) = by.get("linear") {
@@ -179,6 +181,7 @@ fn helix_circles(
                     color: palette(0),
                 }],
                 vlines: vec![],
+                x_ticks: None,
             });
         }
     }
@@ -255,6 +258,7 @@ fn coefficient_figures(
             })
             .collect(),
         vlines: vec![],
+        x_ticks: None,
     };
     panels(
         &out.join("coef_norms.png"),
@@ -347,6 +351,7 @@ fn continuity_figure(
                     },
                 ],
                 vlines: vec![],
+                x_ticks: None,
             }
         })
         .collect();

@@ -51,6 +51,7 @@ pub fn last_token_section(run: &RunLayout, out: &Path) -> Result<String> {
             y_desc: "logit difference".into(),
             series: by_kind(&ld),
             vlines: vec![],
+            x_ticks: None,
         },
         Panel {
             title: "last token: accuracy".into(),
@@ -58,6 +59,7 @@ pub fn last_token_section(run: &RunLayout, out: &Path) -> Result<String> {
             y_desc: "accuracy".into(),
             series: by_kind(&acc),
             vlines: vec![],
+            x_ticks: None,
         },
     ];
     if let Some(f) = Tbl::open(&run.path(tables::LAST_FITS))? {
@@ -90,6 +92,7 @@ pub fn last_token_section(run: &RunLayout, out: &Path) -> Result<String> {
                 })
                 .collect(),
             vlines: vec![],
+            x_ticks: None,
         });
     }
     panels(

@@ -226,23 +226,25 @@ fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
     let ps = vec![
         Panel {
             title: "accuracy with the top k neurons kept, the rest mean-ablated".into(),
-            x_desc: "log2(k + 1)".into(),
+            x_desc: "neurons kept (log scale)".into(),
             y_desc: "accuracy".into(),
             series: vec![
                 line("real", 0, curve("real", &acc)),
                 line("fits", 1, curve("fit", &acc)),
             ],
             vlines: vec![],
+            x_ticks: Some(kept_tick),
         },
         Panel {
             title: "logit difference of the answer".into(),
-            x_desc: "log2(k + 1)".into(),
+            x_desc: "neurons kept (log scale)".into(),
             y_desc: "kept minus clean".into(),
             series: vec![
                 line("real", 0, curve("real", &ld)),
                 line("fits", 1, curve("fit", &ld)),
             ],
             vlines: vec![],
+            x_ticks: Some(kept_tick),
         },
         Panel {
             title: format!("attribution vs exact patching (Spearman {rho:.2})"),
@@ -254,6 +256,7 @@ fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
                 score.iter().copied().zip(exact.iter().copied()).collect(),
             )],
             vlines: vec![],
+            x_ticks: None,
         },
         Panel {
             title: format!("layers of the top 1 % ({one_pct} neurons; circuit MLPs: red)"),
@@ -272,6 +275,7 @@ fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
                 .filter(|&i| circuit[i])
                 .map(|i| ml[i] as f64)
                 .collect(),
+            x_ticks: None,
         },
         Panel {
             title: "cumulative direct effect of the top neurons".into(),
@@ -279,6 +283,7 @@ fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
             y_desc: "share of the summed DE".into(),
             series: vec![line("", 3, de_curve)],
             vlines: de80.map(|k| k as f64).into_iter().collect(),
+            x_ticks: None,
         },
         Panel {
             title: "fit quality against total effect".into(),
@@ -290,6 +295,7 @@ fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
                 total.iter().copied().zip(nrmse.iter().copied()).collect(),
             )],
             vlines: vec![],
+            x_ticks: None,
         },
         Panel {
             title: format!("per MLP: a+b fraction vs DE/TE (R^2 {r2:.2})"),
@@ -301,13 +307,15 @@ fn experiments_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<Quoted> {
                 mab.iter().copied().zip(mdt.iter().copied()).collect(),
             )],
             vlines: vec![],
+            x_ticks: None,
         },
         Panel {
             title: "share of top neurons whose dominant period is near T".into(),
-            x_desc: "log10 T".into(),
+            x_desc: "period T (log scale)".into(),
             y_desc: "share (within 5 %)".into(),
             series: period_series,
             vlines: vec![],
+            x_ticks: Some(period_tick),
         },
     ];
     panels(
@@ -416,5 +424,24 @@ mod tests {
         let (k, curve) = cumulative(&[5.0, 3.0, 1.0, 1.0], 0.8);
         assert_eq!(k, Some(2));
         assert_eq!(curve.last(), Some(&(4.0, 1.0)));
+    }
+}
+
+/// A tick of the log2(k + 1) axis, as k (whole powers of two only).
+fn kept_tick(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 && v >= 0.0 {
+        format!("{}", 2f64.powi(v.round() as i32) as i64 - 1)
+    } else {
+        String::new()
+    }
+}
+
+/// A tick of the log10 T axis, as T.
+fn period_tick(v: f64) -> String {
+    let t = 10f64.powf(v);
+    if t >= 10.0 {
+        format!("{t:.0}")
+    } else {
+        format!("{t:.1}")
     }
 }

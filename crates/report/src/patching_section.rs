@@ -55,6 +55,7 @@ pub fn patch_section(run: &RunLayout, out: &Path, p: &Pipeline) -> Result<String
                 y_desc: what.into(),
                 series: rows.lines(&shown, site, |i| vals[i]),
                 vlines: vec![],
+                x_ticks: None,
             });
         }
     }
@@ -70,10 +71,13 @@ pub fn patch_section(run: &RunLayout, out: &Path, p: &Pipeline) -> Result<String
         "<h2>Patching</h2>\n<p>Each clean prompt is run with the activation at the operand's \
          token replaced by a patch for the corrupt number; the logit difference is the corrupt \
          answer's logit patched minus clean (the paper's metric).</p>\n\
-         <img src=\"patching.png\" alt=\"patching curves\">\n\
-         <table border=1 cellpadding=4><tr><th>site</th><th>patch</th><th>max logit difference \
-         over layers</th><th>at layer</th><th>accuracy there</th><th>normalised there</th></tr>\n",
+         <img src=\"patching.png\" alt=\"patching curves\">\n<p>Each patch kind at its best \
+         layer, ranked; the first eight per site shown, the rest and every kind that moves \
+         nothing (|logit difference| under 1e-6 at every layer) folded.</p>\n",
     );
+    let header = "<table border=1 cellpadding=4><tr><th>site</th><th>patch</th><th>max logit \
+                  difference over layers</th><th>at layer</th><th>accuracy there</th>\
+                  <th>normalised there</th></tr>\n";
     for site in &sites {
         let mut best: BTreeMap<String, usize> = BTreeMap::new();
         for i in (0..s.len()).filter(|&i| &s[i] == site) {
@@ -84,14 +88,41 @@ pub fn patch_section(run: &RunLayout, out: &Path, p: &Pipeline) -> Result<String
         }
         let mut order: Vec<(String, usize)> = best.into_iter().collect();
         order.sort_by(|a, b| ld[b.1].total_cmp(&ld[a.1]));
-        for (kind, i) in order {
-            let _ = writeln!(
+        let moves =
+            |kind: &str| (0..s.len()).any(|i| &s[i] == site && k[i] == kind && ld[i].abs() >= 1e-6);
+        let row = |(kind, i): &(String, usize)| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td></tr>\n",
+                crate::escape(site),
+                crate::escape(kind),
+                ld[*i],
+                l[*i],
+                acc[*i],
+                norm[*i]
+            )
+        };
+        let (moving, still): (Vec<_>, Vec<_>) =
+            order.into_iter().partition(|(kind, _)| moves(kind));
+        html.push_str(header);
+        html.extend(moving.iter().take(8).map(row));
+        html.push_str("</table>\n");
+        let rest: Vec<_> = moving.iter().skip(8).chain(&still).collect();
+        if !rest.is_empty() {
+            let _ = write!(
                 html,
-                "<tr><td>{site}</td><td>{kind}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td></tr>",
-                ld[i], l[i], acc[i], norm[i]
+                "<details><summary>{} more kinds at {} ({} of them move nothing)</summary>\n{header}",
+                rest.len(),
+                crate::escape(site),
+                still.len()
             );
+            html.extend(rest.into_iter().map(row));
+            html.push_str("</table></details>\n");
         }
     }
-    html.push_str("</table>\n");
+    html.push_str(
+        "<p>Every layer and kind: <code>patch/patching_summary.parquet</code>, e.g. \
+         <code>SELECT site, kind, max(logit_diff) FROM 'patch/patching_summary.parquet' GROUP \
+         BY site, kind ORDER BY 3 DESC</code>; every pair: <code>patch/patching.parquet</code>.</p>\n",
+    );
     Ok(html)
 }

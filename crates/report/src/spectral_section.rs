@@ -73,6 +73,7 @@ pub fn spectral_section(run: &RunLayout, out: &Path, paper_periods: &[f64]) -> R
                     y_desc: "log10 power".into(),
                     series,
                     vlines: paper_periods.iter().map(|t| n / t).collect(),
+                    x_ticks: None,
                 }
             })
             .collect();
@@ -190,6 +191,7 @@ fn pca_figures(
                     color: palette(0),
                 }],
                 vlines: vec![],
+                x_ticks: None,
             })
             .collect();
         panels(
@@ -307,6 +309,7 @@ fn separability_figure(
                     },
                 ],
                 vlines: vec![],
+                x_ticks: None,
             }
         })
         .collect();
