@@ -415,18 +415,6 @@ fn summary(t: &Top, q: &Quoted) -> String {
     html
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cumulative_share_counts_the_neurons_that_reach_it() {
-        let (k, curve) = cumulative(&[5.0, 3.0, 1.0, 1.0], 0.8);
-        assert_eq!(k, Some(2));
-        assert_eq!(curve.last(), Some(&(4.0, 1.0)));
-    }
-}
-
 /// A tick of the log2(k + 1) axis, as k (whole powers of two only).
 fn kept_tick(v: f64) -> String {
     if (v - v.round()).abs() < 1e-9 && v >= 0.0 {
@@ -443,5 +431,17 @@ fn period_tick(v: f64) -> String {
         format!("{t:.0}")
     } else {
         format!("{t:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cumulative_share_counts_the_neurons_that_reach_it() {
+        let (k, curve) = cumulative(&[5.0, 3.0, 1.0, 1.0], 0.8);
+        assert_eq!(k, Some(2));
+        assert_eq!(curve.last(), Some(&(4.0, 1.0)));
     }
 }
