@@ -25,6 +25,7 @@ mod patching_section;
 mod sections;
 mod spectral_section;
 pub mod svg_heatmap;
+pub mod svg_lines;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

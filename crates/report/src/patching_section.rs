@@ -9,6 +9,7 @@ use crate::charts::{panels, Panel};
 use helixlab_pipeline::{FitName, PatchKind, Pipeline};
 
 use crate::sections::{distinct, matched_size, short, ByLayer, Tbl};
+use crate::svg_lines::SvgLines;
 use crate::Result;
 use helixlab_store::{tables, RunLayout};
 
@@ -75,6 +76,23 @@ pub fn patch_section(run: &RunLayout, out: &Path, p: &Pipeline) -> Result<String
          layer, ranked; the first eight per site shown, the rest and every kind that moves \
          nothing (|logit difference| under 1e-6 at every layer) folded.</p>\n",
     );
+    // Every kind, to hover and toggle (the PNG above shows the paper's selection).
+    let all_kinds = distinct(&k);
+    for site in &sites {
+        let series = rows.lines(&all_kinds, site, |i| ld[i]);
+        let title = format!(
+            "{}: logit difference of every patch kind (click a kind to hide it)",
+            short(site)
+        );
+        let chart = SvgLines {
+            title: &title,
+            x_label: "layer",
+            y_label: "logit difference",
+            series: &series,
+        };
+        html.push_str(&chart.render());
+        html.push('\n');
+    }
     let header = "<table border=1 cellpadding=4><tr><th>site</th><th>patch</th><th>max logit \
                   difference over layers</th><th>at layer</th><th>accuracy there</th>\
                   <th>normalised there</th></tr>\n";
