@@ -51,7 +51,7 @@ impl SvgLines<'_> {
         if y1 - y0 < 1e-12 {
             (y0, y1) = (y0 - 0.5, y1 + 0.5);
         }
-        let (left, top, pw, ph) = (64.0, 30.0, 620.0, 260.0);
+        let (left, top, pw, ph) = (64.0f64, 30.0f64, 620.0f64, 260.0f64);
         let legend_x = left + pw + 20.0;
         // The legend may be longer than the plot (thirty patch kinds): the chart grows for it.
         let (w, h) = (
