@@ -304,6 +304,13 @@ fn grid_study(dir: &Path) -> PathBuf {
     )
 }
 
+/// `column` of the one row of `df` that `filter` keeps (`what` names it when there is not one).
+fn the_value(df: &DataFrame, filter: Expr, column: &str, what: &str) -> f64 {
+    let row = df.clone().lazy().filter(filter).collect().unwrap();
+    assert_eq!(row.height(), 1, "{what}");
+    row.column(column).unwrap().f64().unwrap().get(0).unwrap()
+}
+
 fn mean_of(df: &DataFrame, component: &str, layer: u32, effect: &str, column: &str) -> f64 {
     let row = df
         .clone()
@@ -473,15 +480,12 @@ fn components_match_the_hf_reference(run: &Path) {
                     Some(h) => f.and(col("head").eq(lit(h))),
                     None => f.and(col("head").is_null()),
                 };
-                let row = rows.clone().lazy().filter(f).collect().unwrap();
-                assert_eq!(row.height(), 1, "{comp} {layer} {effect} pair {k}");
-                let got = row
-                    .column("patched_logit")
-                    .unwrap()
-                    .f64()
-                    .unwrap()
-                    .get(0)
-                    .unwrap();
+                let got = the_value(
+                    &rows,
+                    f,
+                    "patched_logit",
+                    &format!("{comp} {layer} {effect} pair {k}"),
+                );
                 worst = worst.max((got - e[effect].as_f64().unwrap()).abs());
             }
         }
@@ -519,22 +523,9 @@ fn components_match_the_hf_reference(run: &Path) {
                 Some(h) => f.and(col("receiver_head").eq(lit(h))),
                 None => f.and(col("receiver_head").is_null()),
             };
-            let row = paths.clone().lazy().filter(f).collect().unwrap();
-            assert_eq!(row.height(), 1, "pair {k} sender {sender} {r}");
-            let got = row
-                .column("patched_logit")
-                .unwrap()
-                .f64()
-                .unwrap()
-                .get(0)
-                .unwrap();
-            let clean = row
-                .column("clean_logit")
-                .unwrap()
-                .f64()
-                .unwrap()
-                .get(0)
-                .unwrap();
+            let what = format!("pair {k} sender {sender} {r}");
+            let got = the_value(&paths, f.clone(), "patched_logit", &what);
+            let clean = the_value(&paths, f, "clean_logit", &what);
             worst = worst
                 .max((got - r["patched_logit"].as_f64().unwrap()).abs())
                 .max((clean - want["clean_logit"].as_f64().unwrap()).abs());
