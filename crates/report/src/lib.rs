@@ -57,7 +57,7 @@ document.body.setAttribute('data-check',JSON.stringify({images:im.length,\
 broken:im.filter(function(i){return !(i.complete&&i.naturalWidth>0)}).map(function(i){return i.getAttribute('src')}),\
 links:ln.length,dangling:ln.filter(function(a){return !document.getElementById(a.getAttribute('href').slice(1))}).map(function(a){return a.getAttribute('href')}),\
 heatmaps:document.querySelectorAll('svg.heatmap').length,\
-layer_ticks:Array.from(document.querySelectorAll('svg.heatmap text.xtick')).map(function(t){return t.textContent}),\
+layer_ticks:Array.from(document.querySelectorAll('svg.heatmap text.xtick.layer')).map(function(t){return t.textContent}),\
 errors:helixlabErrors}))});</script>\n";
 
 /// `text` with the characters HTML gives a meaning escaped, so study names, paths, templates

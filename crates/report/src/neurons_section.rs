@@ -101,7 +101,63 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
     };
     preactivation_figure(run, out, &t)?;
     let q = experiments_figure(run, out, &t)?;
-    Ok(summary(&t, &q))
+    Ok(summary(&t, &q) + &logit_lens_table(run)?)
+}
+
+/// The neuron logit lens (paper Figs 39-40): how many lens neurons write each top period onto
+/// the answers, grouped by the period in a+b of their own preactivations.
+fn logit_lens_table(run: &RunLayout) -> Result<String> {
+    let Some(t) = Tbl::open(&run.path(tables::NEURON_LOGIT_LENS))?.filter(|t| t.df().height() > 0)
+    else {
+        return Ok(String::new());
+    };
+    let (fit, lens, answers) = (
+        t.f64("fit_period_ab")?,
+        t.f64("lens_period")?,
+        t.i64("answers")?,
+    );
+    let key = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.2}")
+        } else {
+            "-".into()
+        }
+    };
+    let mut groups: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>> =
+        Default::default();
+    for (f, l) in fit.iter().zip(&lens) {
+        *groups
+            .entry(key(*f))
+            .or_default()
+            .entry(key(*l))
+            .or_default() += 1;
+    }
+    let mut rows: Vec<(usize, String, String)> = groups
+        .into_iter()
+        .map(|(f, ls)| {
+            let n = ls.values().sum();
+            let mut ls: Vec<(String, usize)> = ls.into_iter().collect();
+            ls.sort_by_key(|x| std::cmp::Reverse(x.1));
+            let listed: Vec<String> = ls.iter().map(|(p, c)| format!("{p} ({c})")).collect();
+            (n, f, listed.join(", "))
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut html = format!(
+        "<p>The neuron logit lens (paper Figs 39-40): the {} neurons holding 80 % of the top \
+         neurons' positive direct effect, each one's W_out row through the unembedding (no final \
+         norm) over the {} answers; the top period of what it writes, grouped by the period in \
+         a+b of its own preactivation grid (<code>neurons/logit_lens.parquet</code>).</p>\n\
+         <table border=1 cellpadding=4><tr><th>period in a+b (fit)</th><th>neurons</th>\
+         <th>top period written onto the answers (neurons)</th></tr>\n",
+        fit.len(),
+        answers.first().copied().unwrap_or(0)
+    );
+    for (n, f, listed) in rows {
+        let _ = writeln!(html, "<tr><td>{f}</td><td>{n}</td><td>{listed}</td></tr>");
+    }
+    html.push_str("</table>\n");
+    Ok(html)
 }
 
 /// The first top neurons' preactivations over the grid beside their fits.
