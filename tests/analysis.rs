@@ -783,4 +783,51 @@ fn neurons_match_the_hf_reference() {
         "logit lens: {} neurons equal numpy's slope and period",
         got.len()
     );
+
+    // The report's interactive grids hold the top neurons' preactivations and fits, in rank
+    // order, to a 16-bit step of each neuron's range.
+    run_ok(&["report", "--pipeline", ps]);
+    let html = std::fs::read_to_string(run.join("report/index.html")).unwrap();
+    let pre = table(&run.join("neurons/preactivations.parquet"));
+    let figures: Vec<&str> = html.split("<figure class=\"ngrid\"").skip(1).collect();
+    assert_eq!(figures.len(), 12.min(pre.height()));
+    let attr = |fig: &str, name: &str| -> String {
+        let from = fig.find(&format!(" data-{name}=\"")).unwrap() + name.len() + 8;
+        fig[from..from + fig[from..].find('"').unwrap()].to_string()
+    };
+    for (k, fig) in figures.iter().enumerate() {
+        let (lo, hi): (f64, f64) = (
+            attr(fig, "lo").parse().unwrap(),
+            attr(fig, "hi").parse().unwrap(),
+        );
+        for (which, column) in [("real", "preactivation"), ("fit", "fitted")] {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(attr(fig, which))
+                .unwrap();
+            let want = pre
+                .column(column)
+                .unwrap()
+                .array()
+                .unwrap()
+                .get_as_series(k)
+                .unwrap();
+            let want: Vec<f32> = want.f32().unwrap().into_no_null_iter().collect();
+            assert_eq!(bytes.len(), 2 * want.len());
+            let worst = bytes
+                .chunks(2)
+                .zip(&want)
+                .map(|(c, &w)| {
+                    let got = lo + (hi - lo) * u16::from_le_bytes([c[0], c[1]]) as f64 / 65535.0;
+                    (got - w as f64).abs()
+                })
+                .fold(0f64, f64::max);
+            assert!(worst <= (hi - lo) / 65535.0, "grid {k} {which}: {worst}");
+        }
+    }
+    assert_eq!(
+        html.matches(helixlab_report::neuron_grids::GRID_SCRIPT)
+            .count(),
+        1
+    );
 }

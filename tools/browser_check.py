@@ -1,10 +1,11 @@
 """Opens helixlab reports in headless Chromium and checks what a reader would see: the page
 loads without script or resource errors (console and the page's own check), every image
 loads, every contents link has its target, the interactive heatmaps are drawn with a tick label
-for every layer (0 and the last among them), and a screenshot of the whole page is not blank.
+for every layer (0 and the last among them), the interactive neuron grids colour their cells,
+and a screenshot of the whole page is not blank.
 
-First a control page with a broken image, a dangling link and a script error must be caught,
-so a check that can no longer see problems fails instead of passing.
+First a control page with a broken image, a dangling link, an undrawn neuron grid and a script
+error must be caught, so a check that can no longer see problems fails instead of passing.
 
     python tools/browser_check.py OUT_DIR REPORT[:LAYERS] ...
 
@@ -66,6 +67,12 @@ def problems(check, console, layers=None):
         for t in ["0", str(layers - 1)]:
             if t not in ticks:
                 found.append(f"no tick label for layer {t} in the heatmaps")
+        # Both reports run the neuron stage: its grids are drawn, every cell of them.
+        if check["grids"] < 2:
+            found.append(f"{check['grids']} interactive neuron grids drawn, expected at least 2")
+    empty = [i for i, n in enumerate(check["grid_cells"]) if n == 0]
+    if empty:
+        found.append(f"interactive neuron grids {empty} drew no cells")
     return found
 
 
@@ -87,9 +94,11 @@ def main():
     script = report[report.index("<script>"):report.index("</script>") + 9]
     control = out / "control.html"
     control.write_text(f"<!doctype html><html><body>{script}<img src='missing.png'>"
-                       "<a href='#nowhere'>x</a><script>undefinedFunction()</script></body></html>")
+                       "<a href='#nowhere'>x</a><figure class='ngrid'><canvas></canvas></figure>"
+                       "<script>undefinedFunction()</script></body></html>")
     found = problems(*inspect(control))
-    caught = [any(w in p for p in found) for w in ["missing.png", "#nowhere", "undefinedFunction"]]
+    caught = [any(w in p for p in found)
+              for w in ["missing.png", "#nowhere", "undefinedFunction", "drew no cells"]]
     print(f"control page: {len(found)} problems caught ({', '.join(found)[:200]})")
     if not all(caught):
         print(f"FAIL: the check missed a fault of the control page: {caught}")
@@ -108,7 +117,8 @@ def main():
         failed += bool(found)
         if check:
             print(f"ok   {page}: {check['images']} images, {check['links']} contents links, "
-                  f"{check['heatmaps']} heatmaps, layer ticks {check['layer_ticks'][:1]}.."
+                  f"{check['heatmaps']} heatmaps, {check['grids']} neuron grids "
+                  f"({sum(check['grid_cells'])} cells), layer ticks {check['layer_ticks'][:1]}.."
                   f"{check['layer_ticks'][-1:] if check['layer_ticks'] else []}; screenshot {shot}")
     sys.exit(1 if failed else 0)
 

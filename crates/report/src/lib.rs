@@ -20,6 +20,7 @@ mod components_section;
 mod figures;
 mod fit_section;
 mod last_token_section;
+pub mod neuron_grids;
 mod neurons_section;
 mod patching_section;
 mod sections;
@@ -57,6 +58,8 @@ document.body.setAttribute('data-check',JSON.stringify({images:im.length,\
 broken:im.filter(function(i){return !(i.complete&&i.naturalWidth>0)}).map(function(i){return i.getAttribute('src')}),\
 links:ln.length,dangling:ln.filter(function(a){return !document.getElementById(a.getAttribute('href').slice(1))}).map(function(a){return a.getAttribute('href')}),\
 heatmaps:document.querySelectorAll('svg.heatmap').length,\
+grids:document.querySelectorAll('figure.ngrid canvas').length,\
+grid_cells:Array.from(document.querySelectorAll('figure.ngrid canvas')).map(function(c){return +(c.getAttribute('data-drawn')||0)}),\
 layer_ticks:Array.from(document.querySelectorAll('svg.heatmap text.xtick.layer')).map(function(t){return t.textContent}),\
 errors:helixlabErrors}))});</script>\n";
 

@@ -9,12 +9,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::charts::{heatmaps, palette, panels, Heatmap, Mark, Panel, Series};
+use crate::neuron_grids::{NeuronGrid, GRID_SCRIPT};
 use crate::sections::{line, Tbl};
 use crate::Result;
 use helixlab_store::{tables, RunLayout};
 
-/// Preactivation grids of the top neurons shown, with their fits.
+/// Preactivation grids of the top neurons in the PNG, with their fits.
 const SHOWN: usize = 6;
+/// Top neurons whose grids the page draws interactively.
+const INTERACTIVE: usize = 12;
 
 fn dots(label: &str, ci: usize, points: Vec<(f64, f64)>) -> Series {
     Series {
@@ -99,9 +102,9 @@ pub fn neurons_section(run: &RunLayout, out: &Path) -> Result<String> {
     let Some(t) = Top::read(run)? else {
         return Ok(String::new());
     };
-    preactivation_figure(run, out, &t)?;
+    let grids = preactivation_figure(run, out, &t)?;
     let q = experiments_figure(run, out, &t)?;
-    Ok(summary(&t, &q) + &logit_lens_table(run)?)
+    Ok(summary(&t, &q) + &grids + &logit_lens_table(run)?)
 }
 
 /// The neuron logit lens (paper Figs 39-40): how many lens neurons write each top period onto
@@ -160,8 +163,9 @@ fn logit_lens_table(run: &RunLayout) -> Result<String> {
     Ok(html)
 }
 
-/// The first top neurons' preactivations over the grid beside their fits.
-fn preactivation_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<()> {
+/// The first top neurons' preactivations over the grid beside their fits, as a PNG; returns
+/// the interactive grids of the first [`INTERACTIVE`] for the page.
+fn preactivation_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<String> {
     let (layer, neuron, nrmse) = (&t.layer, &t.neuron, &t.nrmse);
     let pre = Tbl::require(run, tables::NEURON_PREACTIVATIONS)?;
     let (n_a, n_b) = (pre.i64("n_a")?, pre.i64("n_b")?);
@@ -205,15 +209,43 @@ fn preactivation_figure(run: &RunLayout, out: &Path, t: &Top) -> Result<()> {
         });
     }
     if shown == 0 {
-        return Ok(());
+        return Ok(String::new());
     }
+    let mut html = format!(
+        "<p>The first {} top neurons' preactivation (left) and fit (right) over the grid, a to the \
+         right and b upwards, on one scale per neuron (blue negative, red positive); point at a \
+         cell to read it (<code>neurons/preactivations.parquet</code>).</p>\n<div>",
+        INTERACTIVE.min(layer.len())
+    );
+    for k in 0..INTERACTIVE.min(layer.len()) {
+        let (na, nb) = (n_a[k] as usize, n_b[k] as usize);
+        html.push_str(
+            &NeuronGrid {
+                title: format!(
+                    "#{} L{}N{}, NRMSE {:.3}",
+                    k + 1,
+                    layer[k],
+                    neuron[k],
+                    nrmse[k]
+                ),
+                n: (na, nb),
+                min: (a_min[k], b_min[k]),
+                real: &real[k * d..k * d + na * nb],
+                fit: &fitted[k * d..k * d + na * nb],
+            }
+            .render(),
+        );
+    }
+    html.push_str("</div>\n");
+    html.push_str(GRID_SCRIPT);
     heatmaps(
         &out.join("neuron_preactivations.png"),
         "Top neurons' preactivation at the last token and its fit, x: a, y: b (paper Figs 8, 31)",
         &maps,
         4,
         300,
-    )
+    )?;
+    Ok(html)
 }
 
 /// Accuracy against neurons kept, attribution against exact patching, the top 1 %'s layers,
