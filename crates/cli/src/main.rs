@@ -2,6 +2,7 @@
 //! progress and reports errors; the work happens in the library crates.
 
 mod model_cmd;
+mod shard_cmd;
 mod stage_cmd;
 mod train_cmd;
 
@@ -59,6 +60,15 @@ enum Command {
     /// table and an HTML page.
     #[command(display_order = 19)]
     Compare(CompareArgs),
+    /// Write the usual tables of a sharded stage from its shards' committed parts (the last
+    /// shard to commit does this itself); fails naming the shards not committed.
+    #[command(display_order = 22)]
+    Gather(shard_cmd::GatherArgs),
+    /// Write the study as a Slurm batch script: job arrays for the sharded stages (accuracy,
+    /// extract) with a GPU per task, one job per other stage, chained with
+    /// --dependency=afterok (`bash <run>/slurm/submit.sh` submits it).
+    #[command(display_order = 23)]
+    Slurm(shard_cmd::SlurmArgs),
 }
 
 /// Arguments of `compare`.
@@ -97,6 +107,8 @@ fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Train(args) => train_cmd::run(&args),
         Command::Inspect(args) => stage_cmd::inspect(&args),
+        Command::Gather(args) => shard_cmd::gather(&args),
+        Command::Slurm(args) => shard_cmd::slurm(&args),
         Command::Compare(args) => {
             let page = helixlab_report::compare::compare(&args.runs, &args.out)?;
             println!("compare: {} runs, {}", args.runs.len(), page.display());

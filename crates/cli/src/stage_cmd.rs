@@ -17,6 +17,13 @@ pub struct StageArgs {
     /// Redo the stage even if its outputs are current.
     #[arg(long)]
     pub force: bool,
+    /// Run one shard of the stage's work, I of N (0-based; accuracy and extract): its slice of
+    /// the prompts, committed to <run>/shards/; the last shard to commit gathers the usual
+    /// tables. Without it, a Slurm array task's index (SLURM_ARRAY_TASK_ID of
+    /// SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job's (JOB_COMPLETION_INDEX of
+    /// HELIXLAB_SHARDS) is used.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
 }
 
 impl StageArgs {
@@ -27,7 +34,7 @@ impl StageArgs {
 
 /// A progress bar on stderr; where stderr is not a terminal (a batch job, a pipe, `nohup`), a
 /// plain line every tenth of the work instead, so a log shows a long stage moving.
-struct Bar {
+pub(crate) struct Bar {
     bar: ProgressBar,
     plain: Option<std::sync::Mutex<Plain>>,
 }
@@ -43,7 +50,7 @@ struct Plain {
 }
 
 impl Bar {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         use std::io::IsTerminal;
         Bar {
             bar: ProgressBar::hidden(),
@@ -294,6 +301,9 @@ impl Stage {
     /// Runs the stage of the study in `a` and prints what it did.
     pub fn run(self, a: &StageArgs) -> Result<()> {
         let p = a.load()?;
+        if let Some(shard) = crate::shard_cmd::shard_of(a)? {
+            return crate::shard_cmd::run_shard(self, a, &p, shard);
+        }
         // Held until the stage returns: a second process on the same run and stage waits.
         let _lock = helixlab_store::lock::StageLock::acquire(&p.run_dir(), self.name())
             .with_context(|| format!("{} stage of {}", self.name(), a.pipeline.display()))?;
@@ -302,11 +312,10 @@ impl Stage {
         let context = || format!("{} stage of {}", self.name(), a.pipeline.display());
         let outcome = match self {
             Stage::Accuracy => {
-                helixlab_extract::accuracy::run(&p, force, progress).with_context(context)?
+                helixlab_extract::accuracy::run(&p, force, progress, None).with_context(context)?
             }
-            Stage::Extract => {
-                helixlab_extract::extraction::run(&p, force, progress).with_context(context)?
-            }
+            Stage::Extract => helixlab_extract::extraction::run(&p, force, progress, None)
+                .with_context(context)?,
             Stage::Spectral => {
                 helixlab_spectral::stage::run(&p, force, progress).with_context(context)?
             }

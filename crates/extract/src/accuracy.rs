@@ -20,6 +20,7 @@ use helixlab_study::StudyModel;
 
 use crate::prompts::{encode_task, Encoded};
 use crate::{ExtractError, Outcome, Progress, Result};
+use helixlab_store::shard::Shard;
 
 /// The table this stage writes.
 pub fn output(p: &Pipeline) -> std::path::PathBuf {
@@ -271,7 +272,15 @@ fn greedy_numbers(
 /// Runs the accuracy sweep unless problems.parquet is current (or `force`).
 // Long (about 80 lines) because it lists the unscored tasks' rows, scores the batches and reads
 // the wrong answers' numbers in one pass the progress bar follows.
-pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+///
+/// With a `shard`, only its slice of the problems (whole batches) is scored; the answer
+/// tokens are still those of the whole task, so every shard's tables have one schema.
+pub fn run(
+    p: &Pipeline,
+    force: bool,
+    progress: &dyn Progress,
+    shard: Option<Shard>,
+) -> Result<Outcome> {
     let study = StudyModel::load(p)?;
     let (model, tok) = (&study.model, &study.tokenizer);
     let encoded = encode_task(p, tok, model.config().max_positions)?;
@@ -280,6 +289,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     let layout = RunLayout::new(p.run_dir());
     let logits_path = layout.path(tables::ANSWER_LOGITS);
     let answers = AnswerTokens::of(&encoded);
+    let encoded = crate::prompts::slice(encoded, shard, p.extract.batch_size);
     let outputs: Vec<std::path::PathBuf> = std::iter::once(path.clone())
         .chain(answers.as_ref().map(|_| logits_path.clone()))
         .collect();

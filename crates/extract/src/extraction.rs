@@ -7,6 +7,7 @@ use std::time::Instant;
 use helixlab_model::{DType, ForwardRequest, HookPoint, Positions};
 use helixlab_pipeline::Pipeline;
 use helixlab_store::activations::{ActivationRows, PartitionWriter};
+use helixlab_store::shard::Shard;
 use helixlab_store::{RunLayout, StageRun};
 use helixlab_study::StudyModel;
 
@@ -21,11 +22,18 @@ struct Target {
 
 /// Extracts every (site, layer) partition that is missing or stale (all of them with
 /// `force`); current partitions are left untouched.
-pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+/// With a `shard`, only its slice of the prompts (whole batches) is extracted.
+pub fn run(
+    p: &Pipeline,
+    force: bool,
+    progress: &dyn Progress,
+    shard: Option<Shard>,
+) -> Result<Outcome> {
     let study = StudyModel::load(p)?;
     let model = &study.model;
     let encoded = encode_task(p, &study.tokenizer, model.config().max_positions)?;
     let offsets = extraction_offsets(p, &encoded);
+    let encoded = crate::prompts::slice(encoded, shard, p.extract.batch_size);
     let layout = RunLayout::new(p.run_dir());
     let mut targets = Vec::new();
     for (site, layer, hook) in study.sites(p)? {

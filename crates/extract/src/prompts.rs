@@ -69,6 +69,22 @@ fn operand_tokens(
     (clean_start && e == span.end && last - first + 1 == inside.len()).then_some((first, last))
 }
 
+/// `shard`'s slice of the encoded prompts, in whole batches of `batch` (all of them without a
+/// shard), so that each batch is the one the unsharded run makes.
+pub fn slice(
+    encoded: Vec<Encoded>,
+    shard: Option<helixlab_store::shard::Shard>,
+    batch: usize,
+) -> Vec<Encoded> {
+    match shard {
+        Some(s) => {
+            let r = s.range(encoded.len(), batch);
+            encoded.into_iter().skip(r.start).take(r.len()).collect()
+        }
+        None => encoded,
+    }
+}
+
 /// Encodes every problem of the pipeline's task; fails on the first number that the tokens do
 /// not line up with (a token covering the number and the text beside it), a number that is not
 /// in the vocabulary, or a prompt longer than `context` tokens (the model's positions), naming

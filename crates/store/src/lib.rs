@@ -35,6 +35,7 @@ pub mod manifest;
 pub mod problems;
 pub mod read;
 pub mod run;
+pub mod shard;
 pub mod stage;
 pub mod table;
 
@@ -82,6 +83,9 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// A shard's index, commit or gathering is wrong (crate::shard).
+    #[error("{0}")]
+    Shard(String),
     /// polars failed on a file.
     #[error("{path}: {source}")]
     Polars {

@@ -202,6 +202,7 @@ impl StageRun {
                 rows: 0,
                 wall_s: 0.0,
                 data_sha256: None,
+                parts: Vec::new(),
             },
             start: Instant::now(),
             written: Vec::new(),

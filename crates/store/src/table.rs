@@ -210,6 +210,7 @@ mod tests {
             rows: 0,
             wall_s: 0.0,
             data_sha256: None,
+            parts: Vec::new(),
         };
         Table::new()
             .column("layer", Values::U32(vec![0, 1]))

@@ -1,0 +1,378 @@
+//! Sharded stages (`--shard I/N`, or a Slurm array task's / an Indexed Job pod's index),
+//! `helixlab gather`, and `helixlab slurm`, which writes a study as Slurm jobs.
+//!
+//! The contract is helixlab_store::shard's: each shard runs its slice into a private
+//! directory, commits its parts create-only, and whoever commits last gathers the usual
+//! tables. Shardable today: `accuracy` and `extract` (slices of the prompts). The patching
+//! stages and `neurons` still run whole, as one job each.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use helixlab_pipeline::{Pipeline, TaskKind};
+use helixlab_store::lock::StageLock;
+use helixlab_store::manifest::now_unix;
+use helixlab_store::shard::{Shard, ShardSet};
+use sha2::{Digest, Sha256};
+
+use crate::stage_cmd::{Bar, Stage, StageArgs};
+
+/// The stages whose work splits into shards.
+pub const SHARDED: [Stage; 2] = [Stage::Accuracy, Stage::Extract];
+
+/// What identifies a shard set's work: the study file's bytes and this build's version, so
+/// shards of an edited study, or of another helixlab, are never gathered together.
+fn work_hash(pipeline: &Path) -> Result<String> {
+    let bytes = std::fs::read(pipeline).with_context(|| pipeline.display().to_string())?;
+    let mut h = Sha256::new();
+    h.update(&bytes);
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The shard set of `stage` for the study in `pipeline` with `count` shards.
+fn shard_set(stage: Stage, pipeline: &Path, p: &Pipeline, count: u32) -> Result<ShardSet> {
+    Ok(ShardSet::new(
+        &p.run_dir(),
+        stage.name(),
+        &work_hash(pipeline)?,
+        count,
+    ))
+}
+
+/// The shard this process runs: `--shard`, else the scheduler's environment.
+pub fn shard_of(a: &StageArgs) -> Result<Option<Shard>> {
+    match &a.shard {
+        Some(text) => Ok(Some(Shard::parse(text)?)),
+        None => Ok(Shard::from_env(&|k| std::env::var(k).ok())?),
+    }
+}
+
+/// Runs shard `shard` of `stage`: skipped when committed; otherwise the slice runs in the
+/// shard's private directory and is committed; the last shard to commit gathers.
+pub fn run_shard(stage: Stage, a: &StageArgs, p: &Pipeline, shard: Shard) -> Result<()> {
+    if !SHARDED.contains(&stage) {
+        bail!(
+            "{} does not take a shard yet (--shard {shard}, or a Slurm array / Indexed Job \
+             index in the environment): only {} do; run it as one job",
+            stage.name(),
+            SHARDED.map(Stage::name).join(" and ")
+        );
+    }
+    let set = shard_set(stage, &a.pipeline, p, shard.count)?;
+    let private = set.private_dir(shard.index);
+    // Two processes on one shard (a retry racing the original): the second waits, then sees
+    // the commit.
+    let lock = StageLock::acquire(&private, stage.name())?;
+    if set.committed(shard.index)?.is_some() {
+        println!(
+            "{} shard {shard}: committed already ({}); skipped",
+            stage.name(),
+            set.commit_path(shard.index).display()
+        );
+    } else {
+        let started = now_unix();
+        let mut q = p.clone();
+        q.output.dir = private.display().to_string();
+        let bar = Bar::new();
+        let context = || format!("{} shard {shard} of {}", stage.name(), a.pipeline.display());
+        // The private directory holds nothing committed: whatever is there is redone.
+        match stage {
+            Stage::Accuracy => helixlab_extract::accuracy::run(&q, true, &bar, Some(shard)),
+            _ => helixlab_extract::extraction::run(&q, true, &bar, Some(shard)),
+        }
+        .with_context(context)?;
+        let commit = set.commit(shard, started).with_context(context)?;
+        let rows: u64 = commit.tables.values().map(|t| t.rows).sum();
+        println!(
+            "{} shard {shard}: {} table part(s), {rows} rows, committed to {}",
+            stage.name(),
+            commit.tables.len(),
+            set.commit_path(shard.index).display()
+        );
+    }
+    drop(lock);
+    if set.missing().is_empty() {
+        gather_set(stage, p, &set)?;
+    }
+    Ok(())
+}
+
+/// Gathers `set` under the stage's lock on the run (the last two shards may both try).
+fn gather_set(stage: Stage, p: &Pipeline, set: &ShardSet) -> Result<()> {
+    let _lock = StageLock::acquire(&p.run_dir(), stage.name())?;
+    let written = set
+        .gather()
+        .with_context(|| format!("gathering the {} shards", stage.name()))?;
+    if written.is_empty() {
+        println!(
+            "{}: gathered already from {}",
+            stage.name(),
+            set.root().display()
+        );
+    } else {
+        println!(
+            "{}: gathered {} table(s) from {}",
+            stage.name(),
+            written.len(),
+            set.root().display()
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `gather`.
+#[derive(Args)]
+pub struct GatherArgs {
+    /// The sharded stage (accuracy or extract).
+    pub stage: String,
+    /// The study file.
+    #[arg(long, default_value = "pipelines/toy-adder.toml")]
+    pub pipeline: PathBuf,
+    /// How many shards the stage ran as.
+    #[arg(long)]
+    pub shards: u32,
+}
+
+/// `helixlab gather`: the usual tables from all shards' parts; fails naming the shards that
+/// have not committed.
+pub fn gather(a: &GatherArgs) -> Result<()> {
+    let stage = Stage::named(&a.stage)
+        .filter(|s| SHARDED.contains(s))
+        .with_context(|| {
+            format!(
+                "gather {:?}: not a sharded stage (only {} are)",
+                a.stage,
+                SHARDED.map(Stage::name).join(" and ")
+            )
+        })?;
+    if a.shards == 0 {
+        bail!("gather: --shards must be at least 1");
+    }
+    let p = Pipeline::from_file(&a.pipeline)?;
+    let set = shard_set(stage, &a.pipeline, &p, a.shards)?;
+    gather_set(stage, &p, &set)
+}
+
+/// Arguments of `slurm`.
+#[derive(Args)]
+pub struct SlurmArgs {
+    /// The study file.
+    #[arg(long, default_value = "pipelines/toy-adder.toml")]
+    pub pipeline: PathBuf,
+    /// Array tasks per sharded stage (accuracy, extract).
+    #[arg(long, default_value_t = 4)]
+    pub shards: u32,
+    /// GPUs per forward task (`--gres=gpu:K`); 0 for CPU-only nodes.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: u32,
+    /// Slurm partition (`--partition`); the cluster's default when unset.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Extra `sbatch` options for every job (e.g. "--time=2:00:00 --account=lab").
+    #[arg(long, default_value = "")]
+    pub sbatch_options: String,
+    /// Where the script goes (default: <run>/slurm/submit.sh).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `s` quoted for a POSIX shell.
+fn sh(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The study's stages as `make` would run them: clock for addition, the patching stages for
+/// tasks with answers.
+fn study_stages(p: &Pipeline) -> Vec<Stage> {
+    let answers = p.task.kind != TaskKind::Numbers;
+    Stage::ALL
+        .into_iter()
+        .filter(|s| match s {
+            Stage::NeuronGrads => false,
+            Stage::Clock => p.task.kind == TaskKind::Addition,
+            Stage::Pairs | Stage::Patch | Stage::PatchLast | Stage::Components => answers,
+            Stage::Neurons => answers,
+            _ => true,
+        })
+        .collect()
+}
+
+/// Whether a stage runs the model (gets a GPU).
+fn runs_the_model(s: Stage) -> bool {
+    matches!(
+        s,
+        Stage::Accuracy
+            | Stage::Extract
+            | Stage::Patch
+            | Stage::PatchLast
+            | Stage::Components
+            | Stage::Neurons
+    )
+}
+
+/// The batch script: one `sbatch` per stage, chained with `--dependency=afterok`; the sharded
+/// stages as job arrays, each followed by its gather.
+pub fn slurm_script(a: &SlurmArgs, p: &Pipeline, helixlab: &Path, cwd: &Path) -> String {
+    let abs = |x: &Path| {
+        if x.is_absolute() {
+            x.to_path_buf()
+        } else {
+            cwd.join(x)
+        }
+    };
+    let pipeline = abs(&a.pipeline);
+    let logs = abs(&p.run_dir()).join("slurm");
+    let mut s = format!(
+        "#!/usr/bin/env bash\n\
+         # The study {name} as Slurm jobs, written by `helixlab slurm` ({version}):\n\
+         #   {cmd}\n\
+         # Sharded stages run as job arrays of {n} tasks (the task's index is the shard: see\n\
+         # docs/cluster.md); every other stage is one job; each job starts after the one before\n\
+         # it succeeded (--dependency=afterok). Submit with `bash {{this file}}`; it prints the\n\
+         # job ids. HELIXLAB and SBATCH in the environment override the binary and sbatch.\n\
+         set -euo pipefail\n\
+         HELIXLAB=${{HELIXLAB:-{bin}}}\n\
+         SBATCH=${{SBATCH:-sbatch}}\n\
+         PIPELINE={pipeline}\n\
+         LOGS={logs}\n\
+         mkdir -p \"$LOGS\"\n\
+         cd {cwd}\n\
+         common=(--parsable --chdir={cwd}{partition}{extra})\n\
+         dep=()\n\
+         submit() {{ # name gpus array command...\n\
+         \x20 local name=$1 gpus=$2 array=$3; shift 3\n\
+         \x20 local opts=(\"${{common[@]}}\" \"${{dep[@]}}\" --job-name=\"helixlab-$name\")\n\
+         \x20 [ \"$gpus\" -gt 0 ] && opts+=(--gres=gpu:\"$gpus\")\n\
+         \x20 if [ -n \"$array\" ]; then opts+=(--array=\"$array\" --output=\"$LOGS/$name-%a.out\")\n\
+         \x20 else opts+=(--output=\"$LOGS/$name.out\"); fi\n\
+         \x20 local id; id=$(\"$SBATCH\" \"${{opts[@]}}\" --wrap=\"$(printf '%q ' \"$@\")\")\n\
+         \x20 id=${{id%%;*}}; echo \"$name $id\"; dep=(--dependency=afterok:\"$id\")\n\
+         }}\n",
+        name = p.name,
+        version = env!("CARGO_PKG_VERSION"),
+        cmd = std::env::args().collect::<Vec<_>>().join(" "),
+        n = a.shards,
+        bin = sh(&helixlab.display().to_string()),
+        pipeline = sh(&pipeline.display().to_string()),
+        logs = sh(&logs.display().to_string()),
+        cwd = sh(&cwd.display().to_string()),
+        partition = a
+            .partition
+            .as_ref()
+            .map(|x| format!(" --partition={}", sh(x)))
+            .unwrap_or_default(),
+        extra = if a.sbatch_options.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", a.sbatch_options)
+        },
+    );
+    for stage in study_stages(p) {
+        let gpus = if runs_the_model(stage) { a.gpus } else { 0 };
+        let name = stage.name();
+        if SHARDED.contains(&stage) && a.shards > 1 {
+            let _ = writeln!(
+                s,
+                "submit {name} {gpus} 0-{} \"$HELIXLAB\" {name} --pipeline \"$PIPELINE\"",
+                a.shards - 1
+            );
+            let _ = writeln!(
+                s,
+                "submit gather-{name} 0 '' \"$HELIXLAB\" gather {name} --pipeline \"$PIPELINE\" \
+                 --shards {}",
+                a.shards
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "submit {name} {gpus} '' \"$HELIXLAB\" {name} --pipeline \"$PIPELINE\""
+            );
+        }
+    }
+    s
+}
+
+/// `helixlab slurm`: writes the script and says how to submit it.
+pub fn slurm(a: &SlurmArgs) -> Result<()> {
+    if a.shards == 0 {
+        bail!("slurm: --shards must be at least 1");
+    }
+    let p = Pipeline::from_file(&a.pipeline)?;
+    let cwd = std::env::current_dir().context("the working directory")?;
+    let helixlab = std::env::current_exe().context("the helixlab binary's path")?;
+    let script = slurm_script(a, &p, &helixlab, &cwd);
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| p.run_dir().join("slurm").join("submit.sh"));
+    helixlab_store::atomic::write(&out, script.as_bytes())?;
+    println!(
+        "slurm: wrote {} (submit it with `bash {}`)",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_chains_every_stage_and_shards_the_forward_ones() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let a = SlurmArgs {
+            pipeline: root.join("pipelines/toy-adder.toml"),
+            shards: 4,
+            gpus: 1,
+            partition: Some("gpu".into()),
+            sbatch_options: "--time=1:00:00".into(),
+            out: None,
+        };
+        let p = Pipeline::from_file(&a.pipeline).unwrap();
+        let s = slurm_script(&a, &p, Path::new("/opt/helixlab"), Path::new("/w"));
+        let submits: Vec<&str> = s.lines().filter(|l| l.starts_with("submit ")).collect();
+        let names: Vec<&str> = submits
+            .iter()
+            .map(|l| l.split_whitespace().nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "accuracy",
+                "gather-accuracy",
+                "extract",
+                "gather-extract",
+                "spectral",
+                "fit",
+                "clock",
+                "pairs",
+                "patch",
+                "patch-last",
+                "components",
+                "neurons",
+                "report"
+            ]
+        );
+        assert!(
+            submits[0].starts_with("submit accuracy 1 0-3 "),
+            "{}",
+            submits[0]
+        );
+        assert!(
+            submits[4].starts_with("submit spectral 0 '' "),
+            "{}",
+            submits[4]
+        );
+        assert!(s.contains("--partition='gpu' --time=1:00:00"));
+        assert!(s.contains("dep=(--dependency=afterok:\"$id\")"));
+    }
+
+    #[test]
+    fn quoting_survives_spaces_and_quotes() {
+        assert_eq!(sh("a b'c"), r"'a b'\''c'");
+    }
+}

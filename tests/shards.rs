@@ -1,0 +1,213 @@
+//! Sharded stages through the real CLI: `accuracy` and `extract` as 3 shards (by `--shard`
+//! and by a Slurm array task's environment) give the tables of the unsharded run, row for row;
+//! a committed shard is skipped; gathering names the shards that are missing; the next stage
+//! reads the gathered tables; stages that do not shard refuse an index.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use polars::prelude::*;
+
+/// The study in `dir` (its run in `dir/run`): 20 x 20 problems, batches of 64, so the 3
+/// shards take 3, 2 and 2 batches.
+fn study(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write_study(
+        dir,
+        "study.toml",
+        &toy_adder(),
+        &addition((0, 19), (0, 19)),
+        "sites = [\"hook_resid_pre\", \"hook_resid_post\"]\nlayers = \"all\"\n\
+         positions = [\"a\", \"last\"]\nbatch_size = 64",
+        "",
+    )
+}
+
+fn read(path: &Path) -> DataFrame {
+    let file = if path.is_dir() {
+        path.join("part-0.parquet")
+    } else {
+        path.to_path_buf()
+    };
+    ParquetReader::new(std::fs::File::open(&file).unwrap())
+        .finish()
+        .unwrap()
+}
+
+/// Every table the two stages write, relative to the run.
+fn tables(run: &Path) -> Vec<String> {
+    let mut out = vec![
+        "problems.parquet".to_string(),
+        "answer_logits.parquet".into(),
+    ];
+    for site in ["hook_resid_pre", "hook_resid_post"] {
+        for layer in 0..2 {
+            out.push(format!("activations/site={site}/layer={layer}"));
+        }
+    }
+    for t in &out {
+        assert!(
+            helixlab_store::Manifest::read_for(&run.join(t)).is_some(),
+            "{t} is not complete in {}",
+            run.display()
+        );
+    }
+    out
+}
+
+#[test]
+fn shards_give_the_unsharded_tables_and_are_committed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let single = study(&tmp.path().join("single"));
+    let sharded = study(&tmp.path().join("sharded"));
+    let (s, p) = (single.to_str().unwrap(), sharded.to_str().unwrap());
+    for stage in ["accuracy", "extract"] {
+        run_ok(&[stage, "--pipeline", s]);
+    }
+    // accuracy by --shard, out of order; extract as a Slurm array with indices 5..=7.
+    for i in [2, 0] {
+        let out = run_ok(&["accuracy", "--pipeline", p, "--shard", &format!("{i}/3")]);
+        assert!(
+            out.contains(&format!("shard {i}/3: 2 table part(s)")),
+            "{out}"
+        );
+    }
+    let (ok, _, stderr) = helixlab(&["gather", "accuracy", "--pipeline", p, "--shards", "3"]);
+    assert!(
+        !ok && stderr.contains("shards 1 of 3 of accuracy are not committed"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = helixlab(&["spectral", "--pipeline", p]);
+    assert!(!ok, "spectral ran before extract was gathered");
+    assert!(stderr.contains("helixlab extract"), "{stderr}");
+    let out = run_ok(&["accuracy", "--pipeline", p, "--shard", "1/3"]);
+    assert!(
+        out.contains("accuracy: gathered 2 table(s)"),
+        "the last shard gathers: {out}"
+    );
+    for id in [7, 5, 6] {
+        let env = [
+            ("SLURM_ARRAY_TASK_ID", id.to_string()),
+            ("SLURM_ARRAY_TASK_MIN", "5".into()),
+            ("SLURM_ARRAY_TASK_COUNT", "3".into()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (ok, out, stderr) = helixlab_with(&["extract", "--pipeline", p], &env);
+        assert!(ok, "{stderr}");
+        assert!(
+            out.contains(&format!("extract shard {}/3", id - 5)),
+            "{out}"
+        );
+    }
+    // A retried shard is skipped; the set is gathered once.
+    let out = run_ok(&["extract", "--pipeline", p, "--shard", "0/3"]);
+    assert!(
+        out.contains("committed already") && out.contains("gathered already"),
+        "{out}"
+    );
+    let (single_run, sharded_run) = (
+        tmp.path().join("single/run"),
+        tmp.path().join("sharded/run"),
+    );
+    for t in tables(&single_run) {
+        let (want, got) = (read(&single_run.join(&t)), read(&sharded_run.join(&t)));
+        assert_eq!(want.height(), got.height(), "{t}");
+        assert!(
+            want.equals_missing(&got),
+            "{t} differs from the unsharded run's"
+        );
+        let m = helixlab_store::Manifest::read_for(&sharded_run.join(&t)).unwrap();
+        assert_eq!(m.parts.len(), 3, "{t} records its parts");
+    }
+    // The parts are gone once gathered; the commits stay, with where each shard ran.
+    let commits: Vec<PathBuf> = glob(&sharded_run.join("shards"), ".commit.json");
+    assert_eq!(commits.len(), 6, "{commits:?}");
+    assert!(glob(&sharded_run.join("shards"), ".parquet").is_empty());
+    let commit: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&commits[0]).unwrap()).unwrap();
+    assert!(commit["tables"].as_object().unwrap().len() >= 2, "{commit}");
+    // The next stages read the gathered tables, and the unsharded stage calls them current.
+    run_ok(&["spectral", "--pipeline", p]);
+    let out = run_ok(&["extract", "--pipeline", p]);
+    assert!(out.contains("up to date"), "{out}");
+    let (ok, _, stderr) = helixlab(&["patch", "--pipeline", p, "--shard", "0/2"]);
+    assert!(
+        !ok && stderr.contains("patch does not take a shard yet"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = helixlab(&["extract", "--pipeline", p, "--shard", "3/3"]);
+    assert!(!ok && stderr.contains("--shard \"3/3\""), "{stderr}");
+}
+
+/// Files under `dir` whose names end with `suffix`.
+fn glob(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = study(tmp.path());
+    let script = tmp.path().join("submit.sh");
+    run_ok(&[
+        "slurm",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--shards",
+        "4",
+        "--out",
+        script.to_str().unwrap(),
+    ]);
+    // A stand-in sbatch that records its arguments and hands out job ids.
+    let log = tmp.path().join("sbatch.log");
+    let fake = tmp.path().join("sbatch");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nn=$(wc -l < {log} 2>/dev/null || echo 0)\necho \"$@\" >> {log}\necho $((100 + n))\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", fake.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("SBATCH", &fake)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 13, "{calls:#?}");
+    assert!(calls[0].contains("--array=0-3") && calls[0].contains("--gres=gpu:1"));
+    assert!(!calls[0].contains("--dependency"), "{}", calls[0]);
+    assert!(calls[1].contains("--dependency=afterok:100") && calls[1].contains("gather accuracy"));
+    assert!(
+        !calls[1].contains("--gres"),
+        "gathering needs no GPU: {}",
+        calls[1]
+    );
+    assert!(calls[12].contains("--dependency=afterok:111") && calls[12].contains(" report "));
+}
