@@ -52,7 +52,7 @@ STAGES := accuracy extract spectral fit clock pairs patch patch-last components 
 
 .PHONY: bench-scale cuda-toolkit build-cuda
 .PHONY: all study build $(STAGES) test cargo-test python-check lint fixtures \
-	fetch-tokenizers clean-external browser-check toy-models fetch-minilm fetch-smollm2 real-references reference bench
+	fetch-tokenizers clean-external browser-check cluster-check toy-models fetch-minilm fetch-smollm2 real-references reference bench
 
 all: study
 
@@ -135,7 +135,15 @@ $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extr
 	$(HELIXLAB) report --pipeline $(PIPE_FILE)
 
 # The real-weight tests need the real checkpoints: fetched once, cached under data/.
-test: fetch-tokenizers fetch-minilm fetch-smollm2 cargo-test python-check browser-check
+test: fetch-tokenizers fetch-minilm fetch-smollm2 cargo-test python-check browser-check cluster-check
+
+# The toy study on a one-node Slurm cluster started on 127.0.0.1 (slurm-wlm and munge from the
+# system's packages; two fake GPUs): 4-shard arrays, a task killed and resubmitted alone, and
+# every table equal to the single-machine run's (tools/cluster_check.py; stops what it starts).
+cluster-check: python-check
+	command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge)
+	$(PYENV)/bin/python tools/cluster_check.py target/debug/helixlab data/check.toml data/runs/check
 
 # The report in a real browser (headless Chromium, from the system's packages): the toy study's
 # and a random 28-layer x 16-head checkpoint's (tools/make_deep_checkpoint.py, not committed),

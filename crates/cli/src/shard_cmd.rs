@@ -13,8 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use helixlab_pipeline::{Pipeline, TaskKind};
 use helixlab_store::lock::StageLock;
-use helixlab_store::manifest::now_unix;
-use helixlab_store::shard::{Shard, ShardSet};
+use helixlab_store::shard::{unix_seconds, Shard, ShardSet};
 use sha2::{Digest, Sha256};
 
 use crate::stage_cmd::{Bar, Stage, StageArgs};
@@ -42,11 +41,14 @@ fn shard_set(stage: Stage, pipeline: &Path, p: &Pipeline, count: u32) -> Result<
     ))
 }
 
-/// The shard this process runs: `--shard`, else the scheduler's environment.
+/// The shard this process runs: `--shard I/N`; `--shards N` with the array's index; else the
+/// scheduler's environment (index and count), else none.
 pub fn shard_of(a: &StageArgs) -> Result<Option<Shard>> {
-    match &a.shard {
-        Some(text) => Ok(Some(Shard::parse(text)?)),
-        None => Ok(Shard::from_env(&|k| std::env::var(k).ok())?),
+    let env = |k: &str| std::env::var(k).ok();
+    match (&a.shard, a.shards) {
+        (Some(text), _) => Ok(Some(Shard::parse(text)?)),
+        (None, Some(n)) => Ok(Some(Shard::from_index_env(&env, n)?)),
+        (None, None) => Ok(Shard::from_env(&env)?),
     }
 }
 
@@ -73,7 +75,7 @@ pub fn run_shard(stage: Stage, a: &StageArgs, p: &Pipeline, shard: Shard) -> Res
             set.commit_path(shard.index).display()
         );
     } else {
-        let started = now_unix();
+        let started = unix_seconds();
         let mut q = p.clone();
         q.output.dir = private.display().to_string();
         let bar = Bar::new();
@@ -276,8 +278,10 @@ pub fn slurm_script(a: &SlurmArgs, p: &Pipeline, helixlab: &Path, cwd: &Path) ->
         if SHARDED.contains(&stage) && a.shards > 1 {
             let _ = writeln!(
                 s,
-                "submit {name} {gpus} 0-{} \"$HELIXLAB\" {name} --pipeline \"$PIPELINE\"",
-                a.shards - 1
+                "submit {name} {gpus} 0-{} \"$HELIXLAB\" {name} --pipeline \"$PIPELINE\" \
+                 --shards {}",
+                a.shards - 1,
+                a.shards
             );
             let _ = writeln!(
                 s,

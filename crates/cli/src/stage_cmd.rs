@@ -22,8 +22,13 @@ pub struct StageArgs {
     /// tables. Without it, a Slurm array task's index (SLURM_ARRAY_TASK_ID of
     /// SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job's (JOB_COMPLETION_INDEX of
     /// HELIXLAB_SHARDS) is used.
-    #[arg(long, value_name = "I/N")]
+    #[arg(long, value_name = "I/N", conflicts_with = "shards")]
     pub shard: Option<String>,
+    /// Run one of N shards, the index being the job array's (SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX as it stands), so that resubmitting one index (`sbatch --array=2`)
+    /// reruns that shard. What `helixlab slurm` writes.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
 }
 
 impl StageArgs {

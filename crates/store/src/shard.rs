@@ -118,6 +118,28 @@ impl Shard {
         Ok(None)
     }
 
+    /// Shard I of `count`, I being the scheduler's index as it stands: `SLURM_ARRAY_TASK_ID`
+    /// or `JOB_COMPLETION_INDEX`. Resubmitting one index of an array (`sbatch --array=2`)
+    /// with the same command therefore reruns that shard, whatever the new array's size.
+    pub fn from_index_env(env: &dyn Fn(&str) -> Option<String>, count: u32) -> Result<Shard> {
+        let (key, value) = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+            .iter()
+            .find_map(|k| env(k).map(|v| (*k, v)))
+            .ok_or_else(|| {
+                bad(
+                    &format!("--shards {count}"),
+                    "neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set (outside a job \
+                     array, give --shard I/N)"
+                        .into(),
+                )
+            })?;
+        let index = value
+            .trim()
+            .parse()
+            .map_err(|_| bad(key, format!("{value:?} is not a whole number")))?;
+        Shard::new(index, count).map_err(|e| bad(key, e))
+    }
+
     /// This shard's items of `n`, in whole units of `unit` (a batch): the units are split as
     /// evenly as they go, earlier shards taking the remainder.
     pub fn range(self, n: usize, unit: usize) -> std::ops::Range<usize> {
@@ -161,10 +183,11 @@ pub struct Commit {
     pub cuda_visible_devices: String,
     /// Slurm's job and task, when it ran as an array task.
     pub scheduler_job: String,
-    /// When the shard's work began and when it was committed (Unix seconds).
-    pub started_unix: u64,
-    /// Commit time.
-    pub committed_unix: u64,
+    /// When the shard's work began (Unix seconds, to the microsecond: the cluster test reads
+    /// which shards ran at once).
+    pub started_unix: f64,
+    /// When it was committed.
+    pub committed_unix: f64,
     /// table path (relative to the run) -> its part.
     pub tables: BTreeMap<String, Part>,
 }
@@ -236,7 +259,7 @@ impl ShardSet {
 
     /// Moves the tables shard `shard` wrote in its private directory into the set's hive
     /// layout and commits them, create-only: refused when shard `shard` is committed already.
-    pub fn commit(&self, shard: Shard, started_unix: u64) -> Result<Commit> {
+    pub fn commit(&self, shard: Shard, started_unix: f64) -> Result<Commit> {
         let private = self.private_dir(shard.index);
         let commit_path = self.commit_path(shard.index);
         if commit_path.exists() {
@@ -279,7 +302,7 @@ impl ShardSet {
                 _ => String::new(),
             },
             started_unix,
-            committed_unix: now_unix(),
+            committed_unix: unix_seconds(),
             tables,
         };
         let text = serde_json::to_string_pretty(&commit).expect("commits serialise");
@@ -385,6 +408,14 @@ impl ShardSet {
         }
         Ok(written)
     }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 enum CreateOnly {
@@ -534,6 +565,20 @@ mod tests {
         let e = Shard::from_env(&env(&[("JOB_COMPLETION_INDEX", "1")])).unwrap_err();
         assert!(e.to_string().contains("HELIXLAB_SHARDS"), "{e}");
         assert_eq!(Shard::from_env(&env(&[])).unwrap(), None);
+        // With the count given, the index is the scheduler's as it stands.
+        let retry = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_MIN", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "1"),
+        ]);
+        assert_eq!(
+            Shard::from_index_env(&retry, 4).unwrap(),
+            Shard { index: 2, count: 4 }
+        );
+        let e = Shard::from_index_env(&env(&[]), 4).unwrap_err().to_string();
+        assert!(e.contains("--shard I/N"), "{e}");
+        let e = Shard::from_index_env(&retry, 2).unwrap_err().to_string();
+        assert!(e.contains("below the count"), "{e}");
     }
 
     #[test]
@@ -564,7 +609,7 @@ mod tests {
         let set = ShardSet::new(tmp.path(), "test", "abcdef0123456789", 3);
         for i in [0, 2] {
             shard_table(&set, i, i * 10..i * 10 + 4);
-            set.commit(Shard { index: i, count: 3 }, 0).unwrap();
+            set.commit(Shard { index: i, count: 3 }, 0.0).unwrap();
         }
         assert!(set.root().join("patch/pairs/part-2.parquet").exists());
         assert!(!set.private_dir(2).exists());
@@ -576,12 +621,12 @@ mod tests {
         // A retried shard 2 cannot commit again.
         shard_table(&set, 2, 0..1);
         let e = set
-            .commit(Shard { index: 2, count: 3 }, 0)
+            .commit(Shard { index: 2, count: 3 }, 0.0)
             .unwrap_err()
             .to_string();
         assert!(e.contains("committed already"), "{e}");
         shard_table(&set, 1, 10..12);
-        set.commit(Shard { index: 1, count: 3 }, 0).unwrap();
+        set.commit(Shard { index: 1, count: 3 }, 0.0).unwrap();
         let written = set.gather().unwrap();
         let run = RunLayout::new(tmp.path());
         assert_eq!(written, vec![run.path(crate::tables::PAIRS)]);
@@ -606,7 +651,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let set = ShardSet::new(tmp.path(), "test", "w", 1);
         shard_table(&set, 0, 0..3);
-        set.commit(Shard { index: 0, count: 1 }, 0).unwrap();
+        set.commit(Shard { index: 0, count: 1 }, 0.0).unwrap();
         std::fs::write(set.root().join("patch/pairs/part-0.parquet"), b"x").unwrap();
         let e = set.gather().unwrap_err().to_string();
         assert!(e.contains("the commit says"), "{e}");
