@@ -138,12 +138,16 @@ $(RUN)/report/index.html: $(RUN)/problems.manifest.json $(RUN)/activations/.extr
 test: fetch-tokenizers fetch-minilm fetch-smollm2 cargo-test python-check browser-check cluster-check
 
 # The toy study on a one-node Slurm cluster started on 127.0.0.1 (slurm-wlm and munge from the
-# system's packages; two fake GPUs): 4-shard arrays, a task killed and resubmitted alone, and
-# every table equal to the single-machine run's (tools/cluster_check.py; stops what it starts).
+# system's packages; two fake GPUs), writing to an S3 server on 127.0.0.1 (moto, from PyPI):
+# 4-shard arrays, a task killed and resubmitted alone, racing commits, every table equal to the
+# single-machine run's and read from s3:// by polars, pyarrow and DuckDB
+# (tools/cluster_check.py; stops what it starts and removes what it made).
 cluster-check: python-check
 	command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge \
 		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge)
-	$(PYENV)/bin/python tools/cluster_check.py target/debug/helixlab data/check.toml data/runs/check
+	$(PYTHON) -m venv .venv-cluster
+	.venv-cluster/bin/pip install -q -r tools/requirements-cluster.txt
+	.venv-cluster/bin/python tools/cluster_check.py target/debug/helixlab data/check.toml data/runs/check
 
 # The report in a real browser (headless Chromium, from the system's packages): the toy study's
 # and a random 28-layer x 16-head checkpoint's (tools/make_deep_checkpoint.py, not committed),

@@ -1,20 +1,25 @@
 """Runs the toy study on a real Slurm cluster of one node (127.0.0.1 only, started here and
-stopped at the end) as `helixlab slurm` writes it, and checks the shard contract end to end:
+stopped at the end) as `helixlab slurm` writes it, writing to an S3-compatible server (moto's
+server mode, also on 127.0.0.1), and checks the shard contract end to end:
 
+- every job runs as if on a node of its own: an empty private cache (a tmpfs mounted in the
+  job's own mount namespace), so the jobs meet only through the bucket;
 - the sharded stages run as 4-task arrays on 2 fake GPUs: two tasks at once, with different
   CUDA_VISIBLE_DEVICES (read from the shards' commits);
 - one extract task dies mid-work (the HELIXLAB_ABORT_AFTER_BATCHES hook, an abort like kill
   -9); the chain after it waits; resubmitting that index alone (`sbatch --array=2`) reruns that
   shard only (the other commits are untouched), and the chain goes on once its dependency is
   pointed at the retry;
-- a committed shard run again is skipped;
-- every table of the run equals the single-machine run's (tools/same_tables.py).
+- a committed shard run again is skipped, and of two attempts racing on one new shard exactly
+  one commits (create-only put) while the other is refused;
+- every table in the bucket equals the single-machine run's (tools/same_tables.py), and
+  polars, pyarrow and DuckDB read them from s3:// with the single run's row counts.
 
     python tools/cluster_check.py HELIXLAB SINGLE_PIPELINE SINGLE_RUN
 
-Needs root (mknod for the fake GPUs, munged as the munge user) and the slurm-wlm and munge
-packages (make cluster-check installs them). Python's standard library only, plus pyarrow for
-same_tables.py.
+Needs root (mknod for the fake GPUs, munged as the munge user, mount namespaces), the
+slurm-wlm and munge packages and tools/requirements-cluster.txt (make cluster-check installs
+them).
 """
 
 import json
@@ -125,11 +130,100 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def commits(run, stage):
-    sets = list((run / "shards" / stage).glob("*-of-4"))
-    assert len(sets) == 1, f"one shard set of {stage}: {sets}"
-    return {int(re.search(r"part-(\d+)", p.name).group(1)): p
-            for p in sets[0].glob("part-*.commit.json")}
+S3_PORT = 16919
+BUCKET = "helixlab-check"
+PREFIX = "runs/toy"
+
+
+class S3:
+    """moto's S3 server on 127.0.0.1, with the bucket the study writes to."""
+
+    def __init__(self, log):
+        self.endpoint = f"http://127.0.0.1:{S3_PORT}"
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "check",
+                    "AWS_SECRET_ACCESS_KEY": "check", "AWS_REGION": "us-east-1"}
+        self.proc = subprocess.Popen(
+            [str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+             "-p", str(S3_PORT)], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        import boto3
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                   aws_access_key_id="check", aws_secret_access_key="check")
+        for _ in range(100):
+            try:
+                self.client.create_bucket(Bucket=BUCKET)
+                return
+            except Exception:
+                time.sleep(0.2)
+        raise SystemExit(f"the S3 server never answered; log {log}")
+
+    def keys(self, prefix):
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                      Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def download(self, prefix, to):
+        for key in self.keys(prefix + "/"):
+            path = to / key[len(prefix) + 1:]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(BUCKET, key, str(path))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def commits(s3, stage):
+    keys = [k for k in s3.keys(f"{PREFIX}/shards/{stage}/") if k.endswith(".commit.json")]
+    sets = {k.rsplit("/", 1)[0] for k in keys if "-of-4/" in k}
+    assert len(sets) == 1, f"one 4-shard set of {stage}: {sets}"
+    out = {}
+    for k in keys:
+        if "-of-4/" in k:
+            body = s3.client.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+            out[int(re.search(r"part-(\d+)", k).group(1))] = body
+    return out
+
+
+def queries(s3, single_run):
+    """Row counts of every table read from s3:// by polars, pyarrow and DuckDB, against the
+    single run's files read locally."""
+    import glob
+    import duckdb
+    import polars as pl
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    host = s3.endpoint.removeprefix("http://")
+    opts = {"aws_endpoint_url": s3.endpoint, "aws_access_key_id": "check",
+            "aws_secret_access_key": "check", "aws_region": "us-east-1",
+            "aws_allow_http": "true"}
+    fs = pafs.S3FileSystem(endpoint_override=s3.endpoint, access_key="check",
+                           secret_key="check", region="us-east-1", scheme="http")
+    ext = glob.glob(str(pathlib.Path(duckdb.__file__).parent.parent / "duckdb_extension_httpfs"
+                        / "extensions" / "*" / "httpfs.duckdb_extension"))[0]
+    db = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    db.execute(f"LOAD '{ext}'")
+    db.execute(f"CREATE SECRET (TYPE s3, KEY_ID 'check', SECRET 'check', REGION 'us-east-1', "
+               f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)")
+    wrong = []
+    tables = [k for k in s3.keys(PREFIX + "/") if k.endswith(".parquet")]
+    for key in tables:
+        rel = key[len(PREFIX) + 1:]
+        want = pq.read_metadata(single_run / rel).num_rows
+        url = f"s3://{BUCKET}/{key}"
+        got = {"polars": pl.scan_parquet(url, storage_options=opts).select(pl.len()).collect()
+               .item(),
+               "pyarrow": pq.read_table(f"{BUCKET}/{key}", filesystem=fs).num_rows,
+               "duckdb": db.execute(f"select count(*) from read_parquet('{url}')").fetchone()[0]}
+        if any(v != want for v in got.values()):
+            wrong.append(f"{rel}: {got}, the single run has {want}")
+    # The activations as one hive dataset, the way the README queries them.
+    url = f"s3://{BUCKET}/{PREFIX}/activations/*/*/*.parquet"
+    hive = db.execute(f"select count(*) from read_parquet('{url}', hive_partitioning=true)"
+                      ).fetchone()[0]
+    want = sum(pq.read_metadata(p).num_rows for p in single_run.glob("activations/*/*/*.parquet"))
+    if hive != want:
+        wrong.append(f"activations as a hive dataset: {hive} rows, the single run has {want}")
+    return len(tables), wrong
 
 
 def main():
@@ -144,27 +238,34 @@ def main():
 
     cluster = Cluster()
     started = time.time()
+    s3 = None
     try:
         cluster.start()
-        print(f"cluster up in {time.time() - started:.1f} s ({cluster.dir})")
-        run = cluster.dir / "run"
+        s3 = S3(cluster.dir / "s3.log")
+        print(f"cluster and S3 server up in {time.time() - started:.1f} s ({cluster.dir})")
+        cache = cluster.dir / "cache"
+        cache.mkdir()
+        env = dict(cluster.env, **s3.env, HELIXLAB_CACHE=str(cache))
         study = cluster.dir / "study.toml"
-        study.write_text(re.sub(r'(?m)^dir = ".*runs/check"', f'dir = "{run}"',
+        study.write_text(re.sub(r'(?m)^dir = ".*runs/check"', f'dir = "s3://{BUCKET}/{PREFIX}"',
                                 single_pipeline.read_text()))
-        assert f'dir = "{run}"' in study.read_text(), "the study's output dir was replaced"
+        assert f'"s3://{BUCKET}/{PREFIX}"' in study.read_text(), "the output dir was replaced"
         script = cluster.dir / "submit.sh"
+        logs = cluster.dir / "logs"
         sh(str(helixlab), "slurm", "--pipeline", str(study), "--shards", "4", "--gpus", "1",
-           "--out", str(script))
-        # The binary the jobs run: extract's array index 2 dies after one batch, once.
+           "--out", str(script), "--logs", str(logs), env=env)
+        # The binary the jobs run: each in a mount namespace of its own with an empty cache;
+        # extract's array index 2 dies after one batch, once.
         flag = cluster.dir / "killed-once"
         wrapper = cluster.dir / "helixlab"
         wrapper.write_text(
             "#!/bin/sh\n"
             f'if [ "$1" = extract ] && [ "${{SLURM_ARRAY_TASK_ID:-}}" = 2 ] && [ ! -e {flag} ]; '
             f"then touch {flag}; export HELIXLAB_ABORT_AFTER_BATCHES=1; fi\n"
-            f'exec {helixlab} "$@"\n')
+            "exec unshare -m sh -c 'mount -t tmpfs tmpfs \"$HELIXLAB_CACHE\" && exec \"$0\" \"$@\"' "
+            f'{helixlab} "$@"\n')
         wrapper.chmod(0o755)
-        out = sh("bash", str(script), env=dict(cluster.env, HELIXLAB=str(wrapper)))
+        out = sh("bash", str(script), env=dict(env, HELIXLAB=str(wrapper)))
         jobs = dict(line.split() for line in out.splitlines() if line.strip())
         print(f"submitted {len(jobs)} jobs: {' '.join(jobs)}")
         # The extract array ends (task 2 failed); the gather after it is stuck.
@@ -172,11 +273,11 @@ def main():
         rows = cluster.wait([jobs["gather-extract"]], lambda rows: rows and
                             "DependencyNeverSatisfied" in rows[0][2], "the stuck gather")
         check(True, f"extract task 2 died; the gather after it waits ({rows[0][2]})")
-        acc = commits(run, "accuracy")
-        ext = commits(run, "extract")
+        acc = commits(s3, "accuracy")
+        ext = commits(s3, "extract")
         check(sorted(acc) == [0, 1, 2, 3], f"accuracy: 4 shards committed ({sorted(acc)})")
         check(sorted(ext) == [0, 1, 3], f"extract: shards 0, 1, 3 committed ({sorted(ext)})")
-        spans = [json.loads(p.read_text()) for p in acc.values()]
+        spans = [json.loads(b) for b in acc.values()]
         together = [(a["shard"]["index"], b["shard"]["index"], a["cuda_visible_devices"],
                      b["cuda_visible_devices"]) for a in spans for b in spans
                     if a["shard"]["index"] < b["shard"]["index"]
@@ -184,35 +285,53 @@ def main():
                     and b["started_unix"] < a["committed_unix"]]
         check(any(x[2] and x[3] and x[2] != x[3] for x in together),
               f"two accuracy tasks ran at once on different GPUs: {together}")
-        before = {i: p.read_bytes() for i, p in ext.items()}
         # Resubmit index 2 alone, with the script's own command; point the chain at it.
         retry = sh("sbatch", "--parsable", "--array=2", "--gres=gpu:1", f"--chdir={os.getcwd()}",
-                   f"--output={run}/slurm/extract-retry-%a.out",
-                   f"--wrap={helixlab} extract --pipeline {study} --shards 4",
-                   env=cluster.env).strip().split(";")[0]
+                   f"--output={logs}/extract-retry-%a.out",
+                   f"--wrap={wrapper} extract --pipeline {study} --shards 4",
+                   env=env).strip().split(";")[0]
         sh("scontrol", "update", f"JobId={jobs['gather-extract']}",
-           f"Dependency=afterok:{retry}", env=cluster.env)
+           f"Dependency=afterok:{retry}", env=env)
         cluster.wait(list(jobs.values()) + [retry], lambda rows: not rows, "the rest of the chain")
-        ext = commits(run, "extract")
-        check(sorted(ext) == [0, 1, 2, 3], f"extract: all 4 shards committed after the retry")
-        check(all(ext[i].read_bytes() == b for i, b in before.items()),
+        after = commits(s3, "extract")
+        check(sorted(after) == [0, 1, 2, 3], "extract: all 4 shards committed after the retry")
+        check(all(after[i] == b for i, b in ext.items()),
               "the retry reran shard 2 only (the commits of 0, 1 and 3 are unchanged)")
-        retried = json.loads(ext[2].read_text())
+        retried = json.loads(after[2])
         check(retried["scheduler_job"].startswith(f"{retry}_"),
               f"shard 2 was committed by the retry ({retried['scheduler_job']})")
-        again = sh(str(helixlab), "extract", "--pipeline", str(study), "--shard", "1/4")
+        fresh = dict(env, HELIXLAB_CACHE=str(cluster.dir / "cache-again"))
+        again = sh(str(helixlab), "extract", "--pipeline", str(study), "--shard", "1/4", env=fresh)
         check("committed already" in again, "a committed shard run again is skipped")
-        report = run / "report" / "index.html"
-        check(report.exists(), f"the chain ran to the report ({report})")
-        same = subprocess.run([sys.executable, "tools/same_tables.py", str(single_run), str(run)],
-                              capture_output=True, text=True)
-        check(same.returncode == 0, "every table equals the single-machine run's: "
-              + (same.stdout + same.stderr).strip()[-400:])
+        # Two attempts at one new shard (extract as 1 shard), each on its own "node".
+        racers = [subprocess.Popen([str(wrapper), "extract", "--pipeline", str(study),
+                                    "--shard", "0/1"], env=dict(env), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(r.wait(), *r.communicate()) for r in racers]
+        won = [r for r in results if r[0] == 0 and "committed to" in r[1]]
+        lost = [r for r in results if r[0] != 0 and "refused" in r[2]]
+        skipped = [r for r in results if r[0] == 0 and "committed already" in r[1]]
+        check(len(won) == 1 and len(lost) + len(skipped) == 1,
+              f"of two racing attempts one commits: {len(won)} committed, {len(lost)} refused, "
+              f"{len(skipped)} skipped ({[r[2][-200:] for r in results if r[0] != 0]})")
+        check(any(k.endswith("report/index.html") for k in s3.keys(PREFIX + "/report/")),
+              "the chain ran to the report (in the bucket)")
+        downloaded = cluster.dir / "downloaded"
+        s3.download(PREFIX, downloaded)
+        same = subprocess.run([sys.executable, "tools/same_tables.py", str(single_run),
+                               str(downloaded)], capture_output=True, text=True)
+        check(same.returncode == 0, "every table in the bucket equals the single-machine run's: "
+              + (same.stdout + same.stderr).strip()[-300:])
+        n, wrong = queries(s3, single_run)
+        check(n > 0 and not wrong, f"polars, pyarrow and DuckDB read {n} tables from s3:// with "
+              f"the single run's row counts {wrong[:3]}")
     finally:
-        logs = cluster.dir / "run" / "slurm"
+        logs = cluster.dir / "logs"
         if failed and logs.exists():
             for log in sorted(logs.glob("*.out")):
                 print(f"--- {log.name}\n{log.read_text()[-800:]}")
+        if s3:
+            s3.stop()
         cluster.stop()
     print(f"cluster check: {time.time() - started:.0f} s, {len(failed)} failures")
     sys.exit(1 if failed else 0)

@@ -2,6 +2,7 @@
 //! progress and reports errors; the work happens in the library crates.
 
 mod model_cmd;
+mod remote_run;
 mod shard_cmd;
 mod stage_cmd;
 mod train_cmd;

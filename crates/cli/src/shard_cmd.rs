@@ -16,6 +16,7 @@ use helixlab_store::lock::StageLock;
 use helixlab_store::shard::{unix_seconds, Shard, ShardSet};
 use sha2::{Digest, Sha256};
 
+use crate::remote_run::Workspace;
 use crate::stage_cmd::{Bar, Stage, StageArgs};
 
 /// The stages whose work splits into shards.
@@ -53,8 +54,10 @@ pub fn shard_of(a: &StageArgs) -> Result<Option<Shard>> {
 }
 
 /// Runs shard `shard` of `stage`: skipped when committed; otherwise the slice runs in the
-/// shard's private directory and is committed; the last shard to commit gathers.
-pub fn run_shard(stage: Stage, a: &StageArgs, p: &Pipeline, shard: Shard) -> Result<()> {
+/// shard's private directory and is committed (for a run in object storage: its parts
+/// uploaded, then its commit put create-only, so of two attempts on one shard exactly one
+/// commits); the last shard to commit gathers.
+pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> Result<()> {
     if !SHARDED.contains(&stage) {
         bail!(
             "{} does not take a shard yet (--shard {shard}, or a Slurm array / Indexed Job \
@@ -63,16 +66,22 @@ pub fn run_shard(stage: Stage, a: &StageArgs, p: &Pipeline, shard: Shard) -> Res
             SHARDED.map(Stage::name).join(" and ")
         );
     }
+    let p = &ws.p;
     let set = shard_set(stage, &a.pipeline, p, shard.count)?;
     let private = set.private_dir(shard.index);
+    let commit_rel = set.relative_commit(shard.index);
     // Two processes on one shard (a retry racing the original): the second waits, then sees
     // the commit.
     let lock = StageLock::acquire(&private, stage.name())?;
-    if set.committed(shard.index)?.is_some() {
+    let remote_commit = match &ws.remote {
+        Some(r) => r.exists(&commit_rel)?,
+        None => false,
+    };
+    if remote_commit || set.committed(shard.index)?.is_some() {
         println!(
             "{} shard {shard}: committed already ({}); skipped",
             stage.name(),
-            set.commit_path(shard.index).display()
+            committed_at(ws, &set, shard)
         );
     } else {
         let started = unix_seconds();
@@ -87,24 +96,53 @@ pub fn run_shard(stage: Stage, a: &StageArgs, p: &Pipeline, shard: Shard) -> Res
         }
         .with_context(context)?;
         let commit = set.commit(shard, started).with_context(context)?;
+        if let Some(r) = &ws.remote {
+            ws.push()?;
+            let bytes = std::fs::read(set.commit_path(shard.index))
+                .with_context(|| set.commit_path(shard.index).display().to_string())?;
+            if !r.create(&commit_rel, bytes)? {
+                // Another attempt committed first: this one's parts go, its commit stays theirs.
+                std::fs::remove_file(set.commit_path(shard.index))?;
+                for part in commit.tables.values() {
+                    let _ = std::fs::remove_file(set.root().join(&part.file));
+                }
+                ws.push()?;
+                bail!(
+                    "{}: shard {shard} of {} was committed by another attempt first; this \
+                     attempt's commit is refused and its parts removed",
+                    r.url_of(&commit_rel),
+                    stage.name()
+                );
+            }
+        }
         let rows: u64 = commit.tables.values().map(|t| t.rows).sum();
         println!(
             "{} shard {shard}: {} table part(s), {rows} rows, committed to {}",
             stage.name(),
             commit.tables.len(),
-            set.commit_path(shard.index).display()
+            committed_at(ws, &set, shard)
         );
     }
     drop(lock);
+    ws.pull_under(&set.relative_root())?;
     if set.missing().is_empty() {
-        gather_set(stage, p, &set)?;
+        gather_set(stage, ws, &set)?;
     }
     Ok(())
 }
 
-/// Gathers `set` under the stage's lock on the run (the last two shards may both try).
-fn gather_set(stage: Stage, p: &Pipeline, set: &ShardSet) -> Result<()> {
-    let _lock = StageLock::acquire(&p.run_dir(), stage.name())?;
+/// Where shard `shard`'s commit is, for messages.
+fn committed_at(ws: &Workspace, set: &ShardSet, shard: Shard) -> String {
+    match &ws.remote {
+        Some(r) => r.url_of(&set.relative_commit(shard.index)),
+        None => set.commit_path(shard.index).display().to_string(),
+    }
+}
+
+/// Gathers `set` under the stage's lock on the run (the last two shards may both try), and
+/// sends the tables to the bucket of a remote run.
+fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
+    let _lock = StageLock::acquire(&ws.p.run_dir(), stage.name())?;
     let written = set
         .gather()
         .with_context(|| format!("gathering the {} shards", stage.name()))?;
@@ -122,7 +160,7 @@ fn gather_set(stage: Stage, p: &Pipeline, set: &ShardSet) -> Result<()> {
             set.root().display()
         );
     }
-    Ok(())
+    ws.push()
 }
 
 /// Arguments of `gather`.
@@ -153,9 +191,10 @@ pub fn gather(a: &GatherArgs) -> Result<()> {
     if a.shards == 0 {
         bail!("gather: --shards must be at least 1");
     }
-    let p = Pipeline::from_file(&a.pipeline)?;
-    let set = shard_set(stage, &a.pipeline, &p, a.shards)?;
-    gather_set(stage, &p, &set)
+    let ws = Workspace::open(&Pipeline::from_file(&a.pipeline)?)?;
+    let set = shard_set(stage, &a.pipeline, &ws.p, a.shards)?;
+    ws.pull_under(&set.relative_root())?;
+    gather_set(stage, &ws, &set)
 }
 
 /// Arguments of `slurm`.
@@ -176,9 +215,29 @@ pub struct SlurmArgs {
     /// Extra `sbatch` options for every job (e.g. "--time=2:00:00 --account=lab").
     #[arg(long, default_value = "")]
     pub sbatch_options: String,
-    /// Where the script goes (default: <run>/slurm/submit.sh).
+    /// Where the script goes (default: the logs directory's submit.sh).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Where the jobs' logs go (default: <run>/slurm, or slurm-logs/<study> in the working
+    /// directory for a run in object storage).
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+}
+
+/// The jobs' log directory.
+fn logs_dir(a: &SlurmArgs, p: &Pipeline, cwd: &Path) -> PathBuf {
+    let abs = |x: &Path| {
+        if x.is_absolute() {
+            x.to_path_buf()
+        } else {
+            cwd.join(x)
+        }
+    };
+    match &a.logs {
+        Some(l) => abs(l),
+        None if helixlab_remote::is_remote(&p.output.dir) => cwd.join("slurm-logs").join(&p.name),
+        None => abs(&p.run_dir()).join("slurm"),
+    }
 }
 
 /// `s` quoted for a POSIX shell.
@@ -226,7 +285,7 @@ pub fn slurm_script(a: &SlurmArgs, p: &Pipeline, helixlab: &Path, cwd: &Path) ->
         }
     };
     let pipeline = abs(&a.pipeline);
-    let logs = abs(&p.run_dir()).join("slurm");
+    let logs = logs_dir(a, p, cwd);
     let mut s = format!(
         "#!/usr/bin/env bash\n\
          # The study {name} as Slurm jobs, written by `helixlab slurm` ({version}):\n\
@@ -311,7 +370,7 @@ pub fn slurm(a: &SlurmArgs) -> Result<()> {
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| p.run_dir().join("slurm").join("submit.sh"));
+        .unwrap_or_else(|| logs_dir(a, &p, &cwd).join("submit.sh"));
     helixlab_store::atomic::write(&out, script.as_bytes())?;
     println!(
         "slurm: wrote {} (submit it with `bash {}`)",
@@ -335,6 +394,7 @@ mod tests {
             partition: Some("gpu".into()),
             sbatch_options: "--time=1:00:00".into(),
             out: None,
+            logs: None,
         };
         let p = Pipeline::from_file(&a.pipeline).unwrap();
         let s = slurm_script(&a, &p, Path::new("/opt/helixlab"), Path::new("/w"));

@@ -305,53 +305,58 @@ impl Stage {
 
     /// Runs the stage of the study in `a` and prints what it did.
     pub fn run(self, a: &StageArgs) -> Result<()> {
-        let p = a.load()?;
-        if let Some(shard) = crate::shard_cmd::shard_of(a)? {
-            return crate::shard_cmd::run_shard(self, a, &p, shard);
+        let shard = crate::shard_cmd::shard_of(a)?;
+        let ws = crate::remote_run::Workspace::open(&a.load()?)?;
+        if let Some(shard) = shard {
+            return crate::shard_cmd::run_shard(self, a, &ws, shard);
         }
-        // Held until the stage returns: a second process on the same run and stage waits.
-        let _lock = helixlab_store::lock::StageLock::acquire(&p.run_dir(), self.name())
+        let lock = helixlab_store::lock::StageLock::acquire(&ws.p.run_dir(), self.name())
             .with_context(|| format!("{} stage of {}", self.name(), a.pipeline.display()))?;
+        self.run_local(a, &ws.p)?;
+        drop(lock);
+        ws.push()
+    }
+
+    /// Runs the stage on a study whose run directory is local, holding the stage's lock.
+    fn run_local(self, a: &StageArgs, p: &Pipeline) -> Result<()> {
         let bar = Bar::new();
         let (force, progress) = (a.force, &bar as &dyn Progress);
         let context = || format!("{} stage of {}", self.name(), a.pipeline.display());
-        let outcome = match self {
-            Stage::Accuracy => {
-                helixlab_extract::accuracy::run(&p, force, progress, None).with_context(context)?
-            }
-            Stage::Extract => helixlab_extract::extraction::run(&p, force, progress, None)
-                .with_context(context)?,
-            Stage::Spectral => {
-                helixlab_spectral::stage::run(&p, force, progress).with_context(context)?
-            }
-            Stage::Fit => helixlab_fit::stage::run(&p, force, progress).with_context(context)?,
-            Stage::Clock => {
-                helixlab_clock::stage::run(&p, force, progress).with_context(context)?
-            }
-            Stage::Pairs => helixlab_patch::pairs::run_pairs(&p, force).with_context(context)?,
-            Stage::Patch => {
-                helixlab_patch::patching::run_patch(&p, force, progress).with_context(context)?
-            }
-            Stage::PatchLast => {
-                helixlab_patch::patch_last::run_last(&p, force, progress).with_context(context)?
-            }
-            Stage::Components => helixlab_patch::components::run_components(&p, force, progress)
-                .with_context(context)?,
-            Stage::Neurons => {
-                helixlab_attribute::stage::run_neurons(&p, force, progress).with_context(context)?
-            }
-            Stage::NeuronGrads => {
-                helixlab_attribute::neuron_grads::run_neuron_grads(&p, force, progress)
-                    .with_context(context)?
-            }
-            Stage::Report => {
-                let index = helixlab_report::write_report(&p)
-                    .with_context(|| format!("report of {}", a.pipeline.display()))?;
-                println!("report: {}", index.display());
-                return Ok(());
-            }
-        };
-        report(self.name(), &p, outcome);
+        let outcome =
+            match self {
+                Stage::Accuracy => helixlab_extract::accuracy::run(p, force, progress, None)
+                    .with_context(context)?,
+                Stage::Extract => helixlab_extract::extraction::run(p, force, progress, None)
+                    .with_context(context)?,
+                Stage::Spectral => {
+                    helixlab_spectral::stage::run(p, force, progress).with_context(context)?
+                }
+                Stage::Fit => helixlab_fit::stage::run(p, force, progress).with_context(context)?,
+                Stage::Clock => {
+                    helixlab_clock::stage::run(p, force, progress).with_context(context)?
+                }
+                Stage::Pairs => helixlab_patch::pairs::run_pairs(p, force).with_context(context)?,
+                Stage::Patch => {
+                    helixlab_patch::patching::run_patch(p, force, progress).with_context(context)?
+                }
+                Stage::PatchLast => helixlab_patch::patch_last::run_last(p, force, progress)
+                    .with_context(context)?,
+                Stage::Components => helixlab_patch::components::run_components(p, force, progress)
+                    .with_context(context)?,
+                Stage::Neurons => helixlab_attribute::stage::run_neurons(p, force, progress)
+                    .with_context(context)?,
+                Stage::NeuronGrads => {
+                    helixlab_attribute::neuron_grads::run_neuron_grads(p, force, progress)
+                        .with_context(context)?
+                }
+                Stage::Report => {
+                    let index = helixlab_report::write_report(p)
+                        .with_context(|| format!("report of {}", a.pipeline.display()))?;
+                    println!("report: {}", index.display());
+                    return Ok(());
+                }
+            };
+        report(self.name(), p, outcome);
         Ok(())
     }
 }

@@ -117,7 +117,7 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_sha256: Option<String>,
     /// For a table gathered from shards: the part files it was made from, each as
-    /// `path sha256:<hex>` (crate::shard); empty otherwise.
+    /// `<path relative to the run> sha256:<hex>` (crate::shard); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
 }

@@ -5,8 +5,8 @@
 //! - the shard runs the stage on its slice ([`Shard::range`], whole batches, so every batch is
 //!   the one the unsharded run would have made) into a private run directory of its own;
 //! - it moves each table into the hive layout of the shard set
-//!   `R/shards/<stage>/<work>-of-<N>/<table>/part-<I>.parquet` (activation partitions:
-//!   `activations/site=.../layer=.../part-<I>.parquet`), then commits
+//!   `R/shards/<stage>/<work>-of-<N>/<table>/part-<I>-<attempt>.parquet` (activation
+//!   partitions: `activations/site=.../layer=.../part-<I>-<attempt>.parquet`), then commits
 //!   `part-<I>.commit.json`, which lists every part with its sha256, rows and table manifest.
 //!   The commit is create-only (a hard link of a complete temporary file, which fails when the
 //!   name exists), so a second commit of a shard is refused and a committed shard is skipped:
@@ -228,6 +228,20 @@ impl ShardSet {
         &self.root
     }
 
+    /// The directory of the set relative to the run (`shards/<stage>/<work>-of-<N>`).
+    pub fn relative_root(&self) -> String {
+        self.root
+            .strip_prefix(&self.run)
+            .expect("under the run")
+            .to_string_lossy()
+            .to_string()
+    }
+
+    /// The commit of shard `i` relative to the run.
+    pub fn relative_commit(&self, i: u32) -> String {
+        format!("{}/part-{i}.commit.json", self.relative_root())
+    }
+
     /// Where shard `i` runs the stage before it commits.
     pub fn private_dir(&self, i: u32) -> PathBuf {
         self.root.join(format!(".work-{i}"))
@@ -266,6 +280,11 @@ impl ShardSet {
             return Err(self.already(shard));
         }
         let mut tables = BTreeMap::new();
+        let attempt = format!(
+            "{:x}{:05x}",
+            (unix_seconds() * 1e3) as u64,
+            std::process::id()
+        );
         for table in complete_tables(&private)? {
             let rel = table
                 .strip_prefix(&private)
@@ -273,7 +292,8 @@ impl ShardSet {
                 .to_string_lossy()
                 .to_string();
             let manifest = Manifest::read_for(&table).expect("listed by its manifest");
-            let file = format!("{}/part-{}.parquet", part_dir(&rel), shard.index);
+            // The attempt in the name: a losing retry's parts never replace the winner's.
+            let file = format!("{}/part-{}-{attempt}.parquet", part_dir(&rel), shard.index);
             let target = self.root.join(&file);
             let dir = target.parent().expect("a part has a directory");
             std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -312,6 +332,17 @@ impl ShardSet {
         })?;
         let _ = std::fs::remove_dir_all(&private);
         Ok(commit)
+    }
+
+    /// How a gathered table's manifest names one of its parts: relative to the run (the same
+    /// wherever the run is cached), with its sha256.
+    fn part_record(&self, part: &Part) -> String {
+        format!(
+            "{}/{} sha256:{}",
+            self.relative_root(),
+            part.file,
+            part.sha256
+        )
     }
 
     fn already(&self, shard: Shard) -> StoreError {
@@ -353,7 +384,7 @@ impl ShardSet {
             let listed: Vec<String> = commits
                 .iter()
                 .filter_map(|c| c.tables.get(rel))
-                .map(|p| format!("{} sha256:{}", self.root.join(&p.file).display(), p.sha256))
+                .map(|p| self.part_record(p))
                 .collect();
             // Gathered already (the parts are gone, the table records them): nothing to do.
             if Manifest::read_for(&table)
@@ -394,10 +425,7 @@ impl ShardSet {
             manifest.rows = parts.iter().map(|(_, p)| p.rows).sum();
             manifest.wall_s = parts.iter().map(|(_, p)| p.manifest.wall_s).sum();
             manifest.completed_unix = now_unix();
-            manifest.parts = parts
-                .iter()
-                .map(|(path, p)| format!("{} sha256:{}", path.display(), p.sha256))
-                .collect();
+            manifest.parts = parts.iter().map(|(_, p)| self.part_record(p)).collect();
             let files: Vec<PathBuf> = parts.iter().map(|(p, _)| p.clone()).collect();
             concat(&files, &table, &manifest)?;
             // The table holds every row now; its manifest and the commits keep the record.
@@ -595,6 +623,12 @@ mod tests {
         }
     }
 
+    fn glob_parts(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// A stage's table in shard `i`'s private directory: rows `rows`.
     fn shard_table(set: &ShardSet, i: u32, rows: std::ops::Range<u32>) {
         let run = RunLayout::new(set.private_dir(i));
@@ -611,7 +645,7 @@ mod tests {
             shard_table(&set, i, i * 10..i * 10 + 4);
             set.commit(Shard { index: i, count: 3 }, 0.0).unwrap();
         }
-        assert!(set.root().join("patch/pairs/part-2.parquet").exists());
+        assert!(!glob_parts(&set.root().join("patch/pairs")).is_empty());
         assert!(!set.private_dir(2).exists());
         let e = set.gather().unwrap_err().to_string();
         assert!(
@@ -639,7 +673,7 @@ mod tests {
         );
         let m = Manifest::read_for(&run.path(crate::tables::PAIRS)).unwrap();
         assert_eq!((m.rows, m.parts.len()), (10, 3));
-        assert!(!set.root().join("patch/pairs/part-0.parquet").exists());
+        assert!(glob_parts(&set.root().join("patch/pairs")).is_empty());
         assert!(set.gather().unwrap().is_empty(), "gathered once");
         // The gathered table is what the unsharded stage would call fresh.
         let s = StageRun::new("test", serde_json::json!({ "k": 1 }));
@@ -652,7 +686,7 @@ mod tests {
         let set = ShardSet::new(tmp.path(), "test", "w", 1);
         shard_table(&set, 0, 0..3);
         set.commit(Shard { index: 0, count: 1 }, 0.0).unwrap();
-        std::fs::write(set.root().join("patch/pairs/part-0.parquet"), b"x").unwrap();
+        std::fs::write(&glob_parts(&set.root().join("patch/pairs"))[0], b"x").unwrap();
         let e = set.gather().unwrap_err().to_string();
         assert!(e.contains("the commit says"), "{e}");
     }

@@ -1,0 +1,76 @@
+//! A study whose `[output] dir` is `s3://...`: the stage runs on the local cache of the prefix
+//! (helixlab_remote), pulled before and pushed after. Local studies pass through untouched.
+
+use anyhow::{Context, Result};
+use helixlab_pipeline::Pipeline;
+use helixlab_remote::{is_remote, Remote};
+
+/// The study as the stage sees it (its run directory local), and the bucket behind it.
+pub struct Workspace {
+    /// The study, `[output] dir` pointing at the cache when the run is remote.
+    pub p: Pipeline,
+    /// The bucket, for a remote run.
+    pub remote: Option<Remote>,
+}
+
+/// Shard parts are fetched only by the gathering that needs them.
+fn is_shard_part(rel: &str) -> bool {
+    rel.starts_with("shards/") && rel.ends_with(".parquet")
+}
+
+impl Workspace {
+    /// Opens the study's run: for `s3://`, pulls what changed (every table and commit, not the
+    /// shard parts) into the cache.
+    pub fn open(p: &Pipeline) -> Result<Workspace> {
+        if !is_remote(&p.output.dir) {
+            return Ok(Workspace {
+                p: p.clone(),
+                remote: None,
+            });
+        }
+        let remote = Remote::open(&p.output.dir)
+            .with_context(|| format!("{}: [output] dir", p.path.display()))?;
+        let n = remote
+            .pull(&|rel| !is_shard_part(rel))
+            .with_context(|| format!("pulling {}", p.output.dir))?;
+        if n > 0 {
+            eprintln!(
+                "{}: {n} object(s) pulled into {}",
+                p.output.dir,
+                remote.cache().display()
+            );
+        }
+        let mut q = p.clone();
+        q.output.dir = remote.cache().display().to_string();
+        Ok(Workspace {
+            p: q,
+            remote: Some(remote),
+        })
+    }
+
+    /// Pulls every object under `rel` (a shard set, parts included).
+    pub fn pull_under(&self, rel: &str) -> Result<()> {
+        if let Some(r) = &self.remote {
+            let prefix = format!("{rel}/");
+            r.pull(&|k| k.starts_with(&prefix))
+                .with_context(|| format!("pulling {}", r.url_of(rel)))?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the stage wrote (data, then manifests) and removes what it removed.
+    pub fn push(&self) -> Result<()> {
+        if let Some(r) = &self.remote {
+            let (up, gone) = r
+                .push()
+                .with_context(|| format!("pushing {}", r.url_of("")))?;
+            if up + gone > 0 {
+                eprintln!(
+                    "{}: {up} file(s) uploaded, {gone} removed",
+                    r.url_of("").trim_end_matches('/')
+                );
+            }
+        }
+        Ok(())
+    }
+}
