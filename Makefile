@@ -20,6 +20,8 @@
 #   make bench-scale        the same on a GPT-J-6B-shaped checkpoint it writes (12.1 GB, random
 #                           bf16): load, memory, accuracy, extract, patch (data/bench/scale/scale.md;
 #                           ~40 min; needs ~14 GB of memory and 13 GB of disk: run it alone)
+#   make slurm              submit PIPELINE to Slurm: SHARDS-task arrays for accuracy and extract, one
+#                           job per other stage (docs/cluster.md); [output] dir may be s3://
 #   make build-cuda         the GPU build (--features cuda) into target/cuda/release/helixlab, with
 #                           nvcc and the CUDA headers from PyPI wheels (make cuda-toolkit); no GPU
 #                           needed to build. tools/gpu_check.sh runs it on a CUDA machine.
@@ -52,7 +54,7 @@ STAGES := accuracy extract spectral fit clock pairs patch patch-last components 
 
 .PHONY: bench-scale cuda-toolkit build-cuda
 .PHONY: all study build $(STAGES) test cargo-test python-check lint fixtures \
-	fetch-tokenizers clean-external browser-check cluster-check toy-models fetch-minilm fetch-smollm2 real-references reference bench
+	fetch-tokenizers clean-external browser-check cluster-check slurm toy-models fetch-minilm fetch-smollm2 real-references reference bench
 
 all: study
 
@@ -162,6 +164,15 @@ browser-check: python-check
 	target/debug/helixlab report --pipeline data/check.toml
 	$(PYENV)/bin/python tools/browser_check.py data/report-check/shots \
 		data/report-check/runs/deep/report/index.html:28 data/runs/check/report/index.html:2
+
+# The study as Slurm jobs (helixlab slurm): arrays of SHARDS tasks for accuracy and extract,
+# one job per other stage, chained with afterok; the script and the logs in data/slurm/.
+SHARDS ?= 4
+SLURM_DIR ?= data/slurm/$(PIPELINE)
+slurm: $(HELIXLAB) $(MODEL_DEP)
+	$(HELIXLAB) slurm --pipeline $(PIPE_FILE) --shards $(SHARDS) --logs $(SLURM_DIR) \
+		--out $(SLURM_DIR)/submit.sh
+	bash $(SLURM_DIR)/submit.sh
 
 cargo-test:
 	$(CARGO) test --workspace

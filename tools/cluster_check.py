@@ -3,7 +3,8 @@ stopped at the end) as `helixlab slurm` writes it, writing to an S3-compatible s
 server mode, also on 127.0.0.1), and checks the shard contract end to end:
 
 - every job runs as if on a node of its own: an empty private cache (a tmpfs mounted in the
-  job's own mount namespace), so the jobs meet only through the bucket;
+  job's own mount namespace), so the jobs meet only through the bucket, where the model is
+  read from too;
 - the sharded stages run as 4-task arrays on 2 fake GPUs: two tasks at once, with different
   CUDA_VISIBLE_DEVICES (read from the shards' commits);
 - one extract task dies mid-work (the HELIXLAB_ABORT_AFTER_BATCHES hook, an abort like kill
@@ -247,9 +248,15 @@ def main():
         cache.mkdir()
         env = dict(cluster.env, **s3.env, HELIXLAB_CACHE=str(cache))
         study = cluster.dir / "study.toml"
-        study.write_text(re.sub(r'(?m)^dir = ".*runs/check"', f'dir = "s3://{BUCKET}/{PREFIX}"',
-                                single_pipeline.read_text()))
-        assert f'"s3://{BUCKET}/{PREFIX}"' in study.read_text(), "the output dir was replaced"
+        # The model too comes from the bucket (read-only).
+        model = pathlib.Path("data/models/toy-adder")
+        for f in model.iterdir():
+            s3.client.upload_file(str(f), BUCKET, f"models/toy-adder/{f.name}")
+        text = re.sub(r'(?m)^dir = ".*runs/check"', f'dir = "s3://{BUCKET}/{PREFIX}"',
+                      single_pipeline.read_text())
+        text = text.replace(f'dir = "{model}"', f'dir = "s3://{BUCKET}/models/toy-adder"')
+        study.write_text(text)
+        assert f'"s3://{BUCKET}/{PREFIX}"' in text and "/models/toy-adder\"" in text, text
         script = cluster.dir / "submit.sh"
         logs = cluster.dir / "logs"
         sh(str(helixlab), "slurm", "--pipeline", str(study), "--shards", "4", "--gpus", "1",

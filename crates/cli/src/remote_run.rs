@@ -1,5 +1,6 @@
 //! A study whose `[output] dir` is `s3://...`: the stage runs on the local cache of the prefix
-//! (helixlab_remote), pulled before and pushed after. Local studies pass through untouched.
+//! (helixlab_remote), pulled before and pushed after; an `s3://` `[model] dir` is fetched into
+//! the cache once (read-only). Local studies pass through untouched.
 
 use anyhow::{Context, Result};
 use helixlab_pipeline::Pipeline;
@@ -22,12 +23,19 @@ impl Workspace {
     /// Opens the study's run: for `s3://`, pulls what changed (every table and commit, not the
     /// shard parts) into the cache.
     pub fn open(p: &Pipeline) -> Result<Workspace> {
-        if !is_remote(&p.output.dir) {
-            return Ok(Workspace {
-                p: p.clone(),
-                remote: None,
-            });
+        let mut p = p.clone();
+        if is_remote(&p.model.dir) {
+            let model = Remote::open(&p.model.dir)
+                .with_context(|| format!("{}: [model] dir", p.path.display()))?;
+            let local = model
+                .pull_input()
+                .with_context(|| format!("fetching the model {}", p.model.dir))?;
+            p.model.dir = local.display().to_string();
         }
+        if !is_remote(&p.output.dir) {
+            return Ok(Workspace { p, remote: None });
+        }
+        let p = &p;
         let remote = Remote::open(&p.output.dir)
             .with_context(|| format!("{}: [output] dir", p.path.display()))?;
         let n = remote

@@ -288,15 +288,7 @@ impl Remote {
             if unchanged {
                 continue;
             }
-            let bytes = self
-                .rt
-                .block_on(async { self.store.get(&self.key(&rel)).await?.bytes().await })
-                .map_err(self.err(&rel))?;
-            let dir = path.parent().expect("under the cache");
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-            let tmp = dir.join(format!(".pull-{}", std::process::id()));
-            std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            self.download(&self.key(&rel), &rel, &path)?;
             let (lsize, mtime_ns) = local_stamp(&path).unwrap_or((size, 0));
             state.insert(
                 rel,
@@ -310,6 +302,44 @@ impl Remote {
         }
         self.save_state(&state)?;
         Ok(n)
+    }
+
+    /// Streams the object `key` to `path` through a temporary file renamed into place (a
+    /// model's weights never sit in memory whole).
+    fn download(&self, key: &Key, rel: &str, path: &Path) -> Result<()> {
+        let dir = path.parent().expect("under the cache");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(format!(".pull-{}", std::process::id()));
+        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        self.rt.block_on(async {
+            let mut stream = self
+                .store
+                .get(key)
+                .await
+                .map_err(self.err(rel))?
+                .into_stream();
+            while let Some(chunk) = stream.try_next().await.map_err(self.err(rel))? {
+                std::io::Write::write_all(&mut file, &chunk).map_err(io(&tmp))?;
+            }
+            Ok::<(), RemoteError>(())
+        })?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    /// A read-only input (a model directory, or one GGUF file) in the cache: every object
+    /// under the prefix, or the one object the URL names; returns its local path.
+    pub fn pull_input(&self) -> Result<PathBuf> {
+        if self.pull(&|_| true)? > 0 || !self.list()?.is_empty() {
+            return Ok(self.cache.clone());
+        }
+        let key = Key::from(self.prefix.as_str());
+        let head = self.rt.block_on(self.store.head(&key)).map_err(self.err(""))?;
+        let fresh = std::fs::metadata(&self.cache).is_ok_and(|m| m.len() == head.size);
+        if !fresh {
+            self.download(&key, "", &self.cache)?;
+        }
+        Ok(self.cache.clone())
     }
 
     /// Uploads the cache's files that changed since the last sync (data, then manifests) and
