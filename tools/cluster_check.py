@@ -329,6 +329,21 @@ def main():
                                str(downloaded)], capture_output=True, text=True)
         check(same.returncode == 0, "every table in the bucket equals the single-machine run's: "
               + (same.stdout + same.stderr).strip()[-300:])
+        # The README's snippet for querying a study in place, against the bucket.
+        readme = pathlib.Path("README.md").read_text()
+        section = readme.split("## Across machines", 1)[1].split("\n## ", 1)[0]
+        snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+        saved = dict(os.environ)
+        os.environ.update(s3.env, AWS_ALLOW_HTTP="true", HELIXLAB_RUN=f"s3://{BUCKET}/{PREFIX}")
+        try:
+            for i, code in enumerate(snippets):
+                exec(compile(code, f"README 'Across machines' snippet {i + 1}", "exec"), {})
+            check(len(snippets) == 1, f"the README's s3:// query snippet ran ({len(snippets)})")
+        except Exception as e:  # noqa: BLE001 - name the snippet that broke
+            check(False, f"the README's s3:// query snippet raised {e!r}")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         n, wrong = queries(s3, single_run)
         check(n > 0 and not wrong, f"polars, pyarrow and DuckDB read {n} tables from s3:// with "
               f"the single run's row counts {wrong[:3]}")
