@@ -1,7 +1,8 @@
 //! Sharded stages through the real CLI: `accuracy` and `extract` as 3 shards (by `--shard`
 //! and by a Slurm array task's environment) give the tables of the unsharded run, row for row;
 //! a committed shard is skipped; gathering names the shards that are missing; the next stage
-//! reads the gathered tables; stages that do not shard refuse an index.
+//! reads the gathered tables; `patch` as 3 shards of the pairs gives the unsharded rows and
+//! summary; stages that do not shard refuse an index.
 
 mod common;
 
@@ -21,7 +22,7 @@ fn study(dir: &Path) -> PathBuf {
         &addition((0, 19), (0, 19)),
         "sites = [\"hook_resid_pre\", \"hook_resid_post\"]\nlayers = \"all\"\n\
          positions = [\"a\", \"last\"]\nbatch_size = 64",
-        "",
+        "[analysis]\nposition = \"a\"\n\n[spectral]\ndiscover = 2",
     )
 }
 
@@ -132,11 +133,31 @@ fn shards_give_the_unsharded_tables_and_are_committed_once() {
     run_ok(&["spectral", "--pipeline", p]);
     let out = run_ok(&["extract", "--pipeline", p]);
     assert!(out.contains("up to date"), "{out}");
-    let (ok, _, stderr) = helixlab(&["patch", "--pipeline", p, "--shard", "0/2"]);
+    let (ok, _, stderr) = helixlab(&["components", "--pipeline", p, "--shard", "0/2"]);
     assert!(
-        !ok && stderr.contains("patch does not take a shard yet"),
+        !ok && stderr.contains("components does not take a shard yet"),
         "{stderr}"
     );
+
+    // patch: 3 shards of the pairs give the unsharded rows, and the summary of all of them.
+    for stage in ["spectral", "fit", "pairs"] {
+        run_ok(&[stage, "--pipeline", s]);
+        run_ok(&[stage, "--pipeline", p]);
+    }
+    run_ok(&["patch", "--pipeline", s]);
+    for i in [1, 0, 2] {
+        run_ok(&["patch", "--pipeline", p, "--shard", &format!("{i}/3")]);
+    }
+    for t in ["patch/patching.parquet", "patch/patching_summary.parquet"] {
+        let (want, got) = (read(&single_run.join(t)), read(&sharded_run.join(t)));
+        assert!(want.height() > 0, "{t}");
+        assert!(
+            want.equals_missing(&got),
+            "{t} differs from the unsharded run's"
+        );
+    }
+    let out = run_ok(&["patch", "--pipeline", p]);
+    assert!(out.contains("up to date"), "{out}");
     let (ok, _, stderr) = helixlab(&["extract", "--pipeline", p, "--shard", "3/3"]);
     assert!(!ok && stderr.contains("--shard \"3/3\""), "{stderr}");
 }
@@ -200,7 +221,7 @@ fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
     );
     let calls = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
-    assert_eq!(calls.len(), 13, "{calls:#?}");
+    assert_eq!(calls.len(), 14, "{calls:#?}");
     assert!(calls[0].contains("--array=0-3") && calls[0].contains("--gres=gpu:1"));
     assert!(!calls[0].contains("--dependency"), "{}", calls[0]);
     assert!(calls[1].contains("--dependency=afterok:100") && calls[1].contains("gather accuracy"));
@@ -209,5 +230,10 @@ fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
         "gathering needs no GPU: {}",
         calls[1]
     );
-    assert!(calls[12].contains("--dependency=afterok:111") && calls[12].contains(" report "));
+    assert!(
+        calls[8].contains("--array=0-3") && calls[8].contains(" patch "),
+        "{}",
+        calls[8]
+    );
+    assert!(calls[13].contains("--dependency=afterok:112") && calls[13].contains(" report "));
 }

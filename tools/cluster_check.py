@@ -64,6 +64,14 @@ GRES = "NodeName=localhost Name=gpu File=/dev/helixlab-fakegpu[0-1]\n"
 DEVICES = [pathlib.Path(f"/dev/helixlab-fakegpu{i}") for i in range(2)]
 
 
+def stat(pid):
+    """The state letter of a process (Z: a zombie, gone but for its parent's wait)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
 def sh(*args, env=None, check=True):
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if check and out.returncode != 0:
@@ -87,7 +95,9 @@ class Cluster:
         for i, dev in enumerate(DEVICES):
             if not dev.exists():
                 sh("mknod", str(dev), "c", "1", "3")
-        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        running = subprocess.run(["pgrep", "-x", "munged"], capture_output=True, text=True)
+        alive = [p for p in running.stdout.split() if stat(p) != "Z"]
+        if not alive or not pathlib.Path("/run/munge/munge.socket.2").exists():
             pathlib.Path("/run/munge").mkdir(exist_ok=True)
             shutil.chown("/run/munge", "munge", "munge")
             sh("runuser", "-u", "munge", "--", "munged")
@@ -119,13 +129,21 @@ class Cluster:
 
     def stop(self):
         subprocess.run(["scancel", "--full", "-u", "root"], env=self.env, capture_output=True)
+        pids = []
         for daemon in ["slurmd", "slurmctld"]:
             pid = self.dir / f"{daemon}.pid"
-            if pid.exists():
-                subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
+            if pid.exists() and pid.read_text().strip().isdigit():
+                pids.append(int(pid.read_text().strip()))
         if self.started_munged:
-            subprocess.run(["pkill", "-x", "munged"], capture_output=True)
-        time.sleep(1)
+            out = subprocess.run(["pgrep", "-x", "munged"], capture_output=True, text=True)
+            pids += [int(p) for p in out.stdout.split()]
+        for sig in ["TERM", "KILL"]:
+            for pid in pids:
+                subprocess.run(["kill", f"-{sig}", str(pid)], capture_output=True)
+            deadline = time.time() + 10
+            while time.time() < deadline and any(pathlib.Path(f"/proc/{p}").exists()
+                                                 and "Z" not in stat(p) for p in pids):
+                time.sleep(0.2)
         for dev in DEVICES:
             dev.unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)

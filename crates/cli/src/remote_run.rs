@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use helixlab_pipeline::Pipeline;
 use helixlab_remote::{is_remote, Remote};
+use helixlab_store::shard::ShardSet;
 
 /// The study as the stage sees it (its run directory local), and the bucket behind it.
 pub struct Workspace {
@@ -56,13 +57,24 @@ impl Workspace {
         })
     }
 
-    /// Pulls every object under `rel` (a shard set, parts included).
-    pub fn pull_under(&self, rel: &str) -> Result<()> {
-        if let Some(r) = &self.remote {
-            let prefix = format!("{rel}/");
-            r.pull(&|k| k.starts_with(&prefix))
-                .with_context(|| format!("pulling {}", r.url_of(rel)))?;
+    /// Pulls a shard set's commits, then exactly the parts they list (never the parts of an
+    /// attempt that lost its commit, which it may be removing).
+    pub fn pull_set(&self, set: &ShardSet) -> Result<()> {
+        let Some(r) = &self.remote else {
+            return Ok(());
+        };
+        let root = set.relative_root();
+        let prefix = format!("{root}/");
+        let context = || format!("pulling {}", r.url_of(&root));
+        r.pull(&|k| k.starts_with(&prefix) && k.ends_with(".commit.json"))
+            .with_context(context)?;
+        let mut listed = std::collections::BTreeSet::new();
+        for i in 0..set.count() {
+            if let Some(c) = set.committed(i)? {
+                listed.extend(c.tables.values().map(|t| format!("{root}/{}", t.file)));
+            }
         }
+        r.pull(&|k| listed.contains(k)).with_context(context)?;
         Ok(())
     }
 

@@ -3,8 +3,9 @@
 //!
 //! The contract is helixlab_store::shard's: each shard runs its slice into a private
 //! directory, commits its parts create-only, and whoever commits last gathers the usual
-//! tables. Shardable today: `accuracy` and `extract` (slices of the prompts). The patching
-//! stages and `neurons` still run whole, as one job each.
+//! tables. Shardable today: `accuracy` and `extract` (slices of the prompts) and `patch`
+//! (slices of the pairs; its summary is made from the gathered rows). `patch-last`,
+//! `components` and `neurons` still run whole, as one job each.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use crate::remote_run::Workspace;
 use crate::stage_cmd::{Bar, Stage, StageArgs};
 
 /// The stages whose work splits into shards.
-pub const SHARDED: [Stage; 2] = [Stage::Accuracy, Stage::Extract];
+pub const SHARDED: [Stage; 3] = [Stage::Accuracy, Stage::Extract, Stage::Patch];
 
 /// What identifies a shard set's work: the study file's bytes and this build's version, so
 /// shards of an edited study, or of another helixlab, are never gathered together.
@@ -91,10 +92,17 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
         let context = || format!("{} shard {shard} of {}", stage.name(), a.pipeline.display());
         // The private directory holds nothing committed: whatever is there is redone.
         match stage {
-            Stage::Accuracy => helixlab_extract::accuracy::run(&q, true, &bar, Some(shard)),
-            _ => helixlab_extract::extraction::run(&q, true, &bar, Some(shard)),
+            Stage::Accuracy => {
+                helixlab_extract::accuracy::run(&q, true, &bar, Some(shard)).map(|_| ())?
+            }
+            Stage::Extract => {
+                helixlab_extract::extraction::run(&q, true, &bar, Some(shard)).map(|_| ())?
+            }
+            // Reads the run's inputs, writes its slice to the private directory.
+            _ => helixlab_patch::patching::run_patch(p, true, &bar, Some((shard, &private)))
+                .map(|_| ())
+                .with_context(context)?,
         }
-        .with_context(context)?;
         let commit = set.commit(shard, started).with_context(context)?;
         if let Some(r) = &ws.remote {
             ws.push()?;
@@ -124,7 +132,7 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
         );
     }
     drop(lock);
-    ws.pull_under(&set.relative_root())?;
+    ws.pull_set(&set)?;
     if set.missing().is_empty() {
         gather_set(stage, ws, &set)?;
     }
@@ -146,6 +154,11 @@ fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
     let written = set
         .gather()
         .with_context(|| format!("gathering the {} shards", stage.name()))?;
+    // Tables made from every shard's rows at once.
+    if stage == Stage::Patch {
+        helixlab_patch::patching::summarize_gathered(&ws.p)
+            .context("the patching summary of the gathered rows")?;
+    }
     if written.is_empty() {
         println!(
             "{}: gathered already from {}",
@@ -166,7 +179,7 @@ fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
 /// Arguments of `gather`.
 #[derive(Args)]
 pub struct GatherArgs {
-    /// The sharded stage (accuracy or extract).
+    /// The sharded stage (accuracy, extract or patch).
     pub stage: String,
     /// The study file.
     #[arg(long, default_value = "pipelines/toy-adder.toml")]
@@ -193,7 +206,7 @@ pub fn gather(a: &GatherArgs) -> Result<()> {
     }
     let ws = Workspace::open(&Pipeline::from_file(&a.pipeline)?)?;
     let set = shard_set(stage, &a.pipeline, &ws.p, a.shards)?;
-    ws.pull_under(&set.relative_root())?;
+    ws.pull_set(&set)?;
     gather_set(stage, &ws, &set)
 }
 
@@ -203,7 +216,7 @@ pub struct SlurmArgs {
     /// The study file.
     #[arg(long, default_value = "pipelines/toy-adder.toml")]
     pub pipeline: PathBuf,
-    /// Array tasks per sharded stage (accuracy, extract).
+    /// Array tasks per sharded stage (accuracy, extract, patch).
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
     /// GPUs per forward task (`--gres=gpu:K`); 0 for CPU-only nodes.
@@ -415,6 +428,7 @@ mod tests {
                 "clock",
                 "pairs",
                 "patch",
+                "gather-patch",
                 "patch-last",
                 "components",
                 "neurons",

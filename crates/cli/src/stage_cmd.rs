@@ -17,8 +17,8 @@ pub struct StageArgs {
     /// Redo the stage even if its outputs are current.
     #[arg(long)]
     pub force: bool,
-    /// Run one shard of the stage's work, I of N (0-based; accuracy and extract): its slice of
-    /// the prompts, committed to <run>/shards/; the last shard to commit gathers the usual
+    /// Run one shard of the stage's work, I of N (0-based; accuracy, extract and patch): its
+    /// slice of the prompts (patch: of the pairs), committed to <run>/shards/; the last shard to commit gathers the usual
     /// tables. Without it, a Slurm array task's index (SLURM_ARRAY_TASK_ID of
     /// SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job's (JOB_COMPLETION_INDEX of
     /// HELIXLAB_SHARDS) is used.
@@ -336,9 +336,8 @@ impl Stage {
                     helixlab_clock::stage::run(p, force, progress).with_context(context)?
                 }
                 Stage::Pairs => helixlab_patch::pairs::run_pairs(p, force).with_context(context)?,
-                Stage::Patch => {
-                    helixlab_patch::patching::run_patch(p, force, progress).with_context(context)?
-                }
+                Stage::Patch => helixlab_patch::patching::run_patch(p, force, progress, None)
+                    .with_context(context)?,
                 Stage::PatchLast => helixlab_patch::patch_last::run_last(p, force, progress)
                     .with_context(context)?,
                 Stage::Components => helixlab_patch::components::run_components(p, force, progress)

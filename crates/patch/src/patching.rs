@@ -10,10 +10,12 @@ use helixlab_model::shared_prefix_split;
 use helixlab_model::{ForwardRequest, HookPoint, Model, Positions};
 use helixlab_pipeline::{AnalysisTarget, FitName, PatchKind, Pipeline, Position, Site};
 use helixlab_store::read;
+use helixlab_store::shard::Shard;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::{tables, Frame, RunLayout};
+use helixlab_store::{tables, Frame, Manifest, RunLayout};
 use helixlab_study::answers::AnswerScoring;
+use std::path::Path;
 
 use crate::effects::Scores;
 use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs, target};
@@ -320,9 +322,23 @@ fn operand_of(t: &AnalysisTarget, pair: &Pair, clean: bool) -> i64 {
 
 /// `helixlab patch`: patches the analysed operand's token, every analysed site and layer,
 /// every kind, for every pair.
-pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+///
+/// With a `shard` (its index and the directory it writes to), only its slice of the pairs
+/// (whole batches) is patched and only `patch/patching.parquet` is written there; the summary
+/// needs every pair and is made after gathering ([`summarize_gathered`]). Inputs are always
+/// the run's.
+pub fn run_patch(
+    p: &Pipeline,
+    force: bool,
+    progress: &dyn Progress,
+    shard: Option<(Shard, &Path)>,
+) -> Result<Outcome> {
     let t = target(p)?;
     let layout = RunLayout::new(p.run_dir());
+    let out = match shard {
+        Some((_, dir)) => RunLayout::new(dir),
+        None => layout.clone(),
+    };
     let (study, mut m) = load(
         p,
         "patch",
@@ -352,6 +368,11 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
     }
     m.begin();
     let pairs = read_pairs(&layout, t.position)?;
+    let batch = p.extract.batch_size.max(1);
+    let pairs = match shard {
+        Some((s, _)) => pairs[s.range(pairs.len(), batch)].to_vec(),
+        None => pairs,
+    };
     let held_out = held_out_numbers(&layout)?;
     let plans = plan_layers(p, &t, &layout, &work, &pairs)?;
     let total: usize = plans.iter().map(|x| x.kinds.len()).sum::<usize>() * pairs.len();
@@ -388,6 +409,11 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
         )?;
     }
     progress.finish();
+    if shard.is_some() {
+        let table = patching_table(&t, rows);
+        m.write_table(&out, tables::PATCHING, &table)?;
+        return Ok(m.outcome());
+    }
     let summary = summarize(&rows, &p.fit.periods);
     let table = patching_table(&t, rows);
     m.write_table(&layout, tables::PATCHING, &table)?;
@@ -406,6 +432,51 @@ pub fn run_patch(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<O
         (serde_json::to_string_pretty(&timing_json).expect("json") + "\n").as_bytes(),
     )?;
     Ok(m.outcome())
+}
+
+/// After the shards of `patch` are gathered: `patch/patching_summary.parquet` from every row
+/// of `patch/patching.parquet`, with that table's manifest (the work is the same), as the
+/// unsharded stage writes it. Does nothing when the summary is current.
+pub fn summarize_gathered(p: &Pipeline) -> Result<()> {
+    let layout = RunLayout::new(p.run_dir());
+    let (rows_path, summary_path) = (
+        layout.path(tables::PATCHING),
+        layout.path(tables::PATCHING_SUMMARY),
+    );
+    let Some(mut manifest) = Manifest::verified_for(&rows_path, "run `helixlab patch` first")?
+    else {
+        return Err(layout.missing(tables::PATCHING).into());
+    };
+    if manifest.is_fresh(&summary_path) {
+        return Ok(());
+    }
+    let f = Frame::open(&rows_path)?.ok_or_else(|| layout.missing(tables::PATCHING))?;
+    let u32s =
+        |c: &str| -> Result<Vec<u32>> { Ok(f.i64(c)?.into_iter().map(|v| v as u32).collect()) };
+    let rows = Rows {
+        site: f.str("site")?,
+        layer: u32s("layer")?,
+        kind: f.str("kind")?,
+        pair_id: u32s("pair_id")?,
+        clean_number: f.i64("clean_number")?,
+        corrupt_number: f.i64("corrupt_number")?,
+        scores: Scores {
+            clean_logit: f.f64("clean_logit")?,
+            patched_logit: f.f64("patched_logit")?,
+            corrupt_logit: f.f64("corrupt_logit")?,
+            logit_diff: f.f64("logit_diff")?,
+            normalized: f.f64("normalized")?,
+            correct: f.bool("correct")?,
+            answer_logprob_diff: f.f64("answer_logprob_diff")?,
+        },
+        clean_correct: f.bool("clean_correct")?,
+        corrupt_held_out: f.bool("corrupt_held_out")?,
+    };
+    let summary = summarize(&rows, &p.fit.periods);
+    manifest.rows = summary.rows() as u64;
+    manifest.parts.clear();
+    summary.write(&summary_path, &manifest)?;
+    Ok(())
 }
 
 /// One batch of pairs for [`patch_chunk`].

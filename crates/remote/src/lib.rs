@@ -59,6 +59,12 @@ pub enum RemoteError {
         /// The cause, on one line (the server's error code first when it sent one).
         message: String,
     },
+    /// The object is not there.
+    #[error("{url}: no such object")]
+    NotFound {
+        /// The object URL.
+        url: String,
+    },
     /// A local file failed.
     #[error("{path}: {source}")]
     Io {
@@ -71,6 +77,13 @@ pub enum RemoteError {
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, RemoteError>;
+
+impl RemoteError {
+    /// Whether the object was not there.
+    pub fn not_found(&self) -> bool {
+        matches!(self, RemoteError::NotFound { .. })
+    }
+}
 
 /// `e` on one line: object_store's errors carry their whole chain and the server's XML body,
 /// which would otherwise fill a screen; the S3 error code and message lead.
@@ -226,9 +239,12 @@ impl Remote {
 
     fn err(&self, rel: &str) -> impl FnOnce(object_store::Error) -> RemoteError + '_ {
         let url = self.url_of(rel);
-        move |e| RemoteError::Store {
-            url,
-            message: one_line(&e),
+        move |e| match e {
+            object_store::Error::NotFound { .. } => RemoteError::NotFound { url },
+            e => RemoteError::Store {
+                url,
+                message: one_line(&e),
+            },
         }
     }
 
@@ -288,7 +304,14 @@ impl Remote {
             if unchanged {
                 continue;
             }
-            self.download(&self.key(&rel), &rel, &path)?;
+            // Listed, then removed before it could be read (a losing shard attempt's part):
+            // nothing to fetch.
+            if self
+                .download(&self.key(&rel), &rel, &path)
+                .is_err_and(|e| e.not_found())
+            {
+                continue;
+            }
             let (lsize, mtime_ns) = local_stamp(&path).unwrap_or((size, 0));
             state.insert(
                 rel,
@@ -311,7 +334,7 @@ impl Remote {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = dir.join(format!(".pull-{}", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        self.rt.block_on(async {
+        let fetched = self.rt.block_on(async {
             let mut stream = self
                 .store
                 .get(key)
@@ -322,8 +345,12 @@ impl Remote {
                 std::io::Write::write_all(&mut file, &chunk).map_err(io(&tmp))?;
             }
             Ok::<(), RemoteError>(())
-        })?;
+        });
         drop(file);
+        if let Err(e) = fetched {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, path).map_err(io(path))
     }
 
@@ -334,7 +361,10 @@ impl Remote {
             return Ok(self.cache.clone());
         }
         let key = Key::from(self.prefix.as_str());
-        let head = self.rt.block_on(self.store.head(&key)).map_err(self.err(""))?;
+        let head = self
+            .rt
+            .block_on(self.store.head(&key))
+            .map_err(self.err(""))?;
         let fresh = std::fs::metadata(&self.cache).is_ok_and(|m| m.len() == head.size);
         if !fresh {
             self.download(&key, "", &self.cache)?;

@@ -223,6 +223,11 @@ impl ShardSet {
         }
     }
 
+    /// How many shards the set has.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
     /// The directory of the set.
     pub fn root(&self) -> &Path {
         &self.root
