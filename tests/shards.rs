@@ -1,8 +1,8 @@
 //! Sharded stages through the real CLI: `accuracy` and `extract` as 3 shards (by `--shard`
 //! and by a Slurm array task's environment) give the tables of the unsharded run, row for row;
 //! a committed shard is skipped; gathering names the shards that are missing; the next stage
-//! reads the gathered tables; `patch` as 3 shards of the pairs gives the unsharded rows and
-//! summary; stages that do not shard refuse an index.
+//! reads the gathered tables; `patch` and `patch-last` as 3 shards of the pairs give the
+//! unsharded rows, summaries and fits; stages that do not shard refuse an index.
 
 mod common;
 
@@ -158,6 +158,26 @@ fn shards_give_the_unsharded_tables_and_are_committed_once() {
     }
     let out = run_ok(&["patch", "--pipeline", p]);
     assert!(out.contains("up to date"), "{out}");
+
+    // patch-last: the same, and its fits (which need no pair) made once after gathering.
+    run_ok(&["patch-last", "--pipeline", s]);
+    for i in [2, 1, 0] {
+        run_ok(&["patch-last", "--pipeline", p, "--shard", &format!("{i}/3")]);
+    }
+    for t in [
+        "patch/last_token.parquet",
+        "patch/last_token_summary.parquet",
+        "patch/last_fits.parquet",
+    ] {
+        let (want, got) = (read(&single_run.join(t)), read(&sharded_run.join(t)));
+        assert!(want.height() > 0, "{t}");
+        assert!(
+            want.equals_missing(&got),
+            "{t} differs from the unsharded run's"
+        );
+    }
+    let out = run_ok(&["patch-last", "--pipeline", p]);
+    assert!(out.contains("up to date"), "{out}");
     let (ok, _, stderr) = helixlab(&["extract", "--pipeline", p, "--shard", "3/3"]);
     assert!(!ok && stderr.contains("--shard \"3/3\""), "{stderr}");
 }
@@ -221,7 +241,7 @@ fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
     );
     let calls = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
-    assert_eq!(calls.len(), 14, "{calls:#?}");
+    assert_eq!(calls.len(), 15, "{calls:#?}");
     assert!(calls[0].contains("--array=0-3") && calls[0].contains("--gres=gpu:1"));
     assert!(!calls[0].contains("--dependency"), "{}", calls[0]);
     assert!(calls[1].contains("--dependency=afterok:100") && calls[1].contains("gather accuracy"));
@@ -235,5 +255,6 @@ fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
         "{}",
         calls[8]
     );
-    assert!(calls[13].contains("--dependency=afterok:112") && calls[13].contains(" report "));
+    assert!(calls[10].contains("--array=0-3") && calls[10].contains(" patch-last "));
+    assert!(calls[14].contains("--dependency=afterok:113") && calls[14].contains(" report "));
 }

@@ -3,9 +3,9 @@
 //!
 //! The contract is helixlab_store::shard's: each shard runs its slice into a private
 //! directory, commits its parts create-only, and whoever commits last gathers the usual
-//! tables. Shardable today: `accuracy` and `extract` (slices of the prompts) and `patch`
-//! (slices of the pairs; its summary is made from the gathered rows). `patch-last`,
-//! `components` and `neurons` still run whole, as one job each.
+//! tables. Shardable today: `accuracy` and `extract` (slices of the prompts), `patch` and
+//! `patch-last` (slices of the pairs; their summaries, and patch-last's fits, are made after
+//! gathering). `components` and `neurons` still run whole, as one job each.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,12 @@ use crate::remote_run::Workspace;
 use crate::stage_cmd::{Bar, Stage, StageArgs};
 
 /// The stages whose work splits into shards.
-pub const SHARDED: [Stage; 3] = [Stage::Accuracy, Stage::Extract, Stage::Patch];
+pub const SHARDED: [Stage; 4] = [
+    Stage::Accuracy,
+    Stage::Extract,
+    Stage::Patch,
+    Stage::PatchLast,
+];
 
 /// What identifies a shard set's work: the study file's bytes and this build's version, so
 /// shards of an edited study, or of another helixlab, are never gathered together.
@@ -99,7 +104,12 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
                 helixlab_extract::extraction::run(&q, true, &bar, Some(shard)).map(|_| ())?
             }
             // Reads the run's inputs, writes its slice to the private directory.
-            _ => helixlab_patch::patching::run_patch(p, true, &bar, Some((shard, &private)))
+            Stage::Patch => {
+                helixlab_patch::patching::run_patch(p, true, &bar, Some((shard, &private)))
+                    .map(|_| ())
+                    .with_context(context)?
+            }
+            _ => helixlab_patch::patch_last::run_last(p, true, &bar, Some((shard, &private)))
                 .map(|_| ())
                 .with_context(context)?,
         }
@@ -155,9 +165,12 @@ fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
         .gather()
         .with_context(|| format!("gathering the {} shards", stage.name()))?;
     // Tables made from every shard's rows at once.
-    if stage == Stage::Patch {
-        helixlab_patch::patching::summarize_gathered(&ws.p)
-            .context("the patching summary of the gathered rows")?;
+    match stage {
+        Stage::Patch => helixlab_patch::patching::summarize_gathered(&ws.p)
+            .context("the patching summary of the gathered rows")?,
+        Stage::PatchLast => helixlab_patch::patch_last::finish_gathered(&ws.p, &Bar::new())
+            .context("the last-token summary and fits of the gathered rows")?,
+        _ => {}
     }
     if written.is_empty() {
         println!(
@@ -179,7 +192,7 @@ fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
 /// Arguments of `gather`.
 #[derive(Args)]
 pub struct GatherArgs {
-    /// The sharded stage (accuracy, extract or patch).
+    /// The sharded stage (accuracy, extract, patch or patch-last).
     pub stage: String,
     /// The study file.
     #[arg(long, default_value = "pipelines/toy-adder.toml")]
@@ -216,7 +229,7 @@ pub struct SlurmArgs {
     /// The study file.
     #[arg(long, default_value = "pipelines/toy-adder.toml")]
     pub pipeline: PathBuf,
-    /// Array tasks per sharded stage (accuracy, extract, patch).
+    /// Array tasks per sharded stage (accuracy, extract, patch, patch-last).
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
     /// GPUs per forward task (`--gres=gpu:K`); 0 for CPU-only nodes.
@@ -430,6 +443,7 @@ mod tests {
                 "patch",
                 "gather-patch",
                 "patch-last",
+                "gather-patch-last",
                 "components",
                 "neurons",
                 "report"

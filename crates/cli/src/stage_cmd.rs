@@ -17,8 +17,8 @@ pub struct StageArgs {
     /// Redo the stage even if its outputs are current.
     #[arg(long)]
     pub force: bool,
-    /// Run one shard of the stage's work, I of N (0-based; accuracy, extract and patch): its
-    /// slice of the prompts (patch: of the pairs), committed to <run>/shards/; the last shard to commit gathers the usual
+    /// Run one shard of the stage's work, I of N (0-based; accuracy, extract, patch and
+    /// patch-last): its slice of the prompts (the patching stages: of the pairs), committed to <run>/shards/; the last shard to commit gathers the usual
     /// tables. Without it, a Slurm array task's index (SLURM_ARRAY_TASK_ID of
     /// SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job's (JOB_COMPLETION_INDEX of
     /// HELIXLAB_SHARDS) is used.
@@ -322,39 +322,39 @@ impl Stage {
         let bar = Bar::new();
         let (force, progress) = (a.force, &bar as &dyn Progress);
         let context = || format!("{} stage of {}", self.name(), a.pipeline.display());
-        let outcome =
-            match self {
-                Stage::Accuracy => helixlab_extract::accuracy::run(p, force, progress, None)
-                    .with_context(context)?,
-                Stage::Extract => helixlab_extract::extraction::run(p, force, progress, None)
-                    .with_context(context)?,
-                Stage::Spectral => {
-                    helixlab_spectral::stage::run(p, force, progress).with_context(context)?
-                }
-                Stage::Fit => helixlab_fit::stage::run(p, force, progress).with_context(context)?,
-                Stage::Clock => {
-                    helixlab_clock::stage::run(p, force, progress).with_context(context)?
-                }
-                Stage::Pairs => helixlab_patch::pairs::run_pairs(p, force).with_context(context)?,
-                Stage::Patch => helixlab_patch::patching::run_patch(p, force, progress, None)
-                    .with_context(context)?,
-                Stage::PatchLast => helixlab_patch::patch_last::run_last(p, force, progress)
-                    .with_context(context)?,
-                Stage::Components => helixlab_patch::components::run_components(p, force, progress)
-                    .with_context(context)?,
-                Stage::Neurons => helixlab_attribute::stage::run_neurons(p, force, progress)
-                    .with_context(context)?,
-                Stage::NeuronGrads => {
-                    helixlab_attribute::neuron_grads::run_neuron_grads(p, force, progress)
-                        .with_context(context)?
-                }
-                Stage::Report => {
-                    let index = helixlab_report::write_report(p)
-                        .with_context(|| format!("report of {}", a.pipeline.display()))?;
-                    println!("report: {}", index.display());
-                    return Ok(());
-                }
-            };
+        let outcome = match self {
+            Stage::Accuracy => {
+                helixlab_extract::accuracy::run(p, force, progress, None).with_context(context)?
+            }
+            Stage::Extract => {
+                helixlab_extract::extraction::run(p, force, progress, None).with_context(context)?
+            }
+            Stage::Spectral => {
+                helixlab_spectral::stage::run(p, force, progress).with_context(context)?
+            }
+            Stage::Fit => helixlab_fit::stage::run(p, force, progress).with_context(context)?,
+            Stage::Clock => helixlab_clock::stage::run(p, force, progress).with_context(context)?,
+            Stage::Pairs => helixlab_patch::pairs::run_pairs(p, force).with_context(context)?,
+            Stage::Patch => helixlab_patch::patching::run_patch(p, force, progress, None)
+                .with_context(context)?,
+            Stage::PatchLast => helixlab_patch::patch_last::run_last(p, force, progress, None)
+                .with_context(context)?,
+            Stage::Components => helixlab_patch::components::run_components(p, force, progress)
+                .with_context(context)?,
+            Stage::Neurons => {
+                helixlab_attribute::stage::run_neurons(p, force, progress).with_context(context)?
+            }
+            Stage::NeuronGrads => {
+                helixlab_attribute::neuron_grads::run_neuron_grads(p, force, progress)
+                    .with_context(context)?
+            }
+            Stage::Report => {
+                let index = helixlab_report::write_report(p)
+                    .with_context(|| format!("report of {}", a.pipeline.display()))?;
+                println!("report: {}", index.display());
+                return Ok(());
+            }
+        };
         report(self.name(), p, outcome);
         Ok(())
     }

@@ -89,6 +89,19 @@ impl Scores {
         }
     }
 
+    /// The scores a table [`Scores::columns`] wrote, read back.
+    pub fn from_frame(f: &helixlab_store::Frame) -> crate::Result<Scores> {
+        Ok(Scores {
+            clean_logit: f.f64("clean_logit")?,
+            patched_logit: f.f64("patched_logit")?,
+            corrupt_logit: f.f64("corrupt_logit")?,
+            logit_diff: f.f64("logit_diff")?,
+            normalized: f.f64("normalized")?,
+            correct: f.bool("correct")?,
+            answer_logprob_diff: f.f64("answer_logprob_diff")?,
+        })
+    }
+
     /// `table` with the score columns added.
     pub fn columns(&self, table: Table) -> Table {
         table
@@ -123,6 +136,20 @@ pub enum Patched {
 }
 
 impl Patched {
+    const ALL: [Patched; 6] = [
+        Patched::ResidPost,
+        Patched::Mlp,
+        Patched::Attn,
+        Patched::Head,
+        Patched::TopHeads,
+        Patched::TopMlps,
+    ];
+
+    /// The component a table names.
+    pub fn named(name: &str) -> Option<Patched> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// The name in tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -245,6 +272,46 @@ impl EffectRows {
     ) {
         self.record(key, pair);
         self.scores.push_scored(pair, clean, patched, i);
+    }
+
+    /// The rows of a table [`EffectRows::table`] wrote (a gathered one), read back.
+    pub fn from_frame(f: &helixlab_store::Frame) -> crate::Result<EffectRows> {
+        let bad =
+            |what: String| crate::PatchError::Input(format!("{}: {what}", f.path().display()));
+        let components = f.str("component")?;
+        let (layers, effects) = (f.i64("layer")?, f.str("effect")?);
+        let heads: Vec<Option<i64>> = f
+            .df()
+            .column("head")
+            .and_then(|c| c.cast(&polars::prelude::DataType::Int64))
+            .map_err(|e| bad(e.to_string()))?
+            .i64()
+            .map_err(|e| bad(e.to_string()))?
+            .iter()
+            .collect();
+        let mut keys = Vec::with_capacity(components.len());
+        for i in 0..components.len() {
+            let component = Patched::named(&components[i])
+                .ok_or_else(|| bad(format!("unknown component {:?}", components[i])))?;
+            let effect = match effects[i].as_str() {
+                "total" => Effect::Total,
+                "direct" => Effect::Direct,
+                k => Effect::Patch(k.to_string()),
+            };
+            keys.push(EffectKey {
+                component,
+                layer: layers[i] as u32,
+                head: heads[i],
+                effect,
+            });
+        }
+        Ok(EffectRows {
+            keys,
+            pair_id: f.i64("pair_id")?.into_iter().map(|v| v as u32).collect(),
+            clean_answer: f.i64("clean_answer")?,
+            corrupt_answer: f.i64("corrupt_answer")?,
+            scores: Scores::from_frame(f)?,
+        })
     }
 
     /// Rows recorded.

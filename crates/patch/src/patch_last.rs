@@ -32,7 +32,9 @@ use crate::inputs::{clean_run_request, load, prompt_ids, read_pairs};
 use crate::pairs::{problems, Pair};
 use crate::{PatchError, Result};
 use helixlab_pipeline::Position;
-use helixlab_store::{tables, RunLayout};
+use helixlab_store::shard::Shard;
+use helixlab_store::{tables, Frame, Manifest, RunLayout};
+use std::path::Path;
 
 /// The site of the experiment.
 pub const SITE: &str = "hook_resid_post";
@@ -76,9 +78,19 @@ fn patch_value(plan: &LayerPlan, kind: &str, pair: &Pair) -> Result<Array1<f64>>
 }
 
 /// `helixlab patch-last`: fits and patches the last token at every layer.
-// Long (about 190 lines) because the fits of every layer (planned first) and the patched forwards
-// of every batch share the clean run's captures; the fits and patch values are in helpers.
-pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+///
+/// With a `shard` (its index and the directory it writes to), only its slice of the pairs
+/// (whole batches) is patched and only `patch/last_token.parquet` is written there; the
+/// summary and the fits are made after gathering ([`finish_gathered`]). Inputs are always the
+/// run's.
+// Long (about 130 lines) because the patched forwards of every batch share the clean run's
+// captures; the fits and patch values are in helpers.
+pub fn run_last(
+    p: &Pipeline,
+    force: bool,
+    progress: &dyn Progress,
+    shard: Option<(Shard, &Path)>,
+) -> Result<Outcome> {
     let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {
         return Err(PatchError::Input(format!(
@@ -96,7 +108,6 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             "patch": p.patch, "batch_size": p.extract.batch_size,
         }),
     )?;
-    let (model, tok) = (&study.model, &study.tokenizer);
     let (names, inputs) =
         read::extracted_partitions(run.root(), [SITE], p.extract.layers.listed())?;
     m.inputs(inputs);
@@ -111,15 +122,15 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
     }
     m.begin();
     let pairs = read_pairs(&run, Position::Last)?;
-    let correct: BTreeSet<u32> = problems(run.root(), p.patch.correct_only)?
-        .iter()
-        .map(|x| x.prompt_id)
-        .collect();
+    let batch = p.extract.batch_size.max(1);
+    let pairs = match shard {
+        Some((s, _)) => pairs[s.range(pairs.len(), batch)].to_vec(),
+        None => pairs,
+    };
     let needed: BTreeSet<u32> = pairs
         .iter()
         .flat_map(|x| [x.clean.prompt_id, x.corrupt.prompt_id])
         .collect();
-    let periods = p.fit.periods.clone();
     let mut kinds: Vec<String> = vec!["layer".into()];
     kinds.extend(p.patch.last_pca_ks.iter().map(|k| format!("pca{k}")));
     kinds.extend(
@@ -127,11 +138,95 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             .iter()
             .map(|s| MultiHelix::variant_name(s)),
     );
-    // Fits per layer, and their quality.
+    let layers: Vec<usize> = names.iter().map(|(_, l)| *l).collect();
+    let (plans, fit_rows) = layer_fits(p, &run, &layers, &needed, progress)?;
+    // Patches: one clean forward per batch, then each (layer, kind) resumes at that layer.
+    let n_layers = study.model.config().n_layers;
+    let mut rows = EffectRows::default();
+    progress.start(
+        "patch-last",
+        (plans.len() * kinds.len() * pairs.len()) as u64,
+    );
+    for chunk in pairs.chunks(batch) {
+        patch_chunk(
+            p, &study, chunk, &plans, &kinds, n_layers, &mut rows, progress,
+        )?;
+    }
+    progress.finish();
+    if let Some((_, dir)) = shard {
+        m.write_table(&RunLayout::new(dir), tables::LAST_TOKEN, &rows.table())?;
+        return Ok(m.outcome());
+    }
+    m.write_table(&run, tables::LAST_TOKEN, &rows.table())?;
+    m.write_table(
+        &run,
+        tables::LAST_TOKEN_SUMMARY,
+        &means_table(&rows.means()),
+    )?;
+    m.write_table(&run, tables::LAST_FITS, &fits_table(fit_rows))?;
+    Ok(m.outcome())
+}
+
+/// After the shards of `patch-last` are gathered: the summary from every row of
+/// `patch/last_token.parquet` and the fits (which need no pair), with that table's manifest,
+/// as the unsharded stage writes them. Does nothing when both are current.
+pub fn finish_gathered(p: &Pipeline, progress: &dyn Progress) -> Result<()> {
+    let run = RunLayout::new(p.run_dir());
+    let rows_path = run.path(tables::LAST_TOKEN);
+    let Some(mut manifest) = Manifest::verified_for(&rows_path, "run `helixlab patch-last` first")?
+    else {
+        return Err(run.missing(tables::LAST_TOKEN).into());
+    };
+    let (summary_path, fits_path) = (
+        run.path(tables::LAST_TOKEN_SUMMARY),
+        run.path(tables::LAST_FITS),
+    );
+    if manifest.is_fresh(&summary_path) && manifest.is_fresh(&fits_path) {
+        return Ok(());
+    }
+    let f = Frame::open(&rows_path)?.ok_or_else(|| run.missing(tables::LAST_TOKEN))?;
+    let summary = means_table(&EffectRows::from_frame(&f)?.means());
+    let (names, _) = read::extracted_partitions(run.root(), [SITE], p.extract.layers.listed())?;
+    let layers: Vec<usize> = names.iter().map(|(_, l)| *l).collect();
+    let (_, fit_rows) = layer_fits(p, &run, &layers, &BTreeSet::new(), progress)?;
+    let fits = fits_table(fit_rows);
+    manifest.parts.clear();
+    for (path, table) in [(&summary_path, &summary), (&fits_path, &fits)] {
+        manifest.rows = table.rows() as u64;
+        table.write(path, &manifest)?;
+    }
+    Ok(())
+}
+
+/// last_fits.parquet from its rows.
+fn fits_table(fit_rows: FitRows) -> Table {
+    Table::new()
+        .column("site", Values::Str(vec![SITE.into(); fit_rows.0.len()]))
+        .column("layer", Values::U32(fit_rows.0))
+        .column("variant", Values::Str(fit_rows.1))
+        .column("n_params", Values::U32(fit_rows.2))
+        .column("pca_dim", Values::U32(fit_rows.3))
+        .column("r2", Values::F64(fit_rows.4))
+}
+
+/// The fits of every layer over every correct problem, their quality, and the activations of
+/// the prompts in `needed` (what the pairs patch in).
+fn layer_fits(
+    p: &Pipeline,
+    run: &RunLayout,
+    layers: &[usize],
+    needed: &BTreeSet<u32>,
+    progress: &dyn Progress,
+) -> Result<(Vec<LayerPlan>, FitRows)> {
+    let correct: BTreeSet<u32> = problems(run.root(), p.patch.correct_only)?
+        .iter()
+        .map(|x| x.prompt_id)
+        .collect();
+    let periods = p.fit.periods.clone();
     let mut plans = Vec::new();
     let mut fit_rows = FitRows::default();
-    progress.start("last-token fits", names.len() as u64);
-    for (_, layer) in &names {
+    progress.start("last-token fits", layers.len() as u64);
+    for layer in layers {
         let mat = read::activations(run.root(), SITE, *layer, Position::Last.name())?;
         let keep: Vec<usize> = (0..mat.rows())
             .filter(|&i| correct.contains(&mat.prompt_id[i]) && mat.b[i].is_some())
@@ -195,21 +290,30 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
         progress.advance(1);
     }
     progress.finish();
-    // Patches: one clean forward per batch, then each (layer, kind) resumes at that layer.
-    let n_layers = model.config().n_layers;
-    let mut rows = EffectRows::default();
-    progress.start(
-        "patch-last",
-        (plans.len() * kinds.len() * pairs.len()) as u64,
-    );
-    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
+    Ok((plans, fit_rows))
+}
+
+/// One batch of pairs: one clean forward, then each (layer, kind) resumed at its layer.
+#[allow(clippy::too_many_arguments)]
+fn patch_chunk(
+    p: &Pipeline,
+    study: &helixlab_study::StudyModel,
+    chunk: &[Pair],
+    plans: &[LayerPlan],
+    kinds: &[String],
+    n_layers: usize,
+    rows: &mut EffectRows,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let (model, tok) = (&study.model, &study.tokenizer);
+    {
         let answers = AnswerScoring::corrupt(model, chunk);
         let seqs = answers.sequences(prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?);
         let batch = model.batch(&seqs)?;
         let clean = model.forward(&batch, &answers.request(clean_run_request(n_layers)))?;
         let clean_scored = answers.score(&clean)?;
-        for plan in &plans {
-            for kind in &kinds {
+        for plan in plans {
+            for kind in kinds {
                 let mut values = Vec::new();
                 for pair in chunk {
                     values.extend(patch_value(plan, kind, pair)?.iter().map(|&v| v as f32));
@@ -233,7 +337,7 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
                         component: Patched::ResidPost,
                         layer: plan.layer as u32,
                         head: None,
-                        effect: Effect::Patch(kind.clone()),
+                        effect: Effect::Patch(kind.to_string()),
                     };
                     rows.push_scored(key, pair, &clean_scored, &scored, i);
                 }
@@ -241,20 +345,5 @@ pub fn run_last(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Ou
             }
         }
     }
-    progress.finish();
-    let fits_table = Table::new()
-        .column("site", Values::Str(vec![SITE.into(); fit_rows.0.len()]))
-        .column("layer", Values::U32(fit_rows.0))
-        .column("variant", Values::Str(fit_rows.1))
-        .column("n_params", Values::U32(fit_rows.2))
-        .column("pca_dim", Values::U32(fit_rows.3))
-        .column("r2", Values::F64(fit_rows.4));
-    m.write_table(&run, tables::LAST_TOKEN, &rows.table())?;
-    m.write_table(
-        &run,
-        tables::LAST_TOKEN_SUMMARY,
-        &means_table(&rows.means()),
-    )?;
-    m.write_table(&run, tables::LAST_FITS, &fits_table)?;
-    Ok(m.outcome())
+    Ok(())
 }

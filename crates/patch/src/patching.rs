@@ -460,15 +460,7 @@ pub fn summarize_gathered(p: &Pipeline) -> Result<()> {
         pair_id: u32s("pair_id")?,
         clean_number: f.i64("clean_number")?,
         corrupt_number: f.i64("corrupt_number")?,
-        scores: Scores {
-            clean_logit: f.f64("clean_logit")?,
-            patched_logit: f.f64("patched_logit")?,
-            corrupt_logit: f.f64("corrupt_logit")?,
-            logit_diff: f.f64("logit_diff")?,
-            normalized: f.f64("normalized")?,
-            correct: f.bool("correct")?,
-            answer_logprob_diff: f.f64("answer_logprob_diff")?,
-        },
+        scores: Scores::from_frame(&f)?,
         clean_correct: f.bool("clean_correct")?,
         corrupt_held_out: f.bool("corrupt_held_out")?,
     };
