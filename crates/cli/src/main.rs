@@ -66,8 +66,9 @@ enum Command {
     #[command(display_order = 22)]
     Gather(shard_cmd::GatherArgs),
     /// Write the study as a Slurm batch script: job arrays for the sharded stages (accuracy,
-    /// extract, patch, patch-last) with a GPU per task, each followed by its gather job, one job per other
-    /// stage, chained with --dependency=afterok (`bash <run>/slurm/submit.sh` submits it).
+    /// extract, patch, patch-last) with a GPU per task, each followed by its gather job, one
+    /// job per other stage, chained with --dependency=afterok (`bash <run>/slurm/submit.sh`
+    /// submits it).
     #[command(display_order = 23)]
     Slurm(shard_cmd::SlurmArgs),
 }

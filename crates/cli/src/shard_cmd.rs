@@ -97,12 +97,12 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
         let context = || format!("{} shard {shard} of {}", stage.name(), a.pipeline.display());
         // The private directory holds nothing committed: whatever is there is redone.
         match stage {
-            Stage::Accuracy => {
-                helixlab_extract::accuracy::run(&q, true, &bar, Some(shard)).map(|_| ())?
-            }
-            Stage::Extract => {
-                helixlab_extract::extraction::run(&q, true, &bar, Some(shard)).map(|_| ())?
-            }
+            Stage::Accuracy => helixlab_extract::accuracy::run(&q, true, &bar, Some(shard))
+                .map(|_| ())
+                .with_context(context)?,
+            Stage::Extract => helixlab_extract::extraction::run(&q, true, &bar, Some(shard))
+                .map(|_| ())
+                .with_context(context)?,
             // Reads the run's inputs, writes its slice to the private directory.
             Stage::Patch => {
                 helixlab_patch::patching::run_patch(p, true, &bar, Some((shard, &private)))
