@@ -2,7 +2,9 @@
 //! and by a Slurm array task's environment) give the tables of the unsharded run, row for row;
 //! a committed shard is skipped; gathering names the shards that are missing; the next stage
 //! reads the gathered tables; `patch` and `patch-last` as 3 shards of the pairs give the
-//! unsharded rows, summaries and fits; stages that do not shard refuse an index.
+//! unsharded rows, summaries and fits; `components` (two phases of 3 shards) and `neurons`
+//! (3 shards of the top neurons and the sweep) give every table of the unsharded run; stages
+//! that do not shard refuse an index.
 
 mod common;
 
@@ -133,9 +135,9 @@ fn shards_give_the_unsharded_tables_and_are_committed_once() {
     run_ok(&["spectral", "--pipeline", p]);
     let out = run_ok(&["extract", "--pipeline", p]);
     assert!(out.contains("up to date"), "{out}");
-    let (ok, _, stderr) = helixlab(&["components", "--pipeline", p, "--shard", "0/2"]);
+    let (ok, _, stderr) = helixlab(&["spectral", "--pipeline", p, "--shard", "0/2"]);
     assert!(
-        !ok && stderr.contains("components does not take a shard yet"),
+        !ok && stderr.contains("spectral does not take a shard"),
         "{stderr}"
     );
 
@@ -178,8 +180,99 @@ fn shards_give_the_unsharded_tables_and_are_committed_once() {
     }
     let out = run_ok(&["patch-last", "--pipeline", p]);
     assert!(out.contains("up to date"), "{out}");
+
+    // components: phase 1 (each component alone) as 3 shards, then phase 2 (top-k, fits, path
+    // patching, head attention), which the shards pick by default once phase 1 is in.
+    run_ok(&["components", "--pipeline", s]);
+    let (ok, _, stderr) = helixlab(&[
+        "components",
+        "--pipeline",
+        p,
+        "--shard",
+        "0/3",
+        "--phase",
+        "2",
+    ]);
+    assert!(
+        !ok && stderr.contains("component_singles.parquet"),
+        "phase 2 ran before phase 1: {stderr}"
+    );
+    for i in [2, 0, 1] {
+        let out = run_ok(&["components", "--pipeline", p, "--shard", &format!("{i}/3")]);
+        assert!(
+            out.contains(&format!("components phase 1 shard {i}/3")),
+            "{out}"
+        );
+    }
+    for i in [1, 2, 0] {
+        let out = run_ok(&["components", "--pipeline", p, "--shard", &format!("{i}/3")]);
+        assert!(
+            out.contains(&format!("components phase 2 shard {i}/3")),
+            "{out}"
+        );
+    }
+    let component_tables = [
+        "patch/components.parquet",
+        "patch/components_summary.parquet",
+        "patch/component_roles.parquet",
+        "patch/path_patching.parquet",
+        "patch/head_attention.parquet",
+    ];
+    same(&single_run, &sharded_run, &component_tables);
+    assert!(
+        !sharded_run.join("patch/component_singles.parquet").exists(),
+        "phase 1's table is folded into components.parquet"
+    );
+    let out = run_ok(&["components", "--pipeline", p]);
+    assert!(out.contains("up to date"), "{out}");
+    let out = run_ok(&[
+        "gather",
+        "components",
+        "--pipeline",
+        p,
+        "--shards",
+        "3",
+        "--phase",
+        "1",
+    ]);
+    assert!(out.contains("gathered already"), "{out}");
+
+    // neurons: slices of the top neurons and of the sparsity sweep; what needs every top
+    // neuron is made after gathering.
+    run_ok(&["neurons", "--pipeline", s]);
+    for i in [2, 0, 1] {
+        run_ok(&["neurons", "--pipeline", p, "--shard", &format!("{i}/3")]);
+    }
+    let neuron_tables = [
+        "neurons/attribution.parquet",
+        "neurons/top.parquet",
+        "neurons/sparsity.parquet",
+        "neurons/preactivations.parquet",
+        "neurons/fits.parquet",
+        "neurons/fit_terms.parquet",
+        "neurons/periods.parquet",
+        "neurons/mlps.parquet",
+        "neurons/logit_lens.parquet",
+    ];
+    same(&single_run, &sharded_run, &neuron_tables);
+    assert!(!sharded_run.join("neurons/lens_directions.parquet").exists());
+    let out = run_ok(&["neurons", "--pipeline", p]);
+    assert!(out.contains("up to date"), "{out}");
+
     let (ok, _, stderr) = helixlab(&["extract", "--pipeline", p, "--shard", "3/3"]);
     assert!(!ok && stderr.contains("--shard \"3/3\""), "{stderr}");
+}
+
+/// Asserts that each of `tables` has rows and equals, value for value, in both runs.
+fn same(single: &Path, sharded: &Path, tables: &[&str]) {
+    for t in tables {
+        let (want, got) = (read(&single.join(t)), read(&sharded.join(t)));
+        assert!(want.height() > 0, "{t} is empty");
+        assert!(
+            want.equals_missing(&got),
+            "{t} differs from the unsharded run's:\n{want}\n{got}"
+        );
+    }
 }
 
 /// Files under `dir` whose names end with `suffix`.
@@ -241,7 +334,7 @@ fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
     );
     let calls = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
-    assert_eq!(calls.len(), 15, "{calls:#?}");
+    assert_eq!(calls.len(), 19, "{calls:#?}");
     assert!(calls[0].contains("--array=0-3") && calls[0].contains("--gres=gpu:1"));
     assert!(!calls[0].contains("--dependency"), "{}", calls[0]);
     assert!(calls[1].contains("--dependency=afterok:100") && calls[1].contains("gather accuracy"));
@@ -256,5 +349,10 @@ fn slurm_writes_one_job_per_stage_and_arrays_for_the_sharded_ones() {
         calls[8]
     );
     assert!(calls[10].contains("--array=0-3") && calls[10].contains(" patch-last "));
-    assert!(calls[14].contains("--dependency=afterok:113") && calls[14].contains(" report "));
+    // components in two phases, each an array and its gather; neurons one array.
+    assert!(calls[12].contains("--array=0-3") && calls[12].contains("components --pipeline"));
+    assert!(calls[12].contains("--phase 1") && calls[14].contains("--phase 2"));
+    assert!(calls[15].contains("gather components") && calls[15].contains("--phase 2"));
+    assert!(calls[16].contains("--array=0-3") && calls[16].contains(" neurons "));
+    assert!(calls[18].contains("--dependency=afterok:117") && calls[18].contains(" report "));
 }

@@ -57,6 +57,44 @@ pub fn lens_neurons(effects: &[NeuronEffect]) -> Vec<(usize, f64)> {
     out
 }
 
+/// The trend and top period of what neuron `(l, n)` writes, read through the unembedding at
+/// `ids` (the answers' tokens).
+pub fn direction_period(
+    model: &Model,
+    (l, n): Neuron,
+    ids: &Tensor,
+    planner: &mut rustfft::FftPlanner<f64>,
+) -> Result<TopPeriod> {
+    let row = model.neuron_directions(l)?.narrow(0, n, 1)?;
+    let logits = model
+        .unembed_without_norm(&row)?
+        .index_select(ids, 1)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    Ok(top_period(&logits, planner))
+}
+
+/// The lens rows of the top direct-effect neurons among `top` (with their `effects`), each
+/// neuron's period given by `period` (from its index in `top`).
+pub fn lens_rows(
+    top: &[Neuron],
+    effects: &[NeuronEffect],
+    period: &mut dyn FnMut(usize) -> Result<TopPeriod>,
+) -> Result<Vec<Lens>> {
+    let mut out = Vec::new();
+    for (i, share) in lens_neurons(effects) {
+        out.push(Lens {
+            neuron: top[i],
+            rank: i + 1,
+            direct: effects[i].direct,
+            cumulative_share: share,
+            period: period(i)?,
+        });
+    }
+    Ok(out)
+}
+
 /// The lens of the top direct-effect neurons among `top` (with their `effects`), over
 /// `answer_tokens` (the tokens of the answers first..=last).
 pub fn logit_lens(
@@ -67,25 +105,9 @@ pub fn logit_lens(
 ) -> Result<Vec<Lens>> {
     let ids = Tensor::new(answer_tokens, model.device())?;
     let mut planner = rustfft::FftPlanner::new();
-    let mut out = Vec::new();
-    for (i, share) in lens_neurons(effects) {
-        let (l, n) = top[i];
-        let row = model.neuron_directions(l)?.narrow(0, n, 1)?;
-        let logits = model
-            .unembed_without_norm(&row)?
-            .index_select(&ids, 1)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        out.push(Lens {
-            neuron: (l, n),
-            rank: i + 1,
-            direct: effects[i].direct,
-            cumulative_share: share,
-            period: top_period(&logits, &mut planner),
-        });
-    }
-    Ok(out)
+    lens_rows(top, effects, &mut |i| {
+        direction_period(model, top[i], &ids, &mut planner)
+    })
 }
 
 #[cfg(test)]

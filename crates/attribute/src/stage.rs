@@ -10,21 +10,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use helixlab_numeric::split;
 use helixlab_numeric::stats::linear_r2;
 use helixlab_pipeline::{Pipeline, Position, TaskKind};
+use helixlab_store::shard::Shard;
 use helixlab_store::stage::{Outcome, Progress};
 use helixlab_store::table::{Table, Values};
-use helixlab_store::{tables, Frame, RunLayout};
+use helixlab_store::{tables, Frame, Manifest, RunLayout};
 use helixlab_study::pairs::{load, problems, read_pairs, ProblemInfo};
 use ndarray::Array2;
 use polars::prelude::{col, lit};
+use std::path::Path;
 
 use crate::forwards::{
     answer_logits, attribution, evaluate, mean_activations, neuron_effects, preactivations, Keep,
     Neuron, NeuronEffect,
 };
-use crate::logit_lens::{logit_lens, Lens};
+use crate::logit_lens::{direction_period, lens_rows, logit_lens, Lens};
 use crate::neuron_fit::{fit_neurons, NeuronFit};
 use crate::periods::{near, periods, Periods};
 use crate::{AttributeError, Result};
+use helixlab_numeric::trend::TopPeriod;
 
 /// The numbers of neurons kept by the sparsity sweep: `keep` when given (capped at `total`),
 /// else 0, the powers of two below `total`, and `total`.
@@ -134,9 +137,25 @@ impl Grid {
 }
 
 /// `helixlab neurons`.
-// Long (about 170 lines) because the experiments feed each other in order (ranking, top
+///
+/// With a `shard` (its index and the directory it writes to), the shard exactly patches its
+/// slice of the top neurons and runs its slice of the sparsity sweep's k (real and fitted).
+/// What every slice needs, it computes in full, the same in every shard: the attribution over
+/// every pair (which ranks the top neurons), the mean activations, the clean answer logits,
+/// the preactivation grid and the fits (three forwards per pair and one per problem, against
+/// two per pair for every top neuron in the exact patches). It writes its slice's rows of
+/// top, preactivations, fits and fit_terms; shard 0 also attribution and periods; and
+/// `neurons/lens_directions.parquet` (its neurons' logit-lens periods). After gathering,
+/// [`finish_gathered`] makes what needs every top neuron: top's rank correlation, mlps and
+/// logit_lens, and puts sparsity in the unsharded order.
+// Long (about 200 lines) because the experiments feed each other in order (ranking, top
 // neurons, means, grid, fits); their forwards are in `forwards`, their tables below.
-pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+pub fn run_neurons(
+    p: &Pipeline,
+    force: bool,
+    progress: &dyn Progress,
+    shard: Option<(Shard, &Path)>,
+) -> Result<Outcome> {
     let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {
         return Err(AttributeError::Input(format!(
@@ -175,6 +194,11 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         .filter(|x| seen.insert(x.prompt_id))
         .collect();
     let total = cfg.n_layers * cfg.d_mlp;
+    // The shard's slice of `n` items (all of them unsharded).
+    let slice = |n: usize| match shard {
+        Some((s, _)) => s.range(n, 1),
+        None => 0..n,
+    };
 
     let mut steps: Vec<(&str, f64)> = Vec::new();
     let mut clock = std::time::Instant::now();
@@ -196,12 +220,13 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         .map(|&i| neuron(i))
         .collect();
 
-    // 2. The top neurons patched one by one.
+    // 2. The top neurons patched one by one (the shard's slice of them).
+    let mine = slice(top.len());
     progress.start(
         "top neurons: exact, total and direct effects",
         pairs.len() as u64,
     );
-    let effects = neuron_effects(model, tok, p, &pairs, &top, &mut |n| {
+    let effects = neuron_effects(model, tok, p, &pairs, &top[mine.clone()], &mut |n| {
         progress.advance(n as u64)
     })?;
     progress.finish();
@@ -217,6 +242,10 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
     let base = answer_logits(model, tok, p, &evaluated)?;
     let grid_k = keep_grid(total, &s.keep);
     let fit_k: Vec<usize> = grid_k.iter().copied().filter(|&k| k <= top.len()).collect();
+    let (grid_k, fit_k) = (
+        grid_k[slice(grid_k.len())].to_vec(),
+        fit_k[slice(fit_k.len())].to_vec(),
+    );
     let kept = |k: usize| -> Vec<Neuron> { order.iter().take(k).map(|&i| neuron(i)).collect() };
     let mut sparsity = SparsityRows::default();
     progress.start("sparsity sweep", grid_k.len() as u64);
@@ -270,13 +299,43 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
     // Tables.
     let circuit = circuit_mlps(&run)?;
     let found = TopNeurons {
-        top: &top,
-        scores: order.iter().take(top.len()).map(|&i| score[i]).collect(),
+        top: &top[mine.clone()],
+        first_rank: mine.start,
+        scores: order[mine.clone()].iter().map(|&i| score[i]).collect(),
         effects: &effects,
-        fits: &fits,
         circuit: circuit.as_ref(),
     };
-    let lens = match answer_tokens(&all) {
+    let answers = answer_tokens(&all);
+    if let Some((s, dir)) = shard {
+        let out = RunLayout::new(dir);
+        let first = s.index == 0;
+        let attribution_table = match first {
+            true => attribution_table(&score, &order, cfg.d_mlp),
+            false => attribution_table(&[], &[], cfg.d_mlp),
+        };
+        let cells = grid.n_a * grid.n_b;
+        let shares = first.then(|| period_shares(&grids.periods));
+        let (preact_table, fits_table, terms_table) =
+            grid_tables(&found, &fits[mine.clone()], &grid, grids.slice(mine, cells));
+        let directions = lens_directions(model, &found, answers.as_ref())?;
+        for (name, table) in [
+            (tables::NEURON_ATTRIBUTION, attribution_table),
+            (tables::NEURON_TOP, top_table(&found)),
+            (tables::NEURON_SPARSITY, sparsity.table()),
+            (tables::NEURON_PREACTIVATIONS, preact_table),
+            (tables::NEURON_FITS, fits_table),
+            (tables::NEURON_FIT_TERMS, terms_table),
+            (
+                tables::NEURON_PERIODS,
+                shares.unwrap_or_else(|| period_shares(&[])),
+            ),
+            (tables::NEURON_LENS_DIRECTIONS, directions),
+        ] {
+            m.write_table(&out, name, &table)?;
+        }
+        return Ok(m.outcome());
+    }
+    let lens = match answers {
         Some((first, tokens)) => Some((
             first,
             tokens.len(),
@@ -284,18 +343,26 @@ pub fn run_neurons(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result
         )),
         None => None,
     };
-    let lens_table = lens_table(lens, &grids);
-    let (attribution_table, top_table) = ranking_tables(&score, &order, cfg.d_mlp, &found);
-    let (preact_table, fits_table, terms_table, periods_table) = grid_tables(&found, &grid, grids);
+    let period_ab: Vec<Option<f64>> = grids.periods.iter().map(|x| x.sum).collect();
+    let lens_table = lens_table(lens, &period_ab);
+    let shares = period_shares(&grids.periods);
+    let ab_fraction: Vec<f64> = fits.iter().map(|f| f.ab_fraction()).collect();
+    let (preact_table, fits_table, terms_table) = grid_tables(&found, &fits, &grid, grids);
     for (name, table) in [
-        (tables::NEURON_ATTRIBUTION, attribution_table),
-        (tables::NEURON_TOP, top_table),
+        (
+            tables::NEURON_ATTRIBUTION,
+            attribution_table(&score, &order, cfg.d_mlp),
+        ),
+        (tables::NEURON_TOP, top_table(&found)),
         (tables::NEURON_SPARSITY, sparsity.table()),
         (tables::NEURON_PREACTIVATIONS, preact_table),
         (tables::NEURON_FITS, fits_table),
         (tables::NEURON_FIT_TERMS, terms_table),
-        (tables::NEURON_PERIODS, periods_table),
-        (tables::NEURON_MLPS, mlps_table(&found)),
+        (tables::NEURON_PERIODS, shares),
+        (
+            tables::NEURON_MLPS,
+            mlps_table(&top, &ab_fraction, &effects, circuit.as_ref()),
+        ),
         (tables::NEURON_LOGIT_LENS, lens_table),
     ] {
         m.write_table(&run, name, &table)?;
@@ -330,7 +397,7 @@ fn answer_tokens(all: &[ProblemInfo]) -> Option<(i64, Vec<u32>)> {
 }
 
 /// logit_lens.parquet: one row per lens neuron (none when the answers are not one token each).
-fn lens_table(lens: Option<(i64, usize, Vec<Lens>)>, grids: &Grids) -> Table {
+fn lens_table(lens: Option<(i64, usize, Vec<Lens>)>, period_ab: &[Option<f64>]) -> Table {
     let (first, answers, rows) = lens.unwrap_or((0, 0, Vec::new()));
     let n = rows.len();
     Table::new()
@@ -341,7 +408,7 @@ fn lens_table(lens: Option<(i64, usize, Vec<Lens>)>, grids: &Grids) -> Table {
         .f64s("cumulative_share", rows.iter().map(|r| r.cumulative_share))
         .column(
             "fit_period_ab",
-            Values::OptF64(rows.iter().map(|r| grids.periods[r.rank - 1].sum).collect()),
+            Values::OptF64(rows.iter().map(|r| period_ab[r.rank - 1]).collect()),
         )
         .f64s("lens_slope", rows.iter().map(|r| r.period.slope))
         .u32s(
@@ -353,13 +420,20 @@ fn lens_table(lens: Option<(i64, usize, Vec<Lens>)>, grids: &Grids) -> Table {
         .u32s("answers", std::iter::repeat_n(answers as u32, n))
 }
 
-/// What the tables say about each top neuron, in rank order.
+/// What the tables say about top neurons, in rank order: all of them, or a shard's slice.
 struct TopNeurons<'a> {
     top: &'a [Neuron],
+    /// The rank of `top[0]` less one (0 but in a shard).
+    first_rank: usize,
     scores: Vec<f64>,
     effects: &'a [NeuronEffect],
-    fits: &'a [NeuronFit],
     circuit: Option<&'a BTreeSet<usize>>,
+}
+
+impl TopNeurons<'_> {
+    fn ranks(&self) -> impl Iterator<Item = u32> {
+        (self.first_rank + 1..=self.first_rank + self.top.len()).map(|r| r as u32)
+    }
 }
 
 fn de_over_te(e: &NeuronEffect) -> f64 {
@@ -397,25 +471,39 @@ impl Grids {
         }
         g
     }
+
+    /// The grids of neurons `range` (each `cells` long).
+    fn slice(&self, range: std::ops::Range<usize>, cells: usize) -> Grids {
+        let flat = range.start * cells..range.end * cells;
+        Grids {
+            stored: self.stored[flat.clone()].to_vec(),
+            fitted: self.fitted[flat].to_vec(),
+            periods: self.periods[range].to_vec(),
+        }
+    }
 }
 
-/// attribution.parquet (every neuron, `order` ranks them) and top.parquet.
-fn ranking_tables(score: &[f64], order: &[usize], d_mlp: usize, t: &TopNeurons) -> (Table, Table) {
+/// attribution.parquet (every neuron, `order` ranks them).
+fn attribution_table(score: &[f64], order: &[usize], d_mlp: usize) -> Table {
     let total = score.len();
     let mut rank = vec![0u32; total];
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r as u32 + 1;
     }
-    let attribution = Table::new()
+    Table::new()
         .u32s("layer", (0..total).map(|i| (i / d_mlp) as u32))
         .u32s("neuron", (0..total).map(|i| (i % d_mlp) as u32))
         .f64s("score", score.iter().copied())
         .f64s("abs_score", score.iter().map(|v| v.abs()))
-        .u32s("rank", rank.iter().copied());
+        .u32s("rank", rank.iter().copied())
+}
+
+/// top.parquet.
+fn top_table(t: &TopNeurons) -> Table {
     let exact: Vec<f64> = t.effects.iter().map(|e| e.exact).collect();
     let n = t.top.len();
-    let top = Table::new()
-        .u32s("rank", 1..=n as u32)
+    Table::new()
+        .u32s("rank", t.ranks())
         .u32s("layer", t.top.iter().map(|x| x.0 as u32))
         .u32s("neuron", t.top.iter().map(|x| x.1 as u32))
         .f64s("score", t.scores.iter().copied())
@@ -439,16 +527,16 @@ fn ranking_tables(score: &[f64], order: &[usize], d_mlp: usize, t: &TopNeurons) 
         .f64s(
             "rank_correlation",
             std::iter::repeat_n(spearman(&t.scores, &exact), n),
-        );
-    (attribution, top)
+        )
 }
 
-/// preactivations.parquet, fits.parquet, fit_terms.parquet and periods.parquet.
-fn grid_tables(t: &TopNeurons, grid: &Grid, g: Grids) -> (Table, Table, Table, Table) {
+/// preactivations.parquet, fits.parquet and fit_terms.parquet of `t`'s neurons (with their
+/// `fits` and grids `g`).
+fn grid_tables(t: &TopNeurons, fits: &[NeuronFit], grid: &Grid, g: Grids) -> (Table, Table, Table) {
     let (n, cells) = (t.top.len(), grid.n_a * grid.n_b);
     let ids = |table: Table| {
         table
-            .u32s("rank", 1..=n as u32)
+            .u32s("rank", t.ranks())
             .u32s("layer", t.top.iter().map(|x| x.0 as u32))
             .u32s("neuron", t.top.iter().map(|x| x.1 as u32))
     };
@@ -472,23 +560,23 @@ fn grid_tables(t: &TopNeurons, grid: &Grid, g: Grids) -> (Table, Table, Table, T
             },
         );
     let period = |f: fn(&Periods) -> Option<f64>| Values::OptF64(g.periods.iter().map(f).collect());
-    let fits = ids(Table::new())
-        .f64s("nrmse", t.fits.iter().map(|f| f.nrmse))
-        .f64s("ab_fraction", t.fits.iter().map(|f| f.ab_fraction()))
+    let fits_table = ids(Table::new())
+        .f64s("nrmse", fits.iter().map(|f| f.nrmse))
+        .f64s("ab_fraction", fits.iter().map(|f| f.ab_fraction()))
         .column("period_a", period(|x| x.a))
         .column("period_b", period(|x| x.b))
         .column("period_ab", period(|x| x.sum))
-        .strs("top_terms", t.fits.iter().map(|f| f.top_terms(3)))
-        .f64s("linear_a", t.fits.iter().map(|f| f.linear[0]))
-        .f64s("linear_b", t.fits.iter().map(|f| f.linear[1]))
-        .f64s("linear_ab", t.fits.iter().map(|f| f.linear[2]))
-        .f64s("bias", t.fits.iter().map(|f| f.bias))
+        .strs("top_terms", fits.iter().map(|f| f.top_terms(3)))
+        .f64s("linear_a", fits.iter().map(|f| f.linear[0]))
+        .f64s("linear_b", fits.iter().map(|f| f.linear[1]))
+        .f64s("linear_ab", fits.iter().map(|f| f.linear[2]))
+        .f64s("bias", fits.iter().map(|f| f.bias))
         .f64s("total", t.effects.iter().map(|e| e.total))
         .f64s("de_over_te", t.effects.iter().map(de_over_te));
     let terms: Vec<(Neuron, &crate::neuron_fit::Term)> = t
         .top
         .iter()
-        .zip(t.fits)
+        .zip(fits)
         .flat_map(|(&n, f)| f.terms.iter().map(move |term| (n, term)))
         .collect();
     let fit_terms = Table::new()
@@ -500,6 +588,12 @@ fn grid_tables(t: &TopNeurons, grid: &Grid, g: Grids) -> (Table, Table, Table, T
         .f64s("beta", terms.iter().map(|x| x.1.beta))
         .f64s("amplitude", terms.iter().map(|x| x.1.amplitude()))
         .f64s("shift", terms.iter().map(|x| x.1.shift()));
+    (preactivations, fits_table, fit_terms)
+}
+
+/// periods.parquet: the share of the top neurons whose dominant period in a, b and a+b is
+/// 2, 5, 10 and 100 (no rows for no neurons: a shard's empty part).
+fn period_shares(periods: &[Periods]) -> Table {
     let mut rows: Vec<(&str, f64, f64)> = Vec::new();
     for (var, get) in [
         ("a", (|x: &Periods| x.a) as fn(&Periods) -> Option<f64>),
@@ -507,15 +601,181 @@ fn grid_tables(t: &TopNeurons, grid: &Grid, g: Grids) -> (Table, Table, Table, T
         ("a+b", |x: &Periods| x.sum),
     ] {
         for &target in &[2.0, 5.0, 10.0, 100.0] {
-            let hits = g.periods.iter().filter(|x| near(get(x), target)).count();
-            rows.push((var, target, hits as f64 / g.periods.len().max(1) as f64));
+            if periods.is_empty() {
+                continue;
+            }
+            let hits = periods.iter().filter(|x| near(get(x), target)).count();
+            rows.push((var, target, hits as f64 / periods.len() as f64));
         }
     }
-    let shares = Table::new()
+    Table::new()
         .strs("variable", rows.iter().map(|x| x.0))
         .f64s("period", rows.iter().map(|x| x.1))
-        .f64s("share", rows.iter().map(|x| x.2));
-    (preactivations, fits, fit_terms, shares)
+        .f64s("share", rows.iter().map(|x| x.2))
+}
+
+/// lens_directions.parquet (a shard's, folded into logit_lens.parquet after gathering): the
+/// logit-lens trend and period of each of `t`'s neurons, and the answers read; no rows when
+/// the answers are not one token each.
+fn lens_directions(
+    model: &helixlab_model::Model,
+    t: &TopNeurons,
+    answers: Option<&(i64, Vec<u32>)>,
+) -> Result<Table> {
+    let mut rows: Vec<(u32, Neuron, TopPeriod)> = Vec::new();
+    let (first, n_answers) = answers.map_or((0, 0), |(f, tokens)| (*f, tokens.len()));
+    if let Some((_, tokens)) = answers {
+        let ids = candle_core::Tensor::new(tokens.as_slice(), model.device())?;
+        let mut planner = rustfft::FftPlanner::new();
+        for (rank, &n) in t.ranks().zip(t.top) {
+            rows.push((rank, n, direction_period(model, n, &ids, &mut planner)?));
+        }
+    }
+    let n = rows.len();
+    Ok(Table::new()
+        .u32s("rank", rows.iter().map(|r| r.0))
+        .u32s("layer", rows.iter().map(|r| r.1 .0 as u32))
+        .u32s("neuron", rows.iter().map(|r| r.1 .1 as u32))
+        .f64s("lens_slope", rows.iter().map(|r| r.2.slope))
+        .u32s("lens_frequency", rows.iter().map(|r| r.2.frequency as u32))
+        .f64s("lens_period", rows.iter().map(|r| r.2.period))
+        .column("first_answer", Values::I64(vec![first; n]))
+        .u32s("answers", std::iter::repeat_n(n_answers as u32, n)))
+}
+
+/// A column that may hold nulls, as options.
+fn optional_f64s(f: &Frame, c: &str) -> Result<Vec<Option<f64>>> {
+    let bad = |e: polars::prelude::PolarsError| {
+        AttributeError::Input(format!("{}: {c}: {e}", f.path().display()))
+    };
+    Ok(f.df()
+        .column(c)
+        .and_then(|x| x.cast(&polars::prelude::DataType::Float64))
+        .map_err(bad)?
+        .f64()
+        .map_err(bad)?
+        .iter()
+        .collect())
+}
+
+/// After the shards of `neurons` are gathered: top.parquet's rank correlation over every top
+/// neuron, sparsity.parquet in the unsharded order (real, then fitted; by k), mlps.parquet and
+/// logit_lens.parquet, with top's manifest, as the unsharded stage writes them; then the
+/// shards' lens_directions.parquet is removed. Does nothing when mlps and logit_lens are
+/// current.
+pub fn finish_gathered(p: &Pipeline) -> Result<()> {
+    let run = RunLayout::new(p.run_dir());
+    let top_path = run.path(tables::NEURON_TOP);
+    let Some(manifest) = Manifest::verified_for(&top_path, "run `helixlab neurons` first")? else {
+        return Err(run.missing(tables::NEURON_TOP).into());
+    };
+    let mut whole = manifest.clone();
+    whole.parts.clear();
+    let (mlps_path, lens_path) = (
+        run.path(tables::NEURON_MLPS),
+        run.path(tables::NEURON_LOGIT_LENS),
+    );
+    let directions_path = run.path(tables::NEURON_LENS_DIRECTIONS);
+    if !(whole.is_fresh(&mlps_path) && whole.is_fresh(&lens_path)) {
+        let top_f = Frame::require(&run, tables::NEURON_TOP)?;
+        let fits_f = Frame::require(&run, tables::NEURON_FITS)?;
+        let layers = top_f.i64("layer")?;
+        let top: Vec<Neuron> = layers
+            .iter()
+            .zip(top_f.i64("neuron")?)
+            .map(|(&l, n)| (l as usize, n as usize))
+            .collect();
+        let (exact, total, direct, logprob) = (
+            top_f.f64("exact")?,
+            top_f.f64("total")?,
+            top_f.f64("direct")?,
+            top_f.f64("total_answer_logprob_diff")?,
+        );
+        let effects: Vec<NeuronEffect> = (0..top.len())
+            .map(|i| NeuronEffect {
+                exact: exact[i],
+                total: total[i],
+                direct: direct[i],
+                total_logprob: logprob[i],
+            })
+            .collect();
+        let circuit = circuit_mlps(&run)?;
+        let found = TopNeurons {
+            top: &top,
+            first_rank: 0,
+            scores: top_f.f64("score")?,
+            effects: &effects,
+            circuit: circuit.as_ref(),
+        };
+        let top_table = top_table(&found);
+        // Sparsity rows as the unsharded stage orders them.
+        let sp = Frame::require(&run, tables::NEURON_SPARSITY)?;
+        let (kind, kept) = (sp.str("kind")?, sp.i64("kept")?);
+        let (fraction, accuracy, diff, problems) = (
+            sp.f64("kept_fraction")?,
+            sp.f64("accuracy")?,
+            sp.f64("logit_diff")?,
+            sp.i64("problems")?,
+        );
+        let mut order: Vec<usize> = (0..kind.len()).collect();
+        order.sort_by_key(|&i| (kind[i] != "real", kept[i]));
+        let mut sparsity = SparsityRows::default();
+        for i in order {
+            sparsity
+                .kind
+                .push(if kind[i] == "real" { "real" } else { "fit" });
+            sparsity.kept.push(kept[i] as u32);
+            sparsity.fraction.push(fraction[i]);
+            sparsity.accuracy.push(accuracy[i]);
+            sparsity.logit_diff.push(diff[i]);
+            sparsity.problems.push(problems[i] as u32);
+        }
+        let mlps = mlps_table(
+            &top,
+            &fits_f.f64("ab_fraction")?,
+            &effects,
+            circuit.as_ref(),
+        );
+        let dirs = Frame::require(&run, tables::NEURON_LENS_DIRECTIONS)?;
+        let lens = if dirs.height() == 0 {
+            None
+        } else {
+            let (slope, frequency, period) = (
+                dirs.f64("lens_slope")?,
+                dirs.i64("lens_frequency")?,
+                dirs.f64("lens_period")?,
+            );
+            let rows = lens_rows(&top, &effects, &mut |i| {
+                Ok(TopPeriod {
+                    slope: slope[i],
+                    frequency: frequency[i] as usize,
+                    period: period[i],
+                })
+            })?;
+            let (first, answers) = (dirs.i64("first_answer")?[0], dirs.i64("answers")?[0]);
+            Some((first, answers as usize, rows))
+        };
+        let lens = lens_table(lens, &optional_f64s(&fits_f, "period_ab")?);
+        let sparsity_path = run.path(tables::NEURON_SPARSITY);
+        let sparsity_manifest = Manifest::read_for(&sparsity_path)
+            .ok_or_else(|| run.missing(tables::NEURON_SPARSITY))?;
+        // The gathered tables keep their manifests (and the parts they record).
+        top_table.write(&top_path, &manifest)?;
+        sparsity.table().write(&sparsity_path, &sparsity_manifest)?;
+        for (path, table) in [(&mlps_path, &mlps), (&lens_path, &lens)] {
+            whole.rows = table.rows() as u64;
+            table.write(path, &whole)?;
+        }
+    }
+    for f in [Manifest::path_for(&directions_path), directions_path] {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(AttributeError::Input(format!("{}: {e}", f.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// sparsity.parquet, column-wise.
@@ -553,12 +813,15 @@ impl SparsityRows {
 /// mlps.parquet: per MLP layer with top neurons, their mean a+b fraction and mean DE/TE, and
 /// the R^2 of a line through those points over the circuit MLPs (every such layer when the
 /// components stage has not run).
-fn mlps_table(t: &TopNeurons) -> Table {
-    let (top, fits, effects, circuit) = (t.top, t.fits, t.effects, t.circuit);
+fn mlps_table(
+    top: &[Neuron],
+    ab_fraction: &[f64],
+    effects: &[NeuronEffect],
+    circuit: Option<&BTreeSet<usize>>,
+) -> Table {
     let mut by_layer: BTreeMap<usize, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for ((n, f), e) in top.iter().zip(fits).zip(effects) {
+    for ((n, &frac), e) in top.iter().zip(ab_fraction).zip(effects) {
         let entry = by_layer.entry(n.0).or_default();
-        let frac = f.ab_fraction();
         if frac.is_finite() {
             entry.0.push(frac);
         }

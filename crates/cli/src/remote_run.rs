@@ -57,17 +57,27 @@ impl Workspace {
         })
     }
 
+    /// Pulls a shard set's commits (which shards are in).
+    pub fn pull_set_commits(&self, set: &ShardSet) -> Result<()> {
+        let Some(r) = &self.remote else {
+            return Ok(());
+        };
+        let root = set.relative_root();
+        let prefix = format!("{root}/");
+        r.pull(&|k| k.starts_with(&prefix) && k.ends_with(".commit.json"))
+            .with_context(|| format!("pulling {}", r.url_of(&root)))?;
+        Ok(())
+    }
+
     /// Pulls a shard set's commits, then exactly the parts they list (never the parts of an
     /// attempt that lost its commit, which it may be removing).
     pub fn pull_set(&self, set: &ShardSet) -> Result<()> {
         let Some(r) = &self.remote else {
             return Ok(());
         };
+        self.pull_set_commits(set)?;
         let root = set.relative_root();
-        let prefix = format!("{root}/");
         let context = || format!("pulling {}", r.url_of(&root));
-        r.pull(&|k| k.starts_with(&prefix) && k.ends_with(".commit.json"))
-            .with_context(context)?;
         let mut listed = std::collections::BTreeSet::new();
         for i in 0..set.count() {
             if let Some(c) = set.committed(i)? {

@@ -3,9 +3,11 @@
 //!
 //! The contract is helixlab_store::shard's: each shard runs its slice into a private
 //! directory, commits its parts create-only, and whoever commits last gathers the usual
-//! tables. Shardable today: `accuracy` and `extract` (slices of the prompts), `patch` and
+//! tables. Shardable: `accuracy` and `extract` (slices of the prompts), `patch` and
 //! `patch-last` (slices of the pairs; their summaries, and patch-last's fits, are made after
-//! gathering). `components` and `neurons` still run whole, as one job each.
+//! gathering), and `components` in two phases (each gathered before the next: the second
+//! ranks by the first's means over every pair; see helixlab_patch::components), and `neurons`
+//! (slices of the top neurons and of the sparsity sweep; see helixlab_attribute::stage).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,22 @@ use crate::remote_run::Workspace;
 use crate::stage_cmd::{Bar, Stage, StageArgs};
 
 /// The stages whose work splits into shards.
-pub const SHARDED: [Stage; 4] = [
+pub const SHARDED: [Stage; 6] = [
     Stage::Accuracy,
     Stage::Extract,
     Stage::Patch,
     Stage::PatchLast,
+    Stage::Components,
+    Stage::Neurons,
 ];
+
+/// How many phases a sharded stage runs as, each gathered before the next starts.
+pub fn phases(stage: Stage) -> u32 {
+    match stage {
+        Stage::Components => 2,
+        _ => 1,
+    }
+}
 
 /// What identifies a shard set's work: the study file's bytes and this build's version, so
 /// shards of an edited study, or of another helixlab, are never gathered together.
@@ -38,14 +50,44 @@ fn work_hash(pipeline: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// The shard set of `stage` for the study in `pipeline` with `count` shards.
-fn shard_set(stage: Stage, pipeline: &Path, p: &Pipeline, count: u32) -> Result<ShardSet> {
-    Ok(ShardSet::new(
-        &p.run_dir(),
-        stage.name(),
-        &work_hash(pipeline)?,
-        count,
-    ))
+/// The shard set of `stage` (phase `phase` of a stage that has several) for the study in
+/// `pipeline` with `count` shards.
+fn shard_set(
+    stage: Stage,
+    phase: u32,
+    pipeline: &Path,
+    p: &Pipeline,
+    count: u32,
+) -> Result<ShardSet> {
+    let work = work_hash(pipeline)?;
+    Ok(if phases(stage) > 1 {
+        ShardSet::phase(&p.run_dir(), stage.name(), phase, &work, count)
+    } else {
+        ShardSet::new(&p.run_dir(), stage.name(), &work, count)
+    })
+}
+
+/// The phase `--phase` names (checked against the stage's), else the first whose shards have
+/// not all committed (locally or in the run's bucket).
+fn phase_of(stage: Stage, a: &StageArgs, ws: &Workspace, count: u32) -> Result<u32> {
+    let n = phases(stage);
+    if let Some(k) = a.phase {
+        if k == 0 || k > n {
+            bail!(
+                "--phase {k}: {} runs as {n} phase(s), numbered from 1",
+                stage.name()
+            );
+        }
+        return Ok(k);
+    }
+    for k in 1..n {
+        let set = shard_set(stage, k, &a.pipeline, &ws.p, count)?;
+        ws.pull_set_commits(&set)?;
+        if !set.missing().is_empty() {
+            return Ok(k);
+        }
+    }
+    Ok(n)
 }
 
 /// The shard this process runs: `--shard I/N`; `--shards N` with the array's index; else the
@@ -66,14 +108,29 @@ pub fn shard_of(a: &StageArgs) -> Result<Option<Shard>> {
 pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> Result<()> {
     if !SHARDED.contains(&stage) {
         bail!(
-            "{} does not take a shard yet (--shard {shard}, or a Slurm array / Indexed Job \
-             index in the environment): only {} do; run it as one job",
+            "{} does not take a shard (--shard {shard}, or a Slurm array / Indexed Job index \
+             in the environment): only {} do; run it as one job",
             stage.name(),
-            SHARDED.map(Stage::name).join(" and ")
+            SHARDED.map(Stage::name).join(", ")
         );
     }
     let p = &ws.p;
-    let set = shard_set(stage, &a.pipeline, p, shard.count)?;
+    let phase = phase_of(stage, a, ws, shard.count)?;
+    let set = shard_set(stage, phase, &a.pipeline, p, shard.count)?;
+    let label = if phases(stage) > 1 {
+        format!("{} phase {phase}", stage.name())
+    } else {
+        stage.name().to_string()
+    };
+    if phase > 1 {
+        // The phase before must be gathered: gather it here when all its shards are in (its
+        // own gather job may not have run, or ran on another node).
+        let before = shard_set(stage, phase - 1, &a.pipeline, p, shard.count)?;
+        ws.pull_set(&before)?;
+        if before.missing().is_empty() {
+            gather_set(stage, phase - 1, &a.pipeline, ws, &before)?;
+        }
+    }
     let private = set.private_dir(shard.index);
     let commit_rel = set.relative_commit(shard.index);
     // Two processes on one shard (a retry racing the original): the second waits, then sees
@@ -85,8 +142,7 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
     };
     if remote_commit || set.committed(shard.index)?.is_some() {
         println!(
-            "{} shard {shard}: committed already ({}); skipped",
-            stage.name(),
+            "{label} shard {shard}: committed already ({}); skipped",
             committed_at(ws, &set, shard)
         );
     } else {
@@ -94,7 +150,7 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
         let mut q = p.clone();
         q.output.dir = private.display().to_string();
         let bar = Bar::new();
-        let context = || format!("{} shard {shard} of {}", stage.name(), a.pipeline.display());
+        let context = || format!("{label} shard {shard} of {}", a.pipeline.display());
         // The private directory holds nothing committed: whatever is there is redone.
         match stage {
             Stage::Accuracy => helixlab_extract::accuracy::run(&q, true, &bar, Some(shard))
@@ -106,6 +162,22 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
             // Reads the run's inputs, writes its slice to the private directory.
             Stage::Patch => {
                 helixlab_patch::patching::run_patch(p, true, &bar, Some((shard, &private)))
+                    .map(|_| ())
+                    .with_context(context)?
+            }
+            Stage::Components => {
+                use helixlab_patch::components::{run_components, ComponentsShard};
+                let part = if phase == 1 {
+                    ComponentsShard::Effects(shard, &private)
+                } else {
+                    ComponentsShard::Joint(shard, &private)
+                };
+                run_components(p, true, &bar, Some(part))
+                    .map(|_| ())
+                    .with_context(context)?
+            }
+            Stage::Neurons => {
+                helixlab_attribute::stage::run_neurons(p, true, &bar, Some((shard, &private)))
                     .map(|_| ())
                     .with_context(context)?
             }
@@ -126,17 +198,15 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
                 }
                 ws.push()?;
                 bail!(
-                    "{}: shard {shard} of {} was committed by another attempt first; this \
-                     attempt's commit is refused and its parts removed",
+                    "{}: shard {shard} of {label} was committed by another attempt first; \
+                     this attempt's commit is refused and its parts removed",
                     r.url_of(&commit_rel),
-                    stage.name()
                 );
             }
         }
         let rows: u64 = commit.tables.values().map(|t| t.rows).sum();
         println!(
-            "{} shard {shard}: {} table part(s), {rows} rows, committed to {}",
-            stage.name(),
+            "{label} shard {shard}: {} table part(s), {rows} rows, committed to {}",
             commit.tables.len(),
             committed_at(ws, &set, shard)
         );
@@ -144,7 +214,7 @@ pub fn run_shard(stage: Stage, a: &StageArgs, ws: &Workspace, shard: Shard) -> R
     drop(lock);
     ws.pull_set(&set)?;
     if set.missing().is_empty() {
-        gather_set(stage, ws, &set)?;
+        gather_set(stage, phase, &a.pipeline, ws, &set)?;
     }
     Ok(())
 }
@@ -159,29 +229,48 @@ fn committed_at(ws: &Workspace, set: &ShardSet, shard: Shard) -> String {
 
 /// Gathers `set` under the stage's lock on the run (the last two shards may both try), and
 /// sends the tables to the bucket of a remote run.
-fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
+fn gather_set(
+    stage: Stage,
+    phase: u32,
+    pipeline: &Path,
+    ws: &Workspace,
+    set: &ShardSet,
+) -> Result<()> {
     let _lock = StageLock::acquire(&ws.p.run_dir(), stage.name())?;
-    let written = set
-        .gather()
-        .with_context(|| format!("gathering the {} shards", stage.name()))?;
+    let label = if phases(stage) > 1 {
+        format!("{} phase {phase}", stage.name())
+    } else {
+        stage.name().to_string()
+    };
+    // A finished multi-phase stage has folded its earlier phases' tables into its own.
+    let folded = phase < phases(stage) && {
+        let last = shard_set(stage, phases(stage), pipeline, &ws.p, set.count())?;
+        ws.pull_set_commits(&last)?;
+        last.missing().len() < set.count() as usize
+    };
+    let written = if folded {
+        Vec::new()
+    } else {
+        set.gather()
+            .with_context(|| format!("gathering the {label} shards"))?
+    };
     // Tables made from every shard's rows at once.
     match stage {
         Stage::Patch => helixlab_patch::patching::summarize_gathered(&ws.p)
             .context("the patching summary of the gathered rows")?,
         Stage::PatchLast => helixlab_patch::patch_last::finish_gathered(&ws.p, &Bar::new())
             .context("the last-token summary and fits of the gathered rows")?,
+        Stage::Components if phase == 2 => helixlab_patch::components::finish_gathered(&ws.p)
+            .context("the component summary and roles of the gathered rows")?,
+        Stage::Neurons => helixlab_attribute::stage::finish_gathered(&ws.p)
+            .context("the neuron tables that need every top neuron")?,
         _ => {}
     }
     if written.is_empty() {
-        println!(
-            "{}: gathered already from {}",
-            stage.name(),
-            set.root().display()
-        );
+        println!("{label}: gathered already from {}", set.root().display());
     } else {
         println!(
-            "{}: gathered {} table(s) from {}",
-            stage.name(),
+            "{label}: gathered {} table(s) from {}",
             written.len(),
             set.root().display()
         );
@@ -192,7 +281,7 @@ fn gather_set(stage: Stage, ws: &Workspace, set: &ShardSet) -> Result<()> {
 /// Arguments of `gather`.
 #[derive(Args)]
 pub struct GatherArgs {
-    /// The sharded stage (accuracy, extract, patch or patch-last).
+    /// The sharded stage (accuracy, extract, patch, patch-last, components or neurons).
     pub stage: String,
     /// The study file.
     #[arg(long, default_value = "pipelines/toy-adder.toml")]
@@ -200,6 +289,10 @@ pub struct GatherArgs {
     /// How many shards the stage ran as.
     #[arg(long)]
     pub shards: u32,
+    /// Which phase to gather, for a stage that runs in phases (components: 1 or 2; default
+    /// the last).
+    #[arg(long, value_name = "K")]
+    pub phase: Option<u32>,
 }
 
 /// `helixlab gather`: the usual tables from all shards' parts; fails naming the shards that
@@ -211,16 +304,24 @@ pub fn gather(a: &GatherArgs) -> Result<()> {
             format!(
                 "gather {:?}: not a sharded stage (only {} are)",
                 a.stage,
-                SHARDED.map(Stage::name).join(" and ")
+                SHARDED.map(Stage::name).join(", ")
             )
         })?;
     if a.shards == 0 {
         bail!("gather: --shards must be at least 1");
     }
+    let phase = a.phase.unwrap_or(phases(stage));
+    if phase == 0 || phase > phases(stage) {
+        bail!(
+            "gather {}: --phase {phase}: it runs as {} phase(s), numbered from 1",
+            stage.name(),
+            phases(stage)
+        );
+    }
     let ws = Workspace::open(&Pipeline::from_file(&a.pipeline)?)?;
-    let set = shard_set(stage, &a.pipeline, &ws.p, a.shards)?;
+    let set = shard_set(stage, phase, &a.pipeline, &ws.p, a.shards)?;
     ws.pull_set(&set)?;
-    gather_set(stage, &ws, &set)
+    gather_set(stage, phase, &a.pipeline, &ws, &set)
 }
 
 /// Arguments of `slurm`.
@@ -361,19 +462,26 @@ pub fn slurm_script(a: &SlurmArgs, p: &Pipeline, helixlab: &Path, cwd: &Path) ->
         let gpus = if runs_the_model(stage) { a.gpus } else { 0 };
         let name = stage.name();
         if SHARDED.contains(&stage) && a.shards > 1 {
-            let _ = writeln!(
-                s,
-                "submit {name} {gpus} 0-{} \"$HELIXLAB\" {name} --pipeline \"$PIPELINE\" \
-                 --shards {}",
-                a.shards - 1,
-                a.shards
-            );
-            let _ = writeln!(
-                s,
-                "submit gather-{name} 0 '' \"$HELIXLAB\" gather {name} --pipeline \"$PIPELINE\" \
-                 --shards {}",
-                a.shards
-            );
+            for phase in 1..=phases(stage) {
+                let (job, flag) = if phases(stage) > 1 {
+                    (format!("{name}-{phase}"), format!(" --phase {phase}"))
+                } else {
+                    (name.to_string(), String::new())
+                };
+                let _ = writeln!(
+                    s,
+                    "submit {job} {gpus} 0-{} \"$HELIXLAB\" {name} --pipeline \"$PIPELINE\" \
+                     --shards {}{flag}",
+                    a.shards - 1,
+                    a.shards
+                );
+                let _ = writeln!(
+                    s,
+                    "submit gather-{job} 0 '' \"$HELIXLAB\" gather {name} --pipeline \
+                     \"$PIPELINE\" --shards {}{flag}",
+                    a.shards
+                );
+            }
         } else {
             let _ = writeln!(
                 s,
@@ -444,8 +552,12 @@ mod tests {
                 "gather-patch",
                 "patch-last",
                 "gather-patch-last",
-                "components",
+                "components-1",
+                "gather-components-1",
+                "components-2",
+                "gather-components-2",
                 "neurons",
+                "gather-neurons",
                 "report"
             ]
         );

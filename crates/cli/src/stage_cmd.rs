@@ -17,9 +17,10 @@ pub struct StageArgs {
     /// Redo the stage even if its outputs are current.
     #[arg(long)]
     pub force: bool,
-    /// Run one shard of the stage's work, I of N (0-based; accuracy, extract, patch and
-    /// patch-last): its slice of the prompts (the patching stages: of the pairs), committed to <run>/shards/; the last shard to commit gathers the usual
-    /// tables. Without it, a Slurm array task's index (SLURM_ARRAY_TASK_ID of
+    /// Run one shard of the stage's work, I of N (0-based; accuracy, extract, patch,
+    /// patch-last, components and neurons): its slice of the prompts (the patching stages: of
+    /// the pairs; neurons: of the top neurons and the sweep), committed to <run>/shards/; the
+    /// last shard to commit gathers the usual tables. Without it, a Slurm array task's index (SLURM_ARRAY_TASK_ID of
     /// SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job's (JOB_COMPLETION_INDEX of
     /// HELIXLAB_SHARDS) is used.
     #[arg(long, value_name = "I/N", conflicts_with = "shards")]
@@ -29,6 +30,12 @@ pub struct StageArgs {
     /// reruns that shard. What `helixlab slurm` writes.
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
+    /// With a shard of `components`, which of its two phases to run: 1, each component patched
+    /// alone; 2, the top-k and fit patches, path patching and head attention, which rank by
+    /// phase 1's means over every pair. Default: 1 until every phase-1 shard has committed,
+    /// then 2.
+    #[arg(long, value_name = "K")]
+    pub phase: Option<u32>,
 }
 
 impl StageArgs {
@@ -339,11 +346,12 @@ impl Stage {
                 .with_context(context)?,
             Stage::PatchLast => helixlab_patch::patch_last::run_last(p, force, progress, None)
                 .with_context(context)?,
-            Stage::Components => helixlab_patch::components::run_components(p, force, progress)
-                .with_context(context)?,
-            Stage::Neurons => {
-                helixlab_attribute::stage::run_neurons(p, force, progress).with_context(context)?
+            Stage::Components => {
+                helixlab_patch::components::run_components(p, force, progress, None)
+                    .with_context(context)?
             }
+            Stage::Neurons => helixlab_attribute::stage::run_neurons(p, force, progress, None)
+                .with_context(context)?,
             Stage::NeuronGrads => {
                 helixlab_attribute::neuron_grads::run_neuron_grads(p, force, progress)
                     .with_context(context)?

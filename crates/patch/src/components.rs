@@ -41,7 +41,9 @@ use crate::pairs::{problems, Pair, ProblemInfo};
 use crate::path_patching::{path_patch_batch, PathRows};
 use crate::{PatchError, Result};
 use helixlab_pipeline::Position;
-use helixlab_store::{tables, RunLayout};
+use helixlab_store::shard::Shard;
+use helixlab_store::{tables, Frame, Manifest, RunLayout, StageRun};
+use std::path::Path;
 
 /// A component whose output is patched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -364,13 +366,102 @@ pub fn head_scores(te: f64, de: f64, te_ab: f64, te_sum: f64, te_full: f64) -> (
     )
 }
 
+/// Which part of a sharded `components` a shard runs, and the private directory it writes to.
+///
+/// The stage runs as two phases, each gathered before the next starts, because its second pass
+/// (top-k joint patches, fits, path patching, head attention) needs the ranking that the first
+/// pass's means over every pair give:
+/// - phase 1: the shard's slice of the pairs patched one component at a time (TE and DE), into
+///   `patch/component_singles.parquet`;
+/// - phase 2: from the gathered phase 1 every shard ranks the heads and MLPs and fits the top
+///   ones (the same work in every shard: the fits read the component-fit sample, not the
+///   pairs), then runs the top-k and fit patches and path patching on its slice of the pairs
+///   and head attention on its slice of the sample. Shard 0's part of components.parquet
+///   starts with phase 1's rows, so the gathered table holds the unsharded rows in their
+///   order; the summary and roles are made after gathering ([`finish_gathered`]).
+#[derive(Clone, Copy, Debug)]
+pub enum ComponentsShard<'a> {
+    /// Phase 1 of shard `.0`, written to `.1`.
+    Effects(Shard, &'a Path),
+    /// Phase 2 of shard `.0`, written to `.1`.
+    Joint(Shard, &'a Path),
+}
+
+impl ComponentsShard<'_> {
+    fn shard(&self) -> (Shard, &Path) {
+        match *self {
+            ComponentsShard::Effects(s, d) | ComponentsShard::Joint(s, d) => (s, d),
+        }
+    }
+}
+
+/// Every single component in the order the stage patches them: per layer its attention, its
+/// MLP, its heads.
+fn single_components(n_layers: usize, n_heads: usize) -> Vec<Component> {
+    let mut singles = Vec::new();
+    for l in 0..n_layers {
+        singles.push(Component::Attn(l));
+        singles.push(Component::Mlp(l));
+        singles.extend((0..n_heads).map(|h| Component::Head(l, h)));
+    }
+    singles
+}
+
+/// `singles` ranked by mean total effect, largest first (ties keep `singles`' order): the
+/// heads and the MLPs.
+fn rank_components(
+    singles: &[Component],
+    means: &BTreeMap<EffectKey, EffectMean>,
+) -> (Vec<Component>, Vec<Component>) {
+    let rank = |filter: &dyn Fn(&Component) -> bool| -> Vec<Component> {
+        let mut v: Vec<Component> = singles.iter().copied().filter(|c| filter(c)).collect();
+        v.sort_by(|a, b| te(means, *b, Effect::Total).total_cmp(&te(means, *a, Effect::Total)));
+        v
+    };
+    (
+        rank(&|c| matches!(c, Component::Head(..))),
+        rank(&|c| matches!(c, Component::Mlp(_))),
+    )
+}
+
+/// The MLP circuit: the shortest top-k prefix of `mlps` reaching `patch.circuit_fraction` of
+/// the best joint patch.
+fn mlp_circuit(
+    p: &Pipeline,
+    means: &BTreeMap<EffectKey, EffectMean>,
+    mlps: &[Component],
+) -> BTreeSet<Component> {
+    let curve: Vec<f64> = (1..=mlps.len())
+        .map(|k| {
+            means
+                .get(&EffectKey {
+                    component: Patched::TopMlps,
+                    layer: k as u32,
+                    head: None,
+                    effect: Effect::Total,
+                })
+                .map_or(0.0, |m| m.logit_diff)
+        })
+        .collect();
+    mlps.iter()
+        .copied()
+        .take(circuit_size(&curve, p.patch.circuit_fraction))
+        .collect()
+}
+
 /// `helixlab components`: TE and DE of every MLP, attention layer and head at the last token,
-/// top-k curves, the MLP circuit, and fits of the top heads and circuit MLPs.
-// Long (about 210 lines) because E5 is one sequence over shared state: the clean and corrupt
+/// top-k curves, the MLP circuit, and fits of the top heads and circuit MLPs. With a `shard`,
+/// one phase of one shard ([`ComponentsShard`]).
+// Long (about 230 lines) because E5 is one sequence over shared state: the clean and corrupt
 // captures of each batch feed the single, joint, top-k and circuit patches, whose means pick the
 // heads and MLPs that the fits then read; its steps are in helpers (capture_last, patched_logits,
-// fit_components, roles_table).
-pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome> {
+// fit_components, rank_components, roles_table).
+pub fn run_components(
+    p: &Pipeline,
+    force: bool,
+    progress: &dyn Progress,
+    shard: Option<ComponentsShard>,
+) -> Result<Outcome> {
     let run = RunLayout::new(p.run_dir());
     if p.task.kind != TaskKind::Addition {
         return Err(PatchError::Input(format!(
@@ -402,19 +493,141 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         return Ok(Outcome::UpToDate);
     }
     m.begin();
-    let pairs = read_pairs(&run, Position::Last)?;
-    let n_layers = cfg.n_layers;
-    let mut singles: Vec<Component> = Vec::new();
-    for l in 0..n_layers {
-        singles.push(Component::Attn(l));
-        singles.push(Component::Mlp(l));
-        singles.extend((0..cfg.n_heads).map(|h| Component::Head(l, h)));
-    }
+    let all_pairs = read_pairs(&run, Position::Last)?;
     let chunk_size = p.extract.batch_size.max(1);
+    let pairs = match shard {
+        Some(s) => all_pairs[s.shard().0.range(all_pairs.len(), chunk_size)].to_vec(),
+        None => all_pairs.clone(),
+    };
+    let singles = single_components(cfg.n_layers, cfg.n_heads);
+    let mut rows = match shard {
+        Some(ComponentsShard::Joint(..)) => gathered_singles(&run, &m)?,
+        _ => single_effects(p, &study, &singles, &pairs, progress)?,
+    };
+    if let Some(ComponentsShard::Effects(_, dir)) = shard {
+        m.write_table(
+            &RunLayout::new(dir),
+            tables::COMPONENT_SINGLES,
+            &rows.table(),
+        )?;
+        return Ok(m.outcome());
+    }
+    let (heads, mlps) = rank_components(&singles, &rows.means());
+    // Fits of the top heads and of every MLP (the circuit is known only after pass 2; fitting
+    // all MLPs costs one PCA per layer).
+    let top_heads: Vec<Component> = heads.iter().copied().take(p.patch.head_top).collect();
+    let fit_targets: Vec<Component> = top_heads.iter().chain(&mlps).copied().collect();
+    let mut problems = problems(run.root(), p.patch.correct_only)?;
+    problems.retain(|x| x.b.is_some());
+    let order = split::permutation(problems.len(), p.patch.seed);
+    let sample: Vec<&ProblemInfo> = order
+        .iter()
+        .take(p.patch.component_fit_problems)
+        .map(|&i| &problems[i])
+        .collect();
+    if sample.len() < 10 {
+        return Err(PatchError::Input(format!(
+            "{}: {} correct problems; the component fits need at least 10",
+            run.path(tables::PROBLEMS).display(),
+            sample.len()
+        )));
+    }
+    let fits = fit_components(model, tok, p, &sample, &fit_targets, progress)?;
+    // A phase-2 shard other than the first writes only its own rows (the first carries phase
+    // 1's, so that the gathered table starts with them).
+    if matches!(shard, Some(ComponentsShard::Joint(s, _)) if s.index != 0) {
+        rows = EffectRows::default();
+    }
+    joint_effects(
+        p,
+        &study,
+        (&heads, &mlps),
+        &fits,
+        &pairs,
+        &mut rows,
+        progress,
+    )?;
+    // Pass 3: path patching from each top head to the later top heads and MLPs.
+    let mut paths = PathRows::default();
+    let senders: Vec<(usize, usize)> = top_heads
+        .iter()
+        .filter_map(|c| match c {
+            Component::Head(l, h) => Some((*l, *h)),
+            _ => None,
+        })
+        .collect();
+    let forced = all_pairs.iter().any(|x| x.corrupt.answer_tokens.len() > 1);
+    if !forced && !senders.is_empty() {
+        progress.start("components: path patching", pairs.len() as u64);
+        for chunk in pairs.chunks(chunk_size) {
+            let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
+            let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
+            let batches = (
+                &encode(tok, p, model, &clean_p)?,
+                &encode(tok, p, model, &corrupt_p)?,
+            );
+            path_patch_batch(model, batches, chunk, &senders, &senders, &mut paths)?;
+            progress.advance(chunk.len() as u64);
+        }
+        progress.finish();
+    }
+    let attention_sample = match shard {
+        Some(s) => &sample[s.shard().0.range(sample.len(), chunk_size)],
+        None => &sample[..],
+    };
+    let attention = head_attention(model, tok, p, attention_sample, &senders)?;
+    let out = match shard {
+        Some(s) => RunLayout::new(s.shard().1),
+        None => RunLayout::new(run.root()),
+    };
+    m.write_table(&out, tables::COMPONENTS, &rows.table())?;
+    if shard.is_none() {
+        let means = rows.means();
+        let circuit = mlp_circuit(p, &means, &mlps);
+        let roles = roles_table(p, &means, &heads, &mlps, &top_heads, &circuit);
+        m.write_table(&out, tables::COMPONENTS_SUMMARY, &means_table(&means))?;
+        m.write_table(&out, tables::COMPONENT_ROLES, &roles)?;
+    }
+    m.write_table(&out, tables::PATH_PATCHING, &paths.table())?;
+    m.write_table(&out, tables::HEAD_ATTENTION, &attention)?;
+    Ok(m.outcome())
+}
+
+/// Phase 1's rows, gathered: they must be complete and made by this same work (settings,
+/// inputs, model, version), or phase 2 would rank by another study's effects.
+fn gathered_singles(run: &RunLayout, m: &StageRun) -> Result<EffectRows> {
+    let path = run.path(tables::COMPONENT_SINGLES);
+    let hint = "run phase 1 first (`helixlab components --shards N --phase 1`, then \
+                `helixlab gather components --shards N --phase 1`)";
+    let Some(made) = Manifest::verified_for(&path, hint)? else {
+        return Err(PatchError::Input(format!(
+            "{}: not there or not complete; {hint}",
+            path.display()
+        )));
+    };
+    if !made.same_work(m.manifest()) {
+        return Err(PatchError::Input(format!(
+            "{}: made by other work than this phase 2 (settings, inputs, model or version \
+             differ); rerun phase 1",
+            path.display()
+        )));
+    }
+    let f = Frame::open(&path)?.ok_or_else(|| run.missing(tables::COMPONENT_SINGLES))?;
+    EffectRows::from_frame(&f)
+}
+
+/// Pass 1: each component alone, total and direct, over `pairs`.
+fn single_effects(
+    p: &Pipeline,
+    study: &helixlab_study::StudyModel,
+    singles: &[Component],
+    pairs: &[Pair],
+    progress: &dyn Progress,
+) -> Result<EffectRows> {
+    let (model, tok) = (&study.model, &study.tokenizer);
     let mut rows = EffectRows::default();
-    // Pass 1: each component alone, total and direct.
     progress.start("components: total and direct effects", pairs.len() as u64);
-    for chunk in pairs.chunks(chunk_size) {
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
         let PairRun {
             batch,
             scoring,
@@ -422,7 +635,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             corrupt,
         } = capture_pairs(tok, p, model, chunk)?;
         let mut finals = Vec::with_capacity(singles.len());
-        for &c in &singles {
+        for &c in singles {
             let scored = patched_logits(
                 model,
                 &batch,
@@ -456,42 +669,29 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    let means = rows.means();
-    let rank = |filter: &dyn Fn(&Component) -> bool| -> Vec<Component> {
-        let mut v: Vec<Component> = singles.iter().copied().filter(|c| filter(c)).collect();
-        v.sort_by(|a, b| te(&means, *b, Effect::Total).total_cmp(&te(&means, *a, Effect::Total)));
-        v
-    };
-    let heads = rank(&|c| matches!(c, Component::Head(..)));
-    let mlps = rank(&|c| matches!(c, Component::Mlp(_)));
-    // Fits of the top heads and of every MLP (the circuit is known only after pass 2; fitting
-    // all MLPs costs one PCA per layer).
-    let top_heads: Vec<Component> = heads.iter().copied().take(p.patch.head_top).collect();
-    let fit_targets: Vec<Component> = top_heads.iter().chain(&mlps).copied().collect();
-    let mut problems = problems(run.root(), p.patch.correct_only)?;
-    problems.retain(|x| x.b.is_some());
-    let order = split::permutation(problems.len(), p.patch.seed);
-    let sample: Vec<&ProblemInfo> = order
-        .iter()
-        .take(p.patch.component_fit_problems)
-        .map(|&i| &problems[i])
-        .collect();
-    if sample.len() < 10 {
-        return Err(PatchError::Input(format!(
-            "{}: {} correct problems; the component fits need at least 10",
-            run.path(tables::PROBLEMS).display(),
-            sample.len()
-        )));
-    }
-    let fits = fit_components(model, tok, p, &sample, &fit_targets, progress)?;
+    Ok(rows)
+}
+
+/// Pass 2: the top-k joint patches of the ranked `(heads, mlps)` and the fits patched in, over
+/// `pairs`, appended to `rows`.
+fn joint_effects(
+    p: &Pipeline,
+    study: &helixlab_study::StudyModel,
+    (heads, mlps): (&[Component], &[Component]),
+    fits: &BTreeMap<Component, ComponentFits>,
+    pairs: &[Pair],
+    rows: &mut EffectRows,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let (model, tok) = (&study.model, &study.tokenizer);
+    let cfg = model.config();
     let fit_names: Vec<String> = MultiHelix::paper_sets()
         .iter()
         .map(|s| MultiHelix::variant_name(s))
         .collect();
-    // Pass 2: top-k joint patches and the fits patched in.
     let max_heads = heads.len().min(64);
     progress.start("components: top-k and fits", pairs.len() as u64);
-    for chunk in pairs.chunks(chunk_size) {
+    for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
         let PairRun {
             batch,
             scoring,
@@ -524,8 +724,8 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
             Ok(out)
         };
         for (name, ranked, max_k) in [
-            (Patched::TopHeads, &heads, max_heads),
-            (Patched::TopMlps, &mlps, mlps.len()),
+            (Patched::TopHeads, heads, max_heads),
+            (Patched::TopMlps, mlps, mlps.len()),
         ] {
             let mut ks: Vec<usize> = (1..=max_k).collect();
             if max_k < ranked.len() {
@@ -544,7 +744,7 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
                 }
             }
         }
-        for (&c, f) in &fits {
+        for (&c, f) in fits {
             let shape: Vec<usize> = match c {
                 Component::Head(..) => vec![chunk.len(), 1, 1, cfg.d_head],
                 _ => vec![chunk.len(), 1, cfg.d_model],
@@ -562,61 +762,63 @@ pub fn run_components(p: &Pipeline, force: bool, progress: &dyn Progress) -> Res
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    let means = rows.means();
-    let curve = |name: Patched, n: usize| -> Vec<f64> {
-        (1..=n)
-            .map(|k| {
-                means
-                    .get(&EffectKey {
-                        component: name,
-                        layer: k as u32,
-                        head: None,
-                        effect: Effect::Total,
-                    })
-                    .map_or(0.0, |m| m.logit_diff)
-            })
-            .collect()
+    Ok(())
+}
+
+/// After phase 2 of a sharded `components` is gathered: components_summary and
+/// component_roles from every row of components.parquet (with its manifest, as the unsharded
+/// stage writes them), and phase 1's table removed (its rows are in components.parquet).
+/// Does nothing when both are current.
+pub fn finish_gathered(p: &Pipeline) -> Result<()> {
+    let run = RunLayout::new(p.run_dir());
+    let rows_path = run.path(tables::COMPONENTS);
+    let Some(mut manifest) = Manifest::verified_for(&rows_path, "run `helixlab components` first")?
+    else {
+        return Err(run.missing(tables::COMPONENTS).into());
     };
-    let circuit: BTreeSet<Component> = mlps
-        .iter()
-        .copied()
-        .take(circuit_size(
-            &curve(Patched::TopMlps, mlps.len()),
-            p.patch.circuit_fraction,
-        ))
-        .collect();
-    let roles = roles_table(p, &means, &heads, &mlps, &top_heads, &circuit);
-    // Pass 3: path patching from each top head to the later top heads and MLPs.
-    let mut paths = PathRows::default();
-    let senders: Vec<(usize, usize)> = top_heads
-        .iter()
-        .filter_map(|c| match c {
-            Component::Head(l, h) => Some((*l, *h)),
-            _ => None,
-        })
-        .collect();
-    let forced = pairs.iter().any(|x| x.corrupt.answer_tokens.len() > 1);
-    if !forced && !senders.is_empty() {
-        progress.start("components: path patching", pairs.len() as u64);
-        for chunk in pairs.chunks(chunk_size) {
-            let clean_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.clean).collect();
-            let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
-            let batches = (
-                &encode(tok, p, model, &clean_p)?,
-                &encode(tok, p, model, &corrupt_p)?,
-            );
-            path_patch_batch(model, batches, chunk, &senders, &senders, &mut paths)?;
-            progress.advance(chunk.len() as u64);
+    let (summary_path, roles_path) = (
+        run.path(tables::COMPONENTS_SUMMARY),
+        run.path(tables::COMPONENT_ROLES),
+    );
+    if !(manifest.is_fresh(&summary_path) && manifest.is_fresh(&roles_path)) {
+        let f = Frame::open(&rows_path)?.ok_or_else(|| run.missing(tables::COMPONENTS))?;
+        let means = EffectRows::from_frame(&f)?.means();
+        // The single components, in the order the stage patched them, from the rows.
+        let mut singles: Vec<Component> = means
+            .keys()
+            .filter(|k| k.effect == Effect::Total)
+            .filter_map(|k| match (k.component, k.head) {
+                (Patched::Attn, _) => Some(Component::Attn(k.layer as usize)),
+                (Patched::Mlp, _) => Some(Component::Mlp(k.layer as usize)),
+                (Patched::Head, Some(h)) => Some(Component::Head(k.layer as usize, h as usize)),
+                _ => None,
+            })
+            .collect();
+        singles.sort_by_key(|c| match *c {
+            Component::Attn(l) => (l, 0, 0),
+            Component::Mlp(l) => (l, 1, 0),
+            Component::Head(l, h) => (l, 2, h),
+        });
+        let (heads, mlps) = rank_components(&singles, &means);
+        let top_heads: Vec<Component> = heads.iter().copied().take(p.patch.head_top).collect();
+        let circuit = mlp_circuit(p, &means, &mlps);
+        let roles = roles_table(p, &means, &heads, &mlps, &top_heads, &circuit);
+        manifest.parts.clear();
+        for (path, table) in [(&summary_path, &means_table(&means)), (&roles_path, &roles)] {
+            manifest.rows = table.rows() as u64;
+            table.write(path, &manifest)?;
         }
-        progress.finish();
     }
-    m.write_table(&run, tables::COMPONENTS, &rows.table())?;
-    m.write_table(&run, tables::COMPONENTS_SUMMARY, &means_table(&means))?;
-    m.write_table(&run, tables::COMPONENT_ROLES, &roles)?;
-    m.write_table(&run, tables::PATH_PATCHING, &paths.table())?;
-    let attention = head_attention(model, tok, p, &sample, &senders)?;
-    m.write_table(&run, tables::HEAD_ATTENTION, &attention)?;
-    Ok(m.outcome())
+    let singles = run.path(tables::COMPONENT_SINGLES);
+    for f in [Manifest::path_for(&singles), singles] {
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PatchError::Input(format!("{}: {e}", f.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// One row per head and MLP: rank by TE, TE, DE, DE/TE, the fits' TE over TE, and for the top

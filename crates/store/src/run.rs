@@ -63,6 +63,7 @@ pub mod tables {
         COMPONENT_ROLES = ("patch", "component_roles", "components");
         PATH_PATCHING = ("patch", "path_patching", "components");
         HEAD_ATTENTION = ("patch", "head_attention", "components");
+        COMPONENT_SINGLES = ("patch", "component_singles", "components");
         NEURON_GRADS = ("neurons", "gradients", "neuron-grads");
         NEURON_ATTRIBUTION = ("neurons", "attribution", "neurons");
         NEURON_TOP = ("neurons", "top", "neurons");
@@ -73,6 +74,7 @@ pub mod tables {
         NEURON_PERIODS = ("neurons", "periods", "neurons");
         NEURON_MLPS = ("neurons", "mlps", "neurons");
         NEURON_LOGIT_LENS = ("neurons", "logit_lens", "neurons");
+        NEURON_LENS_DIRECTIONS = ("neurons", "lens_directions", "neurons");
         ANSWER_LOGITS = ("", "answer_logits", "accuracy");
         LINE_FIT = ("clock", "line_fit", "clock");
         LINEAR_ADDITION = ("clock", "linear_addition", "clock");

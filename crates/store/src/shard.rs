@@ -199,6 +199,8 @@ pub struct ShardSet {
     stage: String,
     root: PathBuf,
     count: u32,
+    /// For a stage that runs in phases (each gathered before the next starts), which one.
+    phase: Option<u32>,
 }
 
 /// `table` (relative, e.g. `problems.parquet` or `activations/site=x/layer=0`) as a hive
@@ -220,6 +222,24 @@ impl ShardSet {
                 .join(stage)
                 .join(format!("{tag}-of-{count}")),
             count,
+            phase: None,
+        }
+    }
+
+    /// The set of phase `phase` of a stage that runs in phases: its own directory
+    /// (`shards/<stage>/phase-<K>/<work>-of-<N>`), gathered before the next phase starts.
+    pub fn phase(run: &Path, stage: &str, phase: u32, work: &str, count: u32) -> ShardSet {
+        let tag: String = work.chars().take(12).collect();
+        ShardSet {
+            run: run.to_path_buf(),
+            stage: stage.into(),
+            root: run
+                .join("shards")
+                .join(stage)
+                .join(format!("phase-{phase}"))
+                .join(format!("{tag}-of-{count}")),
+            count,
+            phase: Some(phase),
         }
     }
 
@@ -370,14 +390,20 @@ impl ShardSet {
         if !missing.is_empty() {
             let listed: Vec<String> = missing.iter().map(u32::to_string).collect();
             return Err(StoreError::Shard(format!(
-                "{}: shards {} of {} of {} are not committed (no part-I.commit.json); run those \
-                 array indices (or `helixlab {} --shard I/{}`) first",
+                "{}: shards {} of {} of {}{} are not committed (no part-I.commit.json); run \
+                 those array indices (or `helixlab {} --shard I/{}{}`) first",
                 self.root.display(),
                 listed.join(", "),
                 self.count,
                 self.stage,
+                self.phase
+                    .map(|k| format!(" phase {k}"))
+                    .unwrap_or_default(),
                 self.stage,
-                self.count
+                self.count,
+                self.phase
+                    .map(|k| format!(" --phase {k}"))
+                    .unwrap_or_default(),
             )));
         }
         let commits: Vec<Commit> = (0..self.count)
