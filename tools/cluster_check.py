@@ -5,7 +5,8 @@ server mode, also on 127.0.0.1), and checks the shard contract end to end:
 - every job runs as if on a node of its own: an empty private cache (a tmpfs mounted in the
   job's own mount namespace), so the jobs meet only through the bucket, where the model is
   read from too;
-- the sharded stages run as 4-task arrays on 2 fake GPUs: two tasks at once, with different
+- the sharded stages (accuracy, extract, patch, patch-last, both phases of components, and
+  neurons) run as 4-task arrays on 2 fake GPUs: two tasks at once, with different
   CUDA_VISIBLE_DEVICES (read from the shards' commits);
 - one extract task dies mid-work (the HELIXLAB_ABORT_AFTER_BATCHES hook, an abort like kill
   -9); the chain after it waits; resubmitting that index alone (`sbatch --array=2`) reruns that
@@ -346,6 +347,13 @@ def main():
         check(len(won) == 1 and len(lost) + len(skipped) == 1,
               f"of two racing attempts one commits: {len(won)} committed, {len(lost)} refused, "
               f"{len(skipped)} skipped ({[r[2][-200:] for r in results if r[0] != 0]})")
+        for stage in ["patch", "patch-last", "components/phase-1", "components/phase-2",
+                      "neurons"]:
+            got = sorted(commits(s3, stage))
+            check(got == [0, 1, 2, 3], f"{stage}: 4 shards committed ({got})")
+        check(not any(k.endswith(("component_singles.parquet", "lens_directions.parquet"))
+                      for k in s3.keys(PREFIX + "/")),
+              "the phase tables of components and neurons are folded and removed from the bucket")
         check(any(k.endswith("report/index.html") for k in s3.keys(PREFIX + "/report/")),
               "the chain ran to the report (in the bucket)")
         downloaded = cluster.dir / "downloaded"
