@@ -20,8 +20,9 @@
 #   make bench-scale        the same on a GPT-J-6B-shaped checkpoint it writes (12.1 GB, random
 #                           bf16): load, memory, accuracy, extract, patch (data/bench/scale/scale.md;
 #                           ~40 min; needs ~14 GB of memory and 13 GB of disk: run it alone)
-#   make slurm              submit PIPELINE to Slurm: SHARDS-task arrays for accuracy, extract,
-#                           patch and patch-last, one job per other stage (docs/cluster.md); [output] dir may be s3://
+#   make slurm              submit PIPELINE to Slurm: SHARDS-task arrays for every stage that runs
+#                           the model (components: two), one job per other stage (docs/cluster.md);
+#                           [output] dir may be s3://
 #   make build-cuda         the GPU build (--features cuda) into target/cuda/release/helixlab, with
 #                           nvcc and the CUDA headers from PyPI wheels (make cuda-toolkit); no GPU
 #                           needed to build. tools/gpu_check.sh runs it on a CUDA machine.

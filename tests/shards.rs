@@ -258,6 +258,21 @@ fn shards_give_the_unsharded_tables_and_are_committed_once() {
     assert!(!sharded_run.join("neurons/lens_directions.parquet").exists());
     let out = run_ok(&["neurons", "--pipeline", p]);
     assert!(out.contains("up to date"), "{out}");
+    // The gather jobs `helixlab slurm` writes run after the last shard has gathered.
+    for (stage, phase) in [("components", "2"), ("neurons", "1")] {
+        let out = run_ok(&[
+            "gather",
+            stage,
+            "--pipeline",
+            p,
+            "--shards",
+            "3",
+            "--phase",
+            phase,
+        ]);
+        assert!(out.contains("gathered already"), "{out}");
+    }
+    same(&single_run, &sharded_run, &neuron_tables);
 
     let (ok, _, stderr) = helixlab(&["extract", "--pipeline", p, "--shard", "3/3"]);
     assert!(!ok && stderr.contains("--shard \"3/3\""), "{stderr}");

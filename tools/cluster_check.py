@@ -119,12 +119,21 @@ class Cluster:
                  check=False)
         return [line.split(None, 2) for line in out.splitlines() if line.strip()]
 
-    def wait(self, jobs, until, what, timeout=600):
+    def wait(self, jobs, until, what, timeout=600, stuck_ok=False):
         start = time.time()
+        stuck = None
         while time.time() - start < timeout:
             rows = self.queued(jobs)
             if until(rows):
                 return rows
+            # A job that failed leaves the chain after it pending for ever: stop once that has
+            # lasted (a dependency just updated may read stuck for a moment).
+            if not stuck_ok and any("DependencyNeverSatisfied" in r[2] for r in rows):
+                stuck = stuck or time.time()
+                if time.time() - stuck > 15:
+                    raise SystemExit(f"a job failed while waiting for {what}: {rows}")
+            else:
+                stuck = None
             time.sleep(0.5)
         raise SystemExit(f"timed out waiting for {what}: {self.queued(jobs)}")
 
@@ -302,9 +311,11 @@ def main():
         jobs = dict(line.split() for line in out.splitlines() if line.strip())
         print(f"submitted {len(jobs)} jobs: {' '.join(jobs)}")
         # The extract array ends (task 2 failed); the gather after it is stuck.
-        cluster.wait([jobs["extract"]], lambda rows: not rows, "the extract array")
+        cluster.wait([jobs["extract"]], lambda rows: not rows, "the extract array",
+                     stuck_ok=True)
         rows = cluster.wait([jobs["gather-extract"]], lambda rows: rows and
-                            "DependencyNeverSatisfied" in rows[0][2], "the stuck gather")
+                            "DependencyNeverSatisfied" in rows[0][2], "the stuck gather",
+                            stuck_ok=True)
         check(True, f"extract task 2 died; the gather after it waits ({rows[0][2]})")
         acc = commits(s3, "accuracy")
         ext = commits(s3, "extract")
@@ -382,7 +393,7 @@ def main():
               f"the single run's row counts {wrong[:3]}")
     finally:
         logs = cluster.dir / "logs"
-        if failed and logs.exists():
+        if (failed or sys.exc_info()[0]) and logs.exists():
             for log in sorted(logs.glob("*.out")):
                 print(f"--- {log.name}\n{log.read_text()[-800:]}")
         if s3:

@@ -242,11 +242,17 @@ fn gather_set(
     } else {
         stage.name().to_string()
     };
-    // A finished multi-phase stage has folded its earlier phases' tables into its own.
-    let folded = phase < phases(stage) && {
-        let last = shard_set(stage, phases(stage), pipeline, &ws.p, set.count())?;
-        ws.pull_set_commits(&last)?;
-        last.missing().len() < set.count() as usize
+    // Tables folded into others and removed after gathering (components' phase 1 once phase
+    // 2 has started; neurons' lens directions) are not gathered again.
+    let folded = match stage {
+        Stage::Components if phase == 1 => {
+            let last = shard_set(stage, 2, pipeline, &ws.p, set.count())?;
+            ws.pull_set_commits(&last)?;
+            last.missing().len() < set.count() as usize
+        }
+        // Gathering writes the tables in name order, top.parquet last.
+        Stage::Neurons => set.gathered_into("neurons/top.parquet")?,
+        _ => false,
     };
     let written = if folded {
         Vec::new()
@@ -330,7 +336,8 @@ pub struct SlurmArgs {
     /// The study file.
     #[arg(long, default_value = "pipelines/toy-adder.toml")]
     pub pipeline: PathBuf,
-    /// Array tasks per sharded stage (accuracy, extract, patch, patch-last).
+    /// Array tasks per sharded stage (accuracy, extract, patch, patch-last, each phase of
+    /// components, neurons).
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
     /// GPUs per forward task (`--gres=gpu:K`); 0 for CPU-only nodes.

@@ -361,6 +361,24 @@ impl ShardSet {
 
     /// How a gathered table's manifest names one of its parts: relative to the run (the same
     /// wherever the run is cached), with its sha256.
+    /// Whether the run's `table` (relative to the run) was gathered from this set: every shard
+    /// committed, and the table's manifest records exactly their parts and vouches for its
+    /// data (a table folded into others and removed after gathering is not).
+    pub fn gathered_into(&self, table: &str) -> Result<bool> {
+        let mut listed = Vec::new();
+        for i in 0..self.count {
+            match self
+                .committed(i)?
+                .and_then(|c| c.tables.get(table).cloned())
+            {
+                Some(part) => listed.push(self.part_record(&part)),
+                None => return Ok(false),
+            }
+        }
+        let path = self.run.join(table);
+        Ok(Manifest::read_for(&path).is_some_and(|m| m.parts == listed && m.vouches_for(&path)))
+    }
+
     fn part_record(&self, part: &Part) -> String {
         format!(
             "{}/{} sha256:{}",
