@@ -3,8 +3,8 @@ stopped at the end) as `helixlab slurm` writes it, writing to an S3-compatible s
 server mode, also on 127.0.0.1), and checks the shard contract end to end:
 
 - every job runs as if on a node of its own: an empty private cache (a tmpfs mounted in the
-  job's own mount namespace), so the jobs meet only through the bucket, where the model is
-  read from too;
+  job's own mount namespace) at a path of its own, so the jobs meet only through the bucket,
+  where the model is read from too;
 - the sharded stages (accuracy, extract, patch, patch-last, both phases of components, and
   neurons) run as 4-task arrays on 2 fake GPUs: two tasks at once, with different
   CUDA_VISIBLE_DEVICES (read from the shards' commits);
@@ -298,9 +298,12 @@ def main():
             ["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {cache}"],
             capture_output=True).returncode == 0
         if not private:
-            print("note: no mount namespaces here; the jobs share one cache (one node's disk)")
+            print("note: no mount namespaces here; the jobs' caches are directories of one disk")
+        # Each job's cache is at a path of its own too (as on nodes whose scratch differs), so
+        # the manifests must not depend on where a machine keeps the run.
+        own = 'export HELIXLAB_CACHE="$HELIXLAB_CACHE/job-${SLURM_JOB_ID:-local}"'
         isolate = ("exec unshare -m sh -c 'mount -t tmpfs tmpfs \"$HELIXLAB_CACHE\" && "
-                   "exec \"$0\" \"$@\"' " if private else "exec ")
+                   f"{own} && exec \"$0\" \"$@\"' " if private else f"{own}; exec ")
         wrapper.write_text(
             "#!/bin/sh\n"
             f'if [ "$1" = extract ] && [ "${{SLURM_ARRAY_TASK_ID:-}}" = 2 ] && [ ! -e {flag} ]; '

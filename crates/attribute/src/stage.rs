@@ -178,7 +178,7 @@ pub fn run_neurons(
     m.input_table(&run, tables::PAIRS)?;
     // The grid and the ablation sample are every problem, not only the pairs'.
     m.input_table(&run, tables::PROBLEMS)?;
-    m.optional_input(&run.path(tables::COMPONENT_ROLES))?;
+    m.optional_input_table(&run, tables::COMPONENT_ROLES)?;
     if !force && m.tables_fresh(&run, &tables::NEURONS) {
         return Ok(Outcome::UpToDate);
     }

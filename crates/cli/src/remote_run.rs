@@ -31,7 +31,10 @@ impl Workspace {
             let local = model
                 .pull_input()
                 .with_context(|| format!("fetching the model {}", p.model.dir))?;
-            p.model.dir = local.display().to_string();
+            p.model.fetched_from = Some(std::mem::replace(
+                &mut p.model.dir,
+                local.display().to_string(),
+            ));
         }
         if !is_remote(&p.output.dir) {
             return Ok(Workspace { p, remote: None });

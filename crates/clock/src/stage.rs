@@ -151,7 +151,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     run.inputs(inputs);
     run.input_table(&layout, tables::PROBLEMS)?;
     let logits_path = layout.path(tables::ANSWER_LOGITS);
-    let have_logits = run.optional_input(&logits_path)?;
+    let have_logits = run.optional_input_table(&layout, tables::ANSWER_LOGITS)?;
     if !force && run.tables_fresh(&layout, &tables::CLOCK) {
         return Ok(Outcome::UpToDate);
     }

@@ -173,7 +173,7 @@ pub fn run(p: &Pipeline, force: bool, progress: &dyn Progress) -> Result<Outcome
     run.inputs(inputs);
     // The spectral stage's periods, when it ran: a fit of the model's own periods.
     let periods_path = layout.path(tables::PERIODS);
-    let discovered = if run.optional_input(&periods_path)? {
+    let discovered = if run.optional_input_table(&layout, tables::PERIODS)? {
         Some(discovered_periods(&periods_path).map_err(FitError::Input)?)
     } else {
         None

@@ -57,6 +57,11 @@ pub struct ModelSection {
     /// cpu (default), cuda, cuda:N, metal.
     #[serde(default)]
     pub device: Device,
+    /// Where `dir` was fetched from (an `s3://` model, read from a local cache), which is what
+    /// the manifests name: every machine's cache is elsewhere, the model is the same. Not read
+    /// from the study file.
+    #[serde(skip)]
+    pub fetched_from: Option<String>,
 }
 
 fn share_prefixes_by_default() -> bool {

@@ -336,7 +336,7 @@ pub fn extracted_partitions<'a>(
             });
         }
         for (layer, part, sha) in found {
-            inputs.insert(part.display().to_string(), sha);
+            inputs.insert(crate::run::run_key(run_dir, &part), sha);
             work.push((site.to_string(), layer));
         }
     }

@@ -23,6 +23,16 @@ pub struct TableName {
     pub writer: &'static str,
 }
 
+/// The key of an input inside the run at `root` in a manifest: `<run>/` and its path in the
+/// run (`<run>/patch/pairs.parquet`), not where this machine keeps the run; other paths as
+/// they are.
+pub fn run_key(root: &Path, path: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) => format!("<run>/{}", rel.display()),
+        Err(_) => path.display().to_string(),
+    }
+}
+
 /// Declares the tables: `NAME = (dir, stem, writer)`, documented by their path.
 macro_rules! tables {
     ($($name:ident = ($dir:literal, $stem:literal, $writer:literal);)*) => {
@@ -221,6 +231,11 @@ impl StageRun {
     /// Records the complete table at `path` as an input; a table without a manifest is an
     /// error that says which command writes it (`hint`).
     pub fn input(&mut self, path: &Path, hint: &str) -> Result<()> {
+        self.input_keyed(path, path.display().to_string(), hint)
+    }
+
+    /// Records `path` as an input under `key`.
+    fn input_keyed(&mut self, path: &Path, key: String, hint: &str) -> Result<()> {
         // The data must be what its manifest vouches for (not changed or copied in since).
         if Manifest::verified_for(path, hint)?.is_none() {
             return Err(StoreError::Missing {
@@ -232,14 +247,27 @@ impl StageRun {
             path: path.to_path_buf(),
             hint: hint.into(),
         })?;
-        self.manifest.inputs.insert(path.display().to_string(), sha);
+        self.manifest.inputs.insert(key, sha);
         Ok(())
     }
 
-    /// Records the run's `table` as an input (missing: says which command writes it).
+    /// Records the run's `table` as an input (missing: says which command writes it), keyed
+    /// by its place in the run ([`run_key`]), so that the same work on another machine, whose
+    /// copy of the run is elsewhere, is the same work.
     pub fn input_table(&mut self, run: &RunLayout, table: TableName) -> Result<()> {
         let path = run.path(table);
-        self.input(&path, &format!("run `helixlab {}` first", table.writer))
+        let hint = format!("run `helixlab {}` first", table.writer);
+        self.input_keyed(&path, run_key(run.root(), &path), &hint)
+    }
+
+    /// [`StageRun::input_table`] for a table that may not be there: `false` when it is not.
+    pub fn optional_input_table(&mut self, run: &RunLayout, table: TableName) -> Result<bool> {
+        let path = run.path(table);
+        if Manifest::read_for(&path).is_none() {
+            return Ok(false);
+        }
+        self.input_keyed(&path, run_key(run.root(), &path), "")?;
+        Ok(true)
     }
 
     /// Records `path` as an input when it is complete; `false` when it is not there.
@@ -323,6 +351,15 @@ impl StageRun {
 mod tests {
     use super::*;
     use crate::table::Values;
+
+    #[test]
+    fn inputs_in_the_run_are_keyed_by_their_place_in_it() {
+        let (a, b) = (Path::new("/scratch/job-1/run"), Path::new("/cache/x/run"));
+        let key = |root: &Path| run_key(root, &root.join("patch/pairs.parquet"));
+        assert_eq!(key(a), "<run>/patch/pairs.parquet");
+        assert_eq!(key(a), key(b), "two machines' copies of one run");
+        assert_eq!(run_key(a, Path::new("/models/m")), "/models/m");
+    }
 
     #[test]
     fn every_table_has_one_path() {

@@ -117,7 +117,7 @@ impl StudyModel {
         let tokenizer = Tokenizer::for_checkpoint(&dir)?;
         let model = Model::load(&dir, &opts)?;
         let identity = ModelIdentity::describe(
-            &p.model.dir,
+            p.model.fetched_from.as_deref().unwrap_or(&p.model.dir),
             ModelFacts {
                 architecture: model.config().arch.model_type(),
                 config_sha256: model.config_sha256(),
