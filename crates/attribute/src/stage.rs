@@ -767,14 +767,7 @@ pub fn finish_gathered(p: &Pipeline) -> Result<()> {
             table.write(path, &whole)?;
         }
     }
-    for f in [Manifest::path_for(&directions_path), directions_path] {
-        match std::fs::remove_file(&f) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(AttributeError::Input(format!("{}: {e}", f.display())))
-            }
-            _ => {}
-        }
-    }
+    Manifest::remove_table(&directions_path)?;
     Ok(())
 }
 

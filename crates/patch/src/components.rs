@@ -809,15 +809,7 @@ pub fn finish_gathered(p: &Pipeline) -> Result<()> {
             table.write(path, &manifest)?;
         }
     }
-    let singles = run.path(tables::COMPONENT_SINGLES);
-    for f in [Manifest::path_for(&singles), singles] {
-        match std::fs::remove_file(&f) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(PatchError::Input(format!("{}: {e}", f.display())))
-            }
-            _ => {}
-        }
-    }
+    Manifest::remove_table(&run.path(tables::COMPONENT_SINGLES))?;
     Ok(())
 }
 

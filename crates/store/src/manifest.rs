@@ -204,6 +204,18 @@ impl Manifest {
         atomic::write(&Self::path_for(table), (text + "\n").as_bytes())
     }
 
+    /// Removes `table` (a Parquet file) and its manifest, manifest first so that no reader
+    /// takes a half-removed table as complete; a table that is not there is no error.
+    pub fn remove_table(table: &Path) -> Result<()> {
+        for f in [Self::path_for(table), table.to_path_buf()] {
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(crate::io(&f)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `table` is complete, was made by the same work as `self`, and still holds what
     /// it was written with (a changed or truncated file is not fresh: the stage redoes it).
     pub fn is_fresh(&self, table: &Path) -> bool {

@@ -213,33 +213,27 @@ impl ShardSet {
     /// The set of `count` shards of `stage` on the run at `run`, for the work `work` (a
     /// hash of what defines it: the study file and the tool version).
     pub fn new(run: &Path, stage: &str, work: &str, count: u32) -> ShardSet {
-        let tag: String = work.chars().take(12).collect();
-        ShardSet {
-            run: run.to_path_buf(),
-            stage: stage.into(),
-            root: run
-                .join("shards")
-                .join(stage)
-                .join(format!("{tag}-of-{count}")),
-            count,
-            phase: None,
-        }
+        Self::at(run, stage, None, work, count)
     }
 
     /// The set of phase `phase` of a stage that runs in phases: its own directory
     /// (`shards/<stage>/phase-<K>/<work>-of-<N>`), gathered before the next phase starts.
     pub fn phase(run: &Path, stage: &str, phase: u32, work: &str, count: u32) -> ShardSet {
+        Self::at(run, stage, Some(phase), work, count)
+    }
+
+    fn at(run: &Path, stage: &str, phase: Option<u32>, work: &str, count: u32) -> ShardSet {
         let tag: String = work.chars().take(12).collect();
+        let mut root = run.join("shards").join(stage);
+        if let Some(k) = phase {
+            root = root.join(format!("phase-{k}"));
+        }
         ShardSet {
             run: run.to_path_buf(),
             stage: stage.into(),
-            root: run
-                .join("shards")
-                .join(stage)
-                .join(format!("phase-{phase}"))
-                .join(format!("{tag}-of-{count}")),
+            root: root.join(format!("{tag}-of-{count}")),
             count,
-            phase: Some(phase),
+            phase,
         }
     }
 
