@@ -192,7 +192,7 @@ python-check:
 
 # The Python side is pinned (tools/bench/requirements.txt); the checkpoints it measures on are
 # made by tools/bench/make_checkpoints.py into data/bench/models (random weights, not committed).
-bench: $(HELIXLAB)
+bench: $(HELIXLAB) fetch-tokenizers
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/pip install -q -r tools/bench/requirements.txt
 	.venv-bench/bin/python tools/bench/run.py --helixlab $(HELIXLAB) --out data/bench

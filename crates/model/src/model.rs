@@ -447,7 +447,8 @@ impl Model {
     ) -> Result<ForwardOutput> {
         let t = batch.seq_len;
         let plan = self.plan(req, interventions)?;
-        let (head, tail) = crate::last_token::split_last(batch)?;
+        let head = crate::kv_cache::batch_until(batch, t - 1)?;
+        let tail = crate::kv_cache::batch_from(batch, t - 1)?;
         let (_, kv) = self.run_recording(&head, &ForwardRequest::new(), plan)?;
         // Positions were checked to be the last one; in the one-token tail that is -1.
         let at_last = |p: &Positions| match p {
@@ -663,6 +664,7 @@ impl Model {
                 captures,
                 hooks: req.captures.iter().map(|c| c.hook).collect(),
                 layers_run: start..end,
+                positions_run: 0..batch.seq_len,
             },
             ctx.kv_record,
         ))

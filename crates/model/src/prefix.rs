@@ -13,10 +13,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
 use crate::hook::HookPoint;
+use crate::kv_cache::{mask_over_past, KvCache};
 use crate::model::{Model, RunExtras};
 use crate::request::{Capture, ForwardOutput, ForwardRequest, Logits, Positions};
 
@@ -56,6 +57,29 @@ impl Model {
         split: usize,
         req: &ForwardRequest,
     ) -> Result<ForwardOutput> {
+        Ok(self.shared_prefix(sequences, split, req, false)?.0)
+    }
+
+    /// [`Model::forward_shared_prefix`], also returning every block's keys and values over
+    /// the whole sequences (the prefix's copied to every sequence that shares it), for
+    /// patched forwards of the same sequences ([`Model::forward_cached`]).
+    pub fn forward_shared_prefix_recording(
+        &self,
+        sequences: &[Vec<u32>],
+        split: usize,
+        req: &ForwardRequest,
+    ) -> Result<(ForwardOutput, KvCache)> {
+        let (out, cache) = self.shared_prefix(sequences, split, req, true)?;
+        Ok((out, cache.expect("recorded")))
+    }
+
+    fn shared_prefix(
+        &self,
+        sequences: &[Vec<u32>],
+        split: usize,
+        req: &ForwardRequest,
+        record: bool,
+    ) -> Result<(ForwardOutput, Option<KvCache>)> {
         let bad = |m: String| {
             Err(ModelError::BadRequest(format!(
                 "shared-prefix forward: {m}"
@@ -167,18 +191,31 @@ impl Model {
         }
         let mut tail_req = part(split, len);
         tail_req.logits = req.logits;
-        let mask = prefix_mask(split, len - split, &device)?;
-        let (tail, _) = self.run_with(
+        let mask = mask_over_past(split, len - split, &device)?;
+        let (tail, tail_kv) = self.run_with(
             &tail_batch,
             &tail_req,
             &[],
             false,
             RunExtras {
                 plan: Some(plan),
-                record_kv: false,
-                past: Some((past, mask)),
+                record_kv: record,
+                past: Some((past.clone(), mask)),
             },
         )?;
+        let cache = match tail_kv {
+            Some(tail_kv) => {
+                let kv = past
+                    .iter()
+                    .zip(&tail_kv)
+                    .map(|((pk, pv), (k, v))| {
+                        Ok((Tensor::cat(&[pk, k], 1)?, Tensor::cat(&[pv, v], 1)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(KvCache::new(kv, self.batch(sequences)?, len))
+            }
+            None => None,
+        };
         // Reassemble every capture in the requested position order.
         let mut head_caps = head_req.captures.iter().zip(head.captures);
         let mut tail_caps = tail_req.captures.iter().zip(tail.captures);
@@ -221,25 +258,17 @@ impl Model {
             }
             captures.push(Tensor::cat(&columns, 1)?);
         }
-        Ok(ForwardOutput {
-            logits: tail.logits,
-            captures,
-            hooks: req.captures.iter().map(|c| c.hook).collect(),
-            layers_run: tail.layers_run,
-        })
+        Ok((
+            ForwardOutput {
+                logits: tail.logits,
+                captures,
+                hooks: req.captures.iter().map(|c| c.hook).collect(),
+                layers_run: tail.layers_run,
+                positions_run: 0..len,
+            },
+            cache,
+        ))
     }
-}
-
-/// The additive mask of `t` queries over `p` prefix keys (all visible) and their own `t` keys
-/// (causal): `(1, 1, t, p + t)`, broadcast over the batch and heads.
-fn prefix_mask(p: usize, t: usize, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; t * (p + t)];
-    for q in 0..t {
-        for k in (p + q + 1)..(p + t) {
-            m[q * (p + t) + k] = f32::MIN / 2.0;
-        }
-    }
-    Ok(Tensor::from_vec(m, (1, 1, t, p + t), device)?)
 }
 
 #[cfg(test)]

@@ -179,6 +179,9 @@ pub struct ForwardOutput {
     pub hooks: Vec<HookPoint>,
     /// The blocks that ran (a forward stops after the last one it needs).
     pub layers_run: std::ops::Range<usize>,
+    /// The positions that ran (a forward over a cache runs the positions from the first one
+    /// it changes).
+    pub positions_run: std::ops::Range<usize>,
 }
 
 impl ForwardOutput {

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Tensor};
-use helixlab_model::{Batch, Model, Positions, Tokenizer};
+use helixlab_model::{Batch, ForwardOutput, KvCache, Model, Positions, Tokenizer};
 use helixlab_model::{Edit, ForwardRequest, HookPoint, Intervention};
 use helixlab_numeric::multi_helix::{MultiFit, MultiHelix};
 use helixlab_numeric::{split, Pca};
@@ -87,6 +87,9 @@ struct LastCaptures {
     scored: Scored,
     /// `hook_resid_pre` of every layer, every position (to resume from); clean runs only.
     resid_pre: Vec<Tensor>,
+    /// Every block's keys and values, for patched forwards that run the positions from the
+    /// patched one on (`helixlab_study::clean_forward`); clean runs only.
+    cache: Option<KvCache>,
     /// `(b, 1, d)`.
     attn_out: Vec<Tensor>,
     /// `(b, 1, d)`.
@@ -102,6 +105,7 @@ fn capture_last(
     batch: &Batch,
     scoring: &AnswerScoring,
     with_resid: bool,
+    record: Option<&Pipeline>,
 ) -> Result<LastCaptures> {
     let n = model.config().n_layers;
     let at = scoring.prompt_last();
@@ -118,9 +122,13 @@ fn capture_last(
             req = req.capture(HookPoint::ResidPre(l), Positions::All);
         }
     }
-    let out = model.forward(batch, &req)?;
+    let (out, cache) = match record {
+        Some(p) => helixlab_study::clean_forward(p, model, batch, &req)?,
+        None => (model.forward(batch, &req)?, None),
+    };
     let get = |hook: HookPoint| -> Result<Tensor> { Ok(out.capture(hook)?.clone()) };
     Ok(LastCaptures {
+        cache,
         at,
         scored: scoring.score(&out)?,
         attn_out: (0..n)
@@ -141,6 +149,13 @@ fn capture_last(
             Vec::new()
         },
     })
+}
+
+impl LastCaptures {
+    /// A patched forward of the clean batch, over the clean run's cache when there is one.
+    fn forward(&self, model: &Model, batch: &Batch, req: &ForwardRequest) -> Result<ForwardOutput> {
+        helixlab_study::patched_forward(model, batch, self.cache.as_ref(), req)
+    }
 }
 
 /// The intervention that puts `value` in place of `component`'s output at positions `at`.
@@ -185,7 +200,7 @@ fn patched_logits(
     for i in interventions {
         req = req.intervene(i);
     }
-    scoring.score(&model.forward(batch, &scoring.request(req))?)
+    scoring.score(&clean.forward(model, batch, &scoring.request(req))?)
 }
 
 /// The change of `component`'s contribution to the residual stream at the last position,
@@ -210,7 +225,7 @@ fn contribution_change(
                     &clean.at,
                 ))
                 .capture(HookPoint::AttnOut(l), clean.at.clone());
-            let out = model.forward(batch, &req)?;
+            let out = clean.forward(model, batch, &req)?;
             (out.capture(HookPoint::AttnOut(l))? - &clean.attn_out[l])?.squeeze(1)?
         }
     })
@@ -239,13 +254,14 @@ fn capture_pairs<'m>(
     let scoring = AnswerScoring::corrupt(model, chunk);
     let clean_ids = prompt_ids(tok, p, chunk.iter().map(|x| &x.clean))?;
     let batch = model.batch(&scoring.sequences(clean_ids))?;
-    let clean = capture_last(model, &batch, &scoring, true)?;
+    let clean = capture_last(model, &batch, &scoring, true, Some(p))?;
     let corrupt_p: Vec<&ProblemInfo> = chunk.iter().map(|x| &x.corrupt).collect();
     let corrupt = capture_last(
         model,
         &encode(tok, p, model, &corrupt_p)?,
         &AnswerScoring::prompts(model),
         false,
+        None,
     )?;
     Ok(PairRun {
         batch,
@@ -957,9 +973,22 @@ mod tests {
     #[test]
     fn component_changes_add_up_to_the_change_of_the_final_residual() {
         let (model, clean_b, corrupt_b) = toy();
-        let clean = capture_last(&model, &clean_b, &AnswerScoring::prompts(&model), true).unwrap();
-        let corrupt =
-            capture_last(&model, &corrupt_b, &AnswerScoring::prompts(&model), true).unwrap();
+        let clean = capture_last(
+            &model,
+            &clean_b,
+            &AnswerScoring::prompts(&model),
+            true,
+            None,
+        )
+        .unwrap();
+        let corrupt = capture_last(
+            &model,
+            &corrupt_b,
+            &AnswerScoring::prompts(&model),
+            true,
+            None,
+        )
+        .unwrap();
         let n = model.config().n_layers;
         // The embedding's change: resid_pre of block 0 at the last position.
         let last = |t: &Tensor| {
@@ -1012,7 +1041,14 @@ mod tests {
     #[test]
     fn patching_a_component_with_its_own_clean_value_changes_nothing() {
         let (model, clean_b, _) = toy();
-        let clean = capture_last(&model, &clean_b, &AnswerScoring::prompts(&model), true).unwrap();
+        let clean = capture_last(
+            &model,
+            &clean_b,
+            &AnswerScoring::prompts(&model),
+            true,
+            None,
+        )
+        .unwrap();
         for c in [Component::Mlp(0), Component::Attn(1), Component::Head(1, 2)] {
             let own = corrupt_value(c, &clean).unwrap();
             let scoring = AnswerScoring::prompts(&model);

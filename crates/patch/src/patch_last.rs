@@ -310,7 +310,14 @@ fn patch_chunk(
         let answers = AnswerScoring::corrupt(model, chunk);
         let seqs = answers.sequences(prompt_ids(tok, p, chunk.iter().map(|pr| &pr.clean))?);
         let batch = model.batch(&seqs)?;
-        let clean = model.forward(&batch, &answers.request(clean_run_request(n_layers)))?;
+        // Patched forwards run only the positions from the patched one on, over the clean
+        // run's keys and values.
+        let (clean, cache) = helixlab_study::clean_forward(
+            p,
+            model,
+            &batch,
+            &answers.request(clean_run_request(n_layers)),
+        )?;
         let clean_scored = answers.score(&clean)?;
         for plan in plans {
             for kind in kinds {
@@ -331,7 +338,9 @@ fn patch_chunk(
                         plan.layer,
                         clean.capture(HookPoint::ResidPre(plan.layer))?.clone(),
                     );
-                let scored = answers.score(&model.forward(&batch, &answers.request(req))?)?;
+                let req = answers.request(req);
+                let out = helixlab_study::patched_forward(model, &batch, cache.as_ref(), &req)?;
+                let scored = answers.score(&out)?;
                 for (i, pair) in chunk.iter().enumerate() {
                     let key = EffectKey {
                         component: Patched::ResidPost,

@@ -192,10 +192,12 @@ struct Rows {
 pub struct PatchTiming {
     /// Forwards run (batches), including the clean ones.
     pub forwards: usize,
-    /// Blocks run over all forwards (a resumed forward runs only the blocks after the patch).
-    pub blocks_run: usize,
-    /// Blocks a full forward per patch would have run.
-    pub blocks_full: usize,
+    /// Token-blocks (one block on one position of one prompt) run over all forwards: a
+    /// patched forward runs the blocks from the patched one on, over the positions from the
+    /// patched one on.
+    pub token_blocks_run: usize,
+    /// Token-blocks one whole forward per patch would have run.
+    pub token_blocks_full: usize,
 }
 
 /// What one (site, layer) patches: its activations, fits, kinds and the patched offset.
@@ -383,8 +385,8 @@ pub fn run_patch(
     let mut rows = Rows::default();
     let mut timing = PatchTiming {
         forwards: 0,
-        blocks_run: 0,
-        blocks_full: 0,
+        token_blocks_run: 0,
+        token_blocks_full: 0,
     };
     let chunk_size = if unbatched {
         1
@@ -421,10 +423,10 @@ pub fn run_patch(
     // How much resuming saved, measured on this run (not part of the manifest, which is
     // compared on reruns).
     let timing_json = serde_json::json!({
-        "mode": if unbatched { "unbatched: one pair per forward, no resume" } else { "batched, resumed at the patched layer" },
+        "mode": if unbatched { "unbatched: one pair per forward, no resume" } else { "batched, resumed at the patched layer and position" },
         "forwards": timing.forwards,
-        "blocks_run": timing.blocks_run,
-        "blocks_if_one_full_forward_per_patch": timing.blocks_full,
+        "token_blocks_run": timing.token_blocks_run,
+        "token_blocks_if_one_full_forward_per_patch": timing.token_blocks_full,
         "wall_s": m.elapsed(),
     });
     helixlab_store::atomic::write(
@@ -514,12 +516,19 @@ fn patch_chunk(
         && model.config().arch.is_causal_lm())
     .then(|| shared_prefix_split(&seqs))
     .flatten();
-    let clean = match split {
-        Some(split) => model.forward_shared_prefix(&seqs, split, &req)?,
-        None => model.forward(&batch, &req)?,
+    // The clean run records its keys and values: a patched forward runs only the positions
+    // from the patched one on (the ones before it cannot see the patch).
+    let (clean, cache) = match split {
+        Some(split) => {
+            let (out, cache) = model.forward_shared_prefix_recording(&seqs, split, &req)?;
+            (out, Some(cache))
+        }
+        None if !unbatched => helixlab_study::clean_forward(p, model, &batch, &req)?,
+        None => (model.forward(&batch, &req)?, None),
     };
+    let tokens = chunk.len() * batch.seq_len;
     timing.forwards += 1;
-    timing.blocks_run += n_layers;
+    timing.token_blocks_run += n_layers * tokens;
     let clean_scored = answers.score(&clean)?;
     for plan in plans {
         let hook = plan.site.at(plan.layer);
@@ -545,13 +554,11 @@ fn patch_chunk(
             // is that block's input: the blocks before it would compute the same thing.
             if let (HookPoint::ResidPre(l), false) = (hook, unbatched) {
                 req = req.resume(l, clean.capture(HookPoint::ResidPre(l))?.clone());
-                timing.blocks_run += n_layers - l;
-            } else {
-                timing.blocks_run += n_layers;
             }
-            timing.blocks_full += n_layers;
+            let out = helixlab_study::patched_forward(model, &batch, cache.as_ref(), &req)?;
+            timing.token_blocks_run += out.layers_run.len() * out.positions_run.len() * chunk.len();
+            timing.token_blocks_full += n_layers * tokens;
             timing.forwards += 1;
-            let out = model.forward(&batch, &req)?;
             let scored = answers.score(&out)?;
             for (i, pair) in chunk.iter().enumerate() {
                 let top = rows.scores.push_scored(pair, &clean_scored, &scored, i);

@@ -161,7 +161,9 @@ pub struct ExtractSection {
     /// Run a prefix several prompts of a batch share (`37+` in `37+45=` and `37+46=`, or an
     /// instruction before every problem) once, and only the rest of each prompt (results equal
     /// to float rounding; a causal model's activations over a prefix do not depend on what
-    /// follows). On by default; off runs every prompt whole.
+    /// follows). The patching stages likewise run a patched prompt only from the patched
+    /// position on, over the clean run's keys and values for the positions before it. On by
+    /// default; off runs every prompt, clean or patched, whole.
     #[serde(default = "share_prefixes_by_default")]
     pub share_prefixes: bool,
 }

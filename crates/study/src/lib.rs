@@ -17,8 +17,8 @@ pub mod pairs;
 use std::path::PathBuf;
 
 use helixlab_model::{
-    dtype_name, shared_prefix_split, DType, Device, ForwardOutput, ForwardRequest, HookPoint,
-    LoadOptions, Model, Positions, Tokenizer,
+    dtype_name, shared_prefix_split, Batch, DType, Device, ForwardOutput, ForwardRequest,
+    HookPoint, KvCache, LoadOptions, Model, Positions, Tokenizer,
 };
 use helixlab_pipeline::{ModelSection, Pipeline, Site};
 use helixlab_store::{ModelFacts, ModelIdentity};
@@ -173,6 +173,38 @@ impl StudyModel {
     ) -> Result<ForwardOutput> {
         forward_prompts(p, &self.model, seqs, req)
     }
+}
+
+/// The clean forward of a batch that patched forwards of the same batch resume from. When the
+/// study shares prefixes (`[extract] share_prefixes`, on by default) it records every block's
+/// keys and values, so that [`patched_forward`] runs only the positions from the patched one
+/// on (the earlier ones cannot see the patch); otherwise, or for a padded batch, it is the
+/// plain forward and patched forwards run whole.
+pub fn clean_forward(
+    p: &Pipeline,
+    model: &Model,
+    batch: &Batch,
+    req: &ForwardRequest,
+) -> Result<(ForwardOutput, Option<KvCache>)> {
+    if p.extract.share_prefixes {
+        Ok(model.forward_recording(batch, req)?)
+    } else {
+        Ok((model.forward(batch, req)?, None))
+    }
+}
+
+/// A patched forward of `batch`, over its clean run's cache when there is one
+/// ([`clean_forward`]).
+pub fn patched_forward(
+    model: &Model,
+    batch: &Batch,
+    cache: Option<&KvCache>,
+    req: &ForwardRequest,
+) -> Result<ForwardOutput> {
+    Ok(match cache {
+        Some(cache) => model.forward_cached(cache, req)?,
+        None => model.forward(batch, req)?,
+    })
 }
 
 /// [`StudyModel::forward_prompts`] for a model held elsewhere.
