@@ -92,8 +92,11 @@ pub fn attribution(
     let (n_layers, d_mlp) = (cfg.n_layers, cfg.d_mlp);
     let mut score = vec![0f64; n_layers * d_mlp];
     for chunk in pairs.chunks(p.extract.batch_size.max(1)) {
-        let clean = model.forward(
-            &encode(model, tok, p, chunk.iter().map(|x| &x.clean))?,
+        // Clean prompts that share a prefix (the paper's instruction) run it once.
+        let clean = helixlab_study::forward_prompts(
+            p,
+            model,
+            &prompt_ids(tok, p, chunk.iter().map(|x| &x.clean))?,
             &with_posts(ForwardRequest::new(), n_layers),
         )?;
         let answers: Vec<u32> = chunk.iter().map(|x| x.clean.answer_token).collect();

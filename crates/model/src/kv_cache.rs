@@ -56,6 +56,10 @@ impl KvCache {
         })
     }
 
+    pub(crate) fn into_keys_values(self) -> KeysValues {
+        self.kv
+    }
+
     pub(crate) fn new(kv: KeysValues, batch: Batch, cached: usize) -> Self {
         Self { kv, batch, cached }
     }

@@ -449,7 +449,16 @@ impl Model {
         let plan = self.plan(req, interventions)?;
         let head = crate::kv_cache::batch_until(batch, t - 1)?;
         let tail = crate::kv_cache::batch_from(batch, t - 1)?;
-        let (_, kv) = self.run_recording(&head, &ForwardRequest::new(), plan)?;
+        // Heads that share a prefix (the paper's instruction) run it once.
+        let seqs: Vec<Vec<u32>> = head.input_ids.to_vec2()?;
+        let kv = match crate::prefix::shared_prefix_split(&seqs) {
+            Some(split) => {
+                let (_, cache) =
+                    self.shared_prefix(&seqs, split, &ForwardRequest::new(), true, Some(plan))?;
+                cache.expect("recorded").into_keys_values()
+            }
+            None => self.run_recording(&head, &ForwardRequest::new(), plan)?.1,
+        };
         // Positions were checked to be the last one; in the one-token tail that is -1.
         let at_last = |p: &Positions| match p {
             Positions::All => Positions::All,

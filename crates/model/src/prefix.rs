@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use crate::error::{ModelError, Result};
 use crate::hook::HookPoint;
 use crate::kv_cache::{mask_over_past, KvCache};
-use crate::model::{Model, RunExtras};
+use crate::model::{Model, Plan, RunExtras};
 use crate::request::{Capture, ForwardOutput, ForwardRequest, Logits, Positions};
 
 /// Where to split `sequences` for [`Model::forward_shared_prefix`]: the prefix length that
@@ -57,7 +57,7 @@ impl Model {
         split: usize,
         req: &ForwardRequest,
     ) -> Result<ForwardOutput> {
-        Ok(self.shared_prefix(sequences, split, req, false)?.0)
+        Ok(self.shared_prefix(sequences, split, req, false, None)?.0)
     }
 
     /// [`Model::forward_shared_prefix`], also returning every block's keys and values over
@@ -69,16 +69,19 @@ impl Model {
         split: usize,
         req: &ForwardRequest,
     ) -> Result<(ForwardOutput, KvCache)> {
-        let (out, cache) = self.shared_prefix(sequences, split, req, true)?;
+        let (out, cache) = self.shared_prefix(sequences, split, req, true, None)?;
         Ok((out, cache.expect("recorded")))
     }
 
-    fn shared_prefix(
+    /// The shared-prefix forward, recording keys and values when `record`, through `plan`
+    /// instead of the request's own when one is given.
+    pub(crate) fn shared_prefix(
         &self,
         sequences: &[Vec<u32>],
         split: usize,
         req: &ForwardRequest,
         record: bool,
+        plan: Option<Plan>,
     ) -> Result<(ForwardOutput, Option<KvCache>)> {
         let bad = |m: String| {
             Err(ModelError::BadRequest(format!(
@@ -174,7 +177,10 @@ impl Model {
             }
             r
         };
-        let plan = self.plan(req, &[])?;
+        let plan = match plan {
+            Some(plan) => plan,
+            None => self.plan(req, &[])?,
+        };
         // The prefixes, recording keys and values through every block the request needs.
         let head_req = part(0, split);
         let head_batch = self.batch(&prefixes)?;
@@ -316,8 +322,20 @@ mod grad_tests {
             let model = Model::load(&dir, &LoadOptions::default()).unwrap();
             let cfg = model.config().clone();
             let vocab = cfg.vocab_size as u32;
+            // The first 3 tokens are the same in every sequence, so the positions before the
+            // last run through the shared-prefix forward.
             let seqs: Vec<Vec<u32>> = (0..5u32)
-                .map(|i| (0..6u32).map(|j| (i * 31 + j * 7 + 1) % vocab).collect())
+                .map(|i| {
+                    (0..6u32)
+                        .map(|j| {
+                            if j < 3 {
+                                j + 1
+                            } else {
+                                (i * 31 + j * 7 + 1) % vocab
+                            }
+                        })
+                        .collect()
+                })
                 .collect();
             let batch = model.batch(&seqs).unwrap();
             let targets: Vec<Capture> = [
