@@ -970,25 +970,16 @@ mod tests {
             .unwrap()
     }
 
+    /// A plain run's captures of `batch`, with the residual stream to resume from.
+    fn captured(model: &Model, batch: &Batch) -> LastCaptures {
+        capture_last(model, batch, &AnswerScoring::prompts(model), true, None).unwrap()
+    }
+
     #[test]
     fn component_changes_add_up_to_the_change_of_the_final_residual() {
         let (model, clean_b, corrupt_b) = toy();
-        let clean = capture_last(
-            &model,
-            &clean_b,
-            &AnswerScoring::prompts(&model),
-            true,
-            None,
-        )
-        .unwrap();
-        let corrupt = capture_last(
-            &model,
-            &corrupt_b,
-            &AnswerScoring::prompts(&model),
-            true,
-            None,
-        )
-        .unwrap();
+        let clean = captured(&model, &clean_b);
+        let corrupt = captured(&model, &corrupt_b);
         let n = model.config().n_layers;
         // The embedding's change: resid_pre of block 0 at the last position.
         let last = |t: &Tensor| {
@@ -1041,14 +1032,7 @@ mod tests {
     #[test]
     fn patching_a_component_with_its_own_clean_value_changes_nothing() {
         let (model, clean_b, _) = toy();
-        let clean = capture_last(
-            &model,
-            &clean_b,
-            &AnswerScoring::prompts(&model),
-            true,
-            None,
-        )
-        .unwrap();
+        let clean = captured(&model, &clean_b);
         for c in [Component::Mlp(0), Component::Attn(1), Component::Head(1, 2)] {
             let own = corrupt_value(c, &clean).unwrap();
             let scoring = AnswerScoring::prompts(&model);
