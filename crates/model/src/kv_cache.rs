@@ -196,7 +196,9 @@ impl Model {
                 _ => None,
             };
         }
-        let from = from.unwrap_or(0).min(cache.cached);
+        // A request that reads nothing still runs the last position (an empty tail would
+        // be no forward at all).
+        let from = from.unwrap_or(0).min(cache.cached).min(t - 1);
         if from == 0 {
             return self.forward(batch, req);
         }

@@ -72,6 +72,12 @@ fn check(model: &Model, case: &str, what: &str, cache: &KvCache, resid: &Tensor)
     for (i, req) in requests(model, l, batch.size(), resid).iter().enumerate() {
         let want = model.forward(batch, req).unwrap();
         let got = model.forward_cached(cache, req).unwrap();
+        // From the earliest position each request touches: 5, the last, 3.
+        assert_eq!(
+            got.positions_run,
+            [5, 7, 3][i]..8,
+            "{case} {what} request {i}"
+        );
         let d = max_rel(got.logits.as_ref().unwrap(), want.logits.as_ref().unwrap());
         assert!(
             d <= 1e-5,
@@ -138,6 +144,12 @@ fn patched_forwards_over_the_clean_cache_equal_whole_prompts() {
             max_rel(&got.captures[0], &want.captures[0]) <= 1e-5,
             "{case}"
         );
+        assert_eq!(got.positions_run, 0..8, "{case}");
+        // A request that asks for nothing runs the last position alone.
+        let nothing = model
+            .forward_cached(&cache, &ForwardRequest::new())
+            .unwrap();
+        assert_eq!(nothing.positions_run, 7..8, "{case}");
     }
     // A padded batch records no cache.
     let model = common::load("gpt2_tied");
