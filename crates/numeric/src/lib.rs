@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod basis;
+pub mod logits;
 pub mod lstsq;
 pub mod multi_helix;
 pub mod pca;

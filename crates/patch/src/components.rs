@@ -668,17 +668,19 @@ fn single_effects(
         // Every direct effect of the chunk in one final norm + unembedding. The direct path
         // changes the final residual at the prompt's last position only, so the answer tokens
         // after it keep their clean log P: the first token's change is the whole answer's.
-        let de = model
-            .logits_from_final_residual(&Tensor::cat(&finals, 0)?)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let de = Scored::from_first(
+            model
+                .logits_from_final_residual(&Tensor::cat(&finals, 0)?)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?,
+        );
         for (j, &c) in singles.iter().enumerate() {
             for (i, pair) in chunk.iter().enumerate() {
-                rows.push(
+                rows.push_first_token(
                     c.key(Effect::Direct),
                     pair,
-                    &clean.scored.first[i],
-                    &de[j * chunk.len() + i],
+                    (&clean.scored, i),
+                    (&de, j * chunk.len() + i),
                 );
             }
         }

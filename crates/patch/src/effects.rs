@@ -14,7 +14,7 @@ use helixlab_store::table::{Table, Values};
 use crate::pairs::Pair;
 use helixlab_study::answers::Scored;
 
-pub use helixlab_study::pairs::{argmax, log_softmax_at};
+use helixlab_study::pairs::argmax;
 
 /// The normalised effect of a patch on the corrupt answer's logit: 0 at the clean run, 1 at
 /// the corrupt run (NaN when the two runs give the same logit).
@@ -40,9 +40,15 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// Scores one patched run of `pair` from the clean run's logits and the patched run's, both
-    /// at the last position; returns the patched run's argmax.
-    pub fn push(&mut self, pair: &Pair, clean: &[f32], patched: &[f32]) -> usize {
+    /// The columns of one patched run of `pair` from the clean run's logits and the patched
+    /// run's at the last position, its log P change given; returns the patched run's argmax.
+    fn push_logits(
+        &mut self,
+        pair: &Pair,
+        clean: &[f32],
+        patched: &[f32],
+        logprob_diff: f64,
+    ) -> usize {
         let target = pair.corrupt.answer_token as usize;
         let clean_l = clean[target] as f64;
         let patched_l = patched[target] as f64;
@@ -55,8 +61,7 @@ impl Scores {
         self.normalized
             .push(normalized(patched_l, clean_l, corrupt));
         self.correct.push(top == target);
-        self.answer_logprob_diff
-            .push(log_softmax_at(patched, target) - log_softmax_at(clean, target));
+        self.answer_logprob_diff.push(logprob_diff);
         top
     }
 
@@ -70,11 +75,10 @@ impl Scores {
         patched: &Scored,
         i: usize,
     ) -> usize {
-        let top = self.push(pair, &clean.first[i], &patched.first[i]);
         let t = pair.corrupt.answer_token;
-        *self.answer_logprob_diff.last_mut().expect("pushed") =
-            patched.logprob(i, t) - clean.logprob(i, t);
-        top
+        // Each Scored holds its rows' log-sum-exp: the clean run's is not redone per patch.
+        let logprob_diff = patched.logprob(i, t) - clean.logprob(i, t);
+        self.push_logits(pair, &clean.first[i], &patched.first[i], logprob_diff)
     }
 
     /// The means over the runs `rows`.
@@ -246,11 +250,21 @@ pub struct EffectMean {
 }
 
 impl EffectRows {
-    /// Records pair `pair` patched as `key`: `clean` are the clean run's logits, `patched` the
-    /// patched run's, both at the last position.
-    pub fn push(&mut self, key: EffectKey, pair: &Pair, clean: &[f32], patched: &[f32]) {
+    /// Records pair `pair` patched as `key` from the first answer token's logits alone:
+    /// sequence `i` of `clean` against sequence `j` of `patched` (the direct effects, which
+    /// change that position only).
+    pub fn push_first_token(
+        &mut self,
+        key: EffectKey,
+        pair: &Pair,
+        (clean, i): (&Scored, usize),
+        (patched, j): (&Scored, usize),
+    ) {
         self.record(key, pair);
-        self.scores.push(pair, clean, patched);
+        let t = pair.corrupt.answer_token;
+        let logprob_diff = patched.first_logprob(j, t) - clean.first_logprob(i, t);
+        self.scores
+            .push_logits(pair, &clean.first[i], &patched.first[j], logprob_diff);
     }
 
     fn record(&mut self, key: EffectKey, pair: &Pair) {

@@ -14,7 +14,7 @@
 
 use helixlab_model::{DType, ForwardOutput, ForwardRequest, HookPoint, Logits, Model, Positions};
 
-use crate::pairs::{log_softmax_at, Pair};
+use crate::pairs::{log_softmax_at, log_sum_exp, Pair};
 use crate::Result;
 
 /// The corrupt answers of one batch, and how they are scored.
@@ -33,15 +33,37 @@ pub struct Scored {
     /// log P(answer) of each sequence, summed over the answer's tokens (teacher forced), or
     /// `None` when every answer is one token (the first position's log-softmax is all of it).
     pub logprob: Option<Vec<f64>>,
+    /// log-sum-exp of each row of `first`, computed once: a patch sweep reads the clean run's
+    /// log-softmax against every patched run.
+    lse: Vec<f64>,
 }
 
 impl Scored {
+    /// The scores of logits at the prompt's last position only (every answer one token).
+    pub fn from_first(first: Vec<Vec<f32>>) -> Scored {
+        Scored::new(first, None)
+    }
+
+    fn new(first: Vec<Vec<f32>>, logprob: Option<Vec<f64>>) -> Scored {
+        let lse = first.iter().map(|row| log_sum_exp(row)).collect();
+        Scored {
+            first,
+            logprob,
+            lse,
+        }
+    }
+
+    /// log-softmax of sequence `i`'s first logits at `token`.
+    pub fn first_logprob(&self, i: usize, token: u32) -> f64 {
+        self.first[i][token as usize] as f64 - self.lse[i]
+    }
+
     /// log P(answer) of sequence `i`: the whole answer's where it was run, else the first
     /// position's log-softmax at `token`.
     pub fn logprob(&self, i: usize, token: u32) -> f64 {
         match &self.logprob {
             Some(lp) => lp[i],
-            None => log_softmax_at(&self.first[i], token as usize),
+            None => self.first_logprob(i, token),
         }
     }
 }
@@ -160,10 +182,7 @@ impl<'m> AnswerScoring<'m> {
                 .expect("asked for logits")
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
-            return Ok(Scored {
-                first,
-                logprob: None,
-            });
+            return Ok(Scored::from_first(first));
         }
         let resid = out.capture(self.final_hook())?;
         let (b, d) = (self.answers.len(), self.model.config().d_model);
@@ -184,9 +203,6 @@ impl<'m> AnswerScoring<'m> {
                     .sum()
             })
             .collect();
-        Ok(Scored {
-            first,
-            logprob: Some(logprob),
-        })
+        Ok(Scored::new(first, Some(logprob)))
     }
 }

@@ -213,21 +213,4 @@ pub fn clean_run_request(n_layers: usize) -> ForwardRequest {
     req
 }
 
-/// log-softmax of `l` at `i`, accumulated in f64.
-pub fn log_softmax_at(l: &[f32], i: usize) -> f64 {
-    let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = l.iter().map(|&v| (v as f64 - max).exp()).sum();
-    l[i] as f64 - max - sum.ln()
-}
-
-/// The index of the largest logit.
-pub fn argmax(logits: &[f32]) -> usize {
-    logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-        )
-        .0
-}
+pub use helixlab_numeric::logits::{argmax, log_softmax_at, log_sum_exp};
