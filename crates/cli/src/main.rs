@@ -35,6 +35,23 @@ fn keep_freed_pages() {
     }
 }
 
+/// How often candle's element-wise worker threads spin (a `pause` each) before they park when
+/// an op ends; candle's default is 25,000.
+const BARRIER_POOL_SPIN_LIMIT: &str = "100";
+
+/// Shortens the spinning of candle's element-wise thread pool. Its workers spin after every
+/// op, and the matrix products that follow run on rayon's own threads: on 2 cores a spinning
+/// worker takes a core from them (`perf`: 9 % of the neuron stage's samples in that spin loop;
+/// `helixlab neuron-grads` on the Pythia-160m-shaped bench checkpoint, median of 6 runs:
+/// 1.89 s at 25,000, 1.55 s at 1,000, 1.37-1.52 s at 200, 1.41 s at 50, 1.58 s at 0 where
+/// workers park at once). `CANDLE_BARRIER_POOL_SPIN_LIMIT` in the environment still wins.
+fn shorten_pool_spinning() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Read once by candle when its pool starts, after this (the first thing main does).
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", BARRIER_POOL_SPIN_LIMIT);
+    }
+}
+
 /// helixlab: how language models represent numbers and add them (Kantamneni & Tegmark 2025),
 /// measured on checkpoints on disk, with results as Parquet tables.
 #[derive(Parser)]
@@ -129,6 +146,7 @@ fn quiet_on_closed_stdout() {
 }
 
 fn main() -> ExitCode {
+    shorten_pool_spinning();
     quiet_on_closed_stdout();
     keep_freed_pages();
     let result = run(command().get_matches());
