@@ -2,9 +2,11 @@
 //! polynomial bases of a number with typed function names ([`basis`]), PCA, minimum-norm
 //! least squares, ridge-classifier probes, R^2, seeded splits, and the helices of several
 //! numbers (a, b, a+b) that `patch` fits at the last token and on heads and MLPs.
+//! Beside them, [`logits`]: the reductions the patching stages make over each row of f32
+//! logits (log-sum-exp, argmax).
 //!
-//! Everything is f64 on [`ndarray`] arrays, with the decompositions of `linfa-linalg` (pure
-//! Rust, exact SVD; no BLAS to link). Each routine follows the numpy / scikit-learn definition
+//! The linear algebra is f64 on [`ndarray`] arrays, with the decompositions of `linfa-linalg`
+//! (pure Rust, exact SVD; no BLAS to link). Each routine follows the numpy / scikit-learn definition
 //! it is checked against (`tools/make_numeric_reference.py` writes the reference values the
 //! tests compare with): PCA as `sklearn.decomposition.PCA` (full SVD, `svd_flip` signs),
 //! least squares as `numpy.linalg.lstsq` (rcond = eps * max(n, p)), the probe as
