@@ -23,8 +23,11 @@ on helixlab (`extract`, `patch`, `neuron-grads`, `neurons`; on the toy also `pat
 per pair patch) and on the Python side (tools/bench/torch_bench.py: batched HF + hooks, and
 nnsight the way the paper's code does it: one trace per batch, one trace per patch; on the
 12-layer checkpoints the trace-per-patch sweep runs the first 20 pairs, and ratios of patch
-sweeps are per patch). Median over --reps runs; a measurement whose first run takes over 20 s
-is not repeated, to keep `make bench` within its 30 minutes. Peak RSS of each measured
+sweeps are per patch). Median over --reps runs, run in rounds: each round runs
+every tool of a comparison once (helixlab, then the Python side), so drift of the machine
+within the hour falls on both alike; the table gives each row's fastest and slowest run. The
+nnsight trace-per-patch sweeps and the SGD neuron fits, references far slower than the rest,
+run once. Peak RSS of each measured
 process from wait4 in a small spawner (see SPAWN). GFLOP/s from the model FLOPs the work needs (2 x multiply-adds of the blocks it must
 run; x3 for forward + backward; whole prompts for every row, so a run that shares prefixes
 does fewer), against the f32 matmul peak torch measures in the same run.
@@ -138,6 +141,17 @@ def run_measured(cmd, env=None):
     return out, wall, child["maxrss_kib"] / 1024.0
 
 
+def interleaved(measures, reps):
+    """Runs every measurement once per round, round-robin, for `reps` rounds, and returns each
+    one's runs. The machines this runs on drift by up to 1.5x within the hour, so the rows a
+    ratio compares are measured side by side, not one after the other."""
+    runs = [[] for _ in measures]
+    for _ in range(reps):
+        for k, measure in enumerate(measures):
+            runs[k].append(measure())
+    return runs
+
+
 def rust_work_s(out):
     m = re.search(r" in ([0-9.]+) s", out)
     if not m:
@@ -206,7 +220,8 @@ def main():
         rows.append({
             "model": model, "prompt": prompt_label, "tokens": seq_len, "work": work,
             "tool": tool, "runs": len(runs),
-            "work_s": work_s, "wall_s": wall_s, "peak_rss_mib": rss,
+            "work_s": work_s, "work_s_min": min(r[0] for r in runs),
+            "work_s_max": max(r[0] for r in runs), "wall_s": wall_s, "peak_rss_mib": rss,
             "gflops": gf, "gflops_done": gf_done,
             "pct_of_matmul_peak": 100 * gf_done / peak if gf_done else None,
             "checksum": checksum, "units": units or prompts,
@@ -238,77 +253,73 @@ def main():
         tb = [PY, str(HERE / "torch_bench.py")]
         common = ["--model", model_dir, "--run", str(run), "--batch", "100"]
 
-        def rust(args, reps, env=None, study=study):
-            res = []
-            for _ in range(reps):
-                o, wall, rss = run_measured([hx] + args + ["--pipeline", str(study), "--force"],
-                                            env)
-                res.append((rust_work_s(o), wall, rss))
-                if wall > 20:
-                    break
-            return res
+        def rust(args, env=None, study=study):
+            """One run of a helixlab stage: (work s, wall s, peak RSS MiB)."""
+            o, wall, rss = run_measured([hx] + args + ["--pipeline", str(study), "--force"],
+                                        env)
+            return rust_work_s(o), wall, rss
 
-        def python(work, reps, extra=()):
-            res, check = [], None
-            for _ in range(reps):
-                o, wall, rss = run_measured(tb + [work] + common + list(extra))
-                j = json.loads(o.strip().splitlines()[-1])
-                res.append((j["work_s"], wall, rss))
-                check = j.get("checksum")
-                if wall > 20:
-                    break
-            return res, check
+        checks = {}
+
+        def python(work, extra=()):
+            """One run of torch_bench.py's `work`; its checksum is kept in checks[work]."""
+            o, wall, rss = run_measured(tb + [work] + common + list(extra))
+            j = json.loads(o.strip().splitlines()[-1])
+            checks[work] = j.get("checksum")
+            return j["work_s"], wall, rss
+
+        def neurons():
+            """One run of `helixlab neurons`: its timing.json, wall s, peak RSS MiB."""
+            o, wall, rss = run_measured([hx, "neurons", "--pipeline", str(study), "--force"])
+            return json.loads((run / "neurons" / "timing.json").read_text()), wall, rss
 
         pyout = ["--out", str(out / "py-extract" / name)]
-        r = rust(["extract"], a.reps)
-        record(name, model_dir, "extract", "helixlab", r, prompts, extract_checksum(run))
         run_measured([hx, "accuracy", "--pipeline", str(whole)])
-        r = rust(["extract"], a.reps, study=whole)
-        record(name, model_dir, "extract", "helixlab, whole prompts (share_prefixes = false)",
-               r, prompts, extract_checksum(run.with_name(f"{name}-whole")))
-        r, c = python("extract", a.reps, pyout)
-        record(name, model_dir, "extract", "pytorch+hf, batched", r, prompts, c)
+        ext = [lambda: rust(["extract"]), lambda: rust(["extract"], study=whole),
+               lambda: python("extract", pyout)]
         if not paper:
-            r, c = python("extract-nnsight", a.reps, pyout)
-            record(name, model_dir, "extract", "nnsight, trace per batch (paper)", r, prompts, c)
+            ext.append(lambda: python("extract-nnsight", pyout))
+        r = interleaved(ext, a.reps)
+        record(name, model_dir, "extract", "helixlab", r[0], prompts, extract_checksum(run))
+        record(name, model_dir, "extract", "helixlab, whole prompts (share_prefixes = false)",
+               r[1], prompts, extract_checksum(run.with_name(f"{name}-whole")))
+        record(name, model_dir, "extract", "pytorch+hf, batched", r[2], prompts,
+               checks["extract"])
+        if not paper:
+            record(name, model_dir, "extract", "nnsight, trace per batch (paper)", r[3], prompts,
+                   checks["extract-nnsight"])
 
         n_layers = config(model_dir)[0]
         patches = 100 * n_layers * 3
-        r = rust(["patch"], a.reps)
-        record(name, model_dir, "patch", "helixlab", r, prompts, patch_checksum(run), patches,
+        r = interleaved([lambda: rust(["patch"]), lambda: python("patch")], a.reps)
+        record(name, model_dir, "patch", "helixlab", r[0], prompts, patch_checksum(run), patches,
                done=patch_flops_done(run, model_dir, patches))
+        record(name, model_dir, "patch", "pytorch+hf, batched hooks", r[1], prompts,
+               checks["patch"], patches)
         if n_layers <= 2:
-            r = rust(["patch"], 1, {"HELIXLAB_PATCH_UNBATCHED": "1"})
+            r = [rust(["patch"], {"HELIXLAB_PATCH_UNBATCHED": "1"})]
             record(name, model_dir, "patch", "helixlab, one full forward per patch", r, prompts,
                    patch_checksum(run), patches)
-        r, c = python("patch", a.reps)
-        record(name, model_dir, "patch", "pytorch+hf, batched hooks", r, prompts, c, patches)
         few = 100 if n_layers <= 2 else 20
         if not paper:
-            r, c = python("patch-nnsight", 1, ["--pairs", str(few)])
+            r = [python("patch-nnsight", ["--pairs", str(few)])]
             record(name, model_dir, "patch", "nnsight, trace per patch (paper)", r, prompts,
-                   c if few == 100 else None, few * n_layers * 3)
+                   checks["patch-nnsight"] if few == 100 else None, few * n_layers * 3)
 
-        r = rust(["neuron-grads"], a.reps)
-        record(name, model_dir, "grad", "helixlab", r, 100, grad_checksum(run))
-        r, c = python("grad", a.reps)
-        record(name, model_dir, "grad", "pytorch+hf, batched hooks", r, 100, c)
+        r = interleaved([lambda: rust(["neuron-grads"]), lambda: python("grad")], a.reps)
+        record(name, model_dir, "grad", "helixlab", r[0], 100, grad_checksum(run))
+        record(name, model_dir, "grad", "pytorch+hf, batched hooks", r[1], 100, checks["grad"])
 
-        steps = []
-        for _ in range(a.reps):
-            o, wall, rss = run_measured([hx, "neurons", "--pipeline", str(study), "--force"])
-            steps.append((json.loads((run / "neurons" / "timing.json").read_text()), wall, rss))
-            if wall > 20:
-                break
+        steps, r = interleaved([neurons, lambda: python("attribution")], a.reps)
         record(name, model_dir, "attribution", "helixlab", [(t["attribution_s"], w, m)
                for t, w, m in steps], 100, attribution_checksum(run))
-        r, c = python("attribution", a.reps)
-        record(name, model_dir, "attribution", "pytorch+hf, batched hooks", r, 100, c)
+        record(name, model_dir, "attribution", "pytorch+hf, batched hooks", r, 100,
+               checks["attribution"])
         if not paper:
             fitted = steps[0][0]["neurons_fitted"]
             record(name, model_dir, "neuron fits", "helixlab",
                    [(t["fits_s"], w, m) for t, w, m in steps], fitted, units=fitted)
-            r, _ = python("neuron-fits-sgd", 1, ["--neurons", "3"])
+            r = [python("neuron-fits-sgd", ["--neurons", "3"])]
             record(name, model_dir, "neuron fits", "pytorch, 2,500 Adam epochs per neuron "
                    "(the original's recipe)", r, 3, units=3)
 
@@ -409,7 +420,7 @@ def write(out, rows, peak, threads):
     lines = [
         f"Measured by `make bench` on {os.cpu_count()} CPU cores; f32 matmul peak "
         f"{peak:.1f} GFLOP/s (torch, {threads} threads). Times are the work after the model "
-        "is loaded, median of the runs; x helixlab = that time / helixlab's, per patch for "
+        "is loaded, median of the runs, which ran in rounds (helixlab and Python side by side); x helixlab = that time / helixlab's, per patch for "
         "the patch sweeps (units: prompts, or pair patches). Prompts: `a+b=` (4 tokens, the "
         "toy's word-level tokenizer) or the paper's `Output ONLY a number.\\n{a}+{b}=` (10 "
         "GPT-2 BPE tokens). GFLOP/s is the matmul work of running every prompt whole (every "
@@ -417,9 +428,9 @@ def write(out, rows, peak, threads):
         "% of matmul peak is of the work the tool ran, where that is known (helixlab skips "
         "work it can prove unchanged: counted for the patch sweep, blank elsewhere).",
         "",
-        "| model | prompts | work | tool | units | runs | time (s) | x helixlab | peak RSS (MiB) "
-        "| GFLOP/s | GFLOP/s run | % of matmul peak | checksum |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | prompts | work | tool | units | runs | time (s) | fastest-slowest (s) "
+        "| x helixlab | peak RSS (MiB) | GFLOP/s | GFLOP/s run | % of matmul peak | checksum |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = base.get((r["model"], r["work"]))
@@ -428,8 +439,10 @@ def write(out, rows, peak, threads):
         gfd = f"{r['gflops_done']:.1f}" if r.get("gflops_done") else ""
         pct = f"{r['pct_of_matmul_peak']:.0f}" if r["pct_of_matmul_peak"] else ""
         ck = f"{r['checksum']:.6g}" if r["checksum"] is not None else ""
+        spread = (f"{r['work_s_min']:.2f}-{r['work_s_max']:.2f}"
+                  if r.get("work_s_min") is not None and r["runs"] > 1 else "")
         lines.append(f"| {r['model']} | {r['prompt']} | {r['work']} | {r['tool']} | "
-                     f"{r['units']} | {r['runs']} | {r['work_s']:.2f} | {ratio} | "
+                     f"{r['units']} | {r['runs']} | {r['work_s']:.2f} | {spread} | {ratio} | "
                      f"{r['peak_rss_mib']:.0f} | {gf} | {gfd} | {pct} | {ck} |")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -41,14 +41,10 @@ pub struct Scored {
 impl Scored {
     /// The scores of logits at the prompt's last position only (every answer one token).
     pub fn from_first(first: Vec<Vec<f32>>) -> Scored {
-        Scored::new(first, None)
-    }
-
-    fn new(first: Vec<Vec<f32>>, logprob: Option<Vec<f64>>) -> Scored {
         let lse = first.iter().map(|row| log_sum_exp(row)).collect();
         Scored {
             first,
-            logprob,
+            logprob: None,
             lse,
         }
     }
@@ -192,6 +188,8 @@ impl<'m> AnswerScoring<'m> {
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
         let first = (0..b).map(|i| logits[i * self.width].clone()).collect();
+        let mut scored = Scored::from_first(first);
+        // The first answer token's log-softmax reads the row's log-sum-exp `Scored` holds.
         let logprob = self
             .answers
             .iter()
@@ -199,10 +197,14 @@ impl<'m> AnswerScoring<'m> {
             .map(|(i, a)| {
                 a.iter()
                     .enumerate()
-                    .map(|(j, &t)| log_softmax_at(&logits[i * self.width + j], t as usize))
+                    .map(|(j, &t)| match j {
+                        0 => scored.first_logprob(i, t),
+                        _ => log_softmax_at(&logits[i * self.width + j], t as usize),
+                    })
                     .sum()
             })
             .collect();
-        Ok(Scored::new(first, Some(logprob)))
+        scored.logprob = Some(logprob);
+        Ok(scored)
     }
 }
