@@ -65,7 +65,7 @@ impl FitPredictor {
 
 /// Every fit stored for (site, layer) in `<run>/fit/coefficients.parquet`, by variant.
 pub fn fit_predictors(run: &RunLayout, site: &str, layer: usize) -> Result<Vec<FitPredictor>> {
-    Frame::require(run, tables::COEFFICIENTS)?;
+    Frame::check(run, tables::COEFFICIENTS)?;
     let path = run.path(tables::COEFFICIENTS);
     let df = Frame::query(&path, |lf| {
         lf.filter(

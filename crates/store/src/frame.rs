@@ -33,11 +33,18 @@ impl Frame {
     /// The run's `table`, which must be complete and intact (the error names the command that
     /// writes it).
     pub fn require(run: &RunLayout, table: TableName) -> Result<Frame> {
+        Self::check(run, table)?;
+        Self::query(&run.path(table), |lf| lf)
+    }
+
+    /// Checks, without reading its rows, that the run's `table` is complete and intact (the
+    /// error names the command that writes it).
+    pub fn check(run: &RunLayout, table: TableName) -> Result<()> {
         let path = run.path(table);
         if Manifest::verified_for(&path, &format!("rerun `helixlab {}`", table.writer))?.is_none() {
             return Err(run.missing(table));
         }
-        Self::query(&path, |lf| lf)
+        Ok(())
     }
 
     /// The rows of the table at `path` that `query` keeps (filters, sorts), collected.

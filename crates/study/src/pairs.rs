@@ -151,7 +151,7 @@ pub fn load(
 /// The pairs of pairs.parquet for `operand` (`a`, `b` or `last`), joined with their problems.
 pub fn read_pairs(run: &RunLayout, operand: Position) -> Result<Vec<Pair>> {
     let path = run.path(tables::PAIRS);
-    Frame::require(run, tables::PAIRS)?;
+    Frame::check(run, tables::PAIRS)?;
     let df = Frame::query(&path, |lf| {
         lf.filter(col("operand").eq(lit(operand.name())))
     })?;
