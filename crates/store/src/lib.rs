@@ -1,5 +1,6 @@
 //! The Parquet side of helixlab: table schemas, streaming writers (arrow + parquet), readers
-//! (polars), run manifests and atomic writes. Stages meet only through what this crate writes.
+//! (polars; the parquet crate for the reads every stage starts with), run manifests and
+//! atomic writes. Stages meet only through what this crate writes.
 //!
 //! The run: [`RunLayout`] names the path of every table of a run once ([`tables`]);
 //! [`StageRun`] is the skeleton every stage runs through (inputs recorded by the hash of their

@@ -4,10 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, Int64Array, ListArray, StringArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Float32Array, Int64Array, ListArray, StringArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use crate::manifest::Manifest;
@@ -136,4 +137,217 @@ pub fn write(path: &Path, rows: &[ProblemRow], manifest: &Manifest) -> Result<()
     w.close().map_err(|e| fmt(&e))?;
     temp.commit()?;
     manifest.write_for(path)
+}
+
+/// A column of `batch` as the arrow type `T` (`what` names it in the error), `None` where the
+/// table has no such column.
+fn optional<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    what: &str,
+) -> std::result::Result<Option<&'a T>, String> {
+    match batch.column_by_name(name) {
+        None => Ok(None),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| format!("column `{name}` is not {what}")),
+    }
+}
+
+/// Value `i` of an optional column, `None` where the column is absent or the value null.
+fn at<A: Array, T>(c: Option<&A>, i: usize, value: impl Fn(&A, usize) -> T) -> Option<T> {
+    c.filter(|c| c.is_valid(i)).map(|c| value(c, i))
+}
+
+/// Reads `path` (problems.parquet) back, row by row. Columns recorded only by later versions
+/// (`answer_tokens`, `answer_logprob`, `token_layout`, ...) read as `None` where a table lacks
+/// them; `prompt_id`, `a` and `prompt` are required.
+///
+/// With arrow's reader rather than polars: every stage that runs the model reads this table
+/// first, and for the toy's 10,000 problems polars' query planning and thread pools took
+/// longer than its gradient pass (`perf`).
+pub fn read(path: &Path) -> Result<Vec<ProblemRow>> {
+    read_where(path, |_| true)
+}
+
+/// [`read`], keeping only the rows whose prompt id passes `keep` (the others are decoded but
+/// not copied out: the patching stages need a few hundred of the toy's 10,000).
+pub fn read_where(path: &Path, keep: impl Fn(u32) -> bool) -> Result<Vec<ProblemRow>> {
+    let fmt = |message: String| StoreError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(65_536).build())
+        .map_err(|e| fmt(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| fmt(e.to_string()))?;
+        let required = |name: &str| fmt(format!("no column `{name}`"));
+        let (u32s, i64s, f32s) = ("u32", "i64", "f32");
+        let id = optional::<UInt32Array>(&batch, "prompt_id", u32s).map_err(fmt)?;
+        let a = optional::<Int64Array>(&batch, "a", i64s).map_err(fmt)?;
+        let prompt = optional::<StringArray>(&batch, "prompt", "a string").map_err(fmt)?;
+        let (id, a, prompt) = (
+            id.ok_or_else(|| required("prompt_id"))?,
+            a.ok_or_else(|| required("a"))?,
+            prompt.ok_or_else(|| required("prompt"))?,
+        );
+        let b = optional::<Int64Array>(&batch, "b", i64s).map_err(fmt)?;
+        let answer = optional::<Int64Array>(&batch, "answer", i64s).map_err(fmt)?;
+        let answer_token = optional::<UInt32Array>(&batch, "answer_token", u32s).map_err(fmt)?;
+        let pred_token = optional::<UInt32Array>(&batch, "pred_token", u32s).map_err(fmt)?;
+        let pred_text = optional::<StringArray>(&batch, "pred_text", "a string").map_err(fmt)?;
+        let pred_value = optional::<Int64Array>(&batch, "pred_value", i64s).map_err(fmt)?;
+        let correct = optional::<BooleanArray>(&batch, "correct", "a boolean").map_err(fmt)?;
+        let answer_logit = optional::<Float32Array>(&batch, "answer_logit", f32s).map_err(fmt)?;
+        let answer_rank = optional::<UInt32Array>(&batch, "answer_rank", u32s).map_err(fmt)?;
+        let top_logit = optional::<Float32Array>(&batch, "top_logit", f32s).map_err(fmt)?;
+        let answer_tokens =
+            optional::<ListArray>(&batch, "answer_tokens", "a list").map_err(fmt)?;
+        let answer_logprob =
+            optional::<Float32Array>(&batch, "answer_logprob", f32s).map_err(fmt)?;
+        let token_layout =
+            optional::<StringArray>(&batch, "token_layout", "a string").map_err(fmt)?;
+        if id.null_count() + a.null_count() + prompt.null_count() > 0 {
+            return Err(fmt("null in `prompt_id`, `a` or `prompt`".into()));
+        }
+        let token_values = match answer_tokens {
+            Some(l) => Some(
+                l.values()
+                    .as_any()
+                    .downcast_ref::<UInt32Array>()
+                    .ok_or_else(|| fmt("column `answer_tokens` is not a list of u32".into()))?,
+            ),
+            None => None,
+        };
+        // A row's tokens from the list's offsets: `ListArray::value` makes an array per row.
+        let tokens = |l: &ListArray, i: usize| -> Vec<u32> {
+            let (lo, hi) = (
+                l.value_offsets()[i] as usize,
+                l.value_offsets()[i + 1] as usize,
+            );
+            let v = token_values.expect("answer_tokens present");
+            (lo..hi)
+                .filter(|&k| v.is_valid(k))
+                .map(|k| v.value(k))
+                .collect()
+        };
+        for i in 0..batch.num_rows() {
+            if !keep(id.value(i)) {
+                continue;
+            }
+            rows.push(ProblemRow {
+                prompt_id: id.value(i),
+                a: a.value(i),
+                b: at(b, i, Int64Array::value),
+                answer: at(answer, i, Int64Array::value),
+                prompt: prompt.value(i).to_string(),
+                answer_token: at(answer_token, i, UInt32Array::value),
+                pred_token: at(pred_token, i, UInt32Array::value),
+                pred_text: at(pred_text, i, |c, i| c.value(i).to_string()),
+                pred_value: at(pred_value, i, Int64Array::value),
+                correct: at(correct, i, BooleanArray::value),
+                answer_logit: at(answer_logit, i, Float32Array::value),
+                answer_rank: at(answer_rank, i, UInt32Array::value),
+                top_logit: at(top_logit, i, Float32Array::value),
+                answer_tokens: at(answer_tokens, i, tokens),
+                answer_logprob: at(answer_logprob, i, Float32Array::value),
+                token_layout: at(token_layout, i, |c, i| c.value(i).to_string()),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::StageRun;
+
+    fn row(i: u32) -> ProblemRow {
+        let answered = !i.is_multiple_of(3);
+        ProblemRow {
+            prompt_id: i,
+            a: i as i64 * 7,
+            b: i.is_multiple_of(2).then_some(i as i64),
+            answer: answered.then_some(i as i64 * 8),
+            prompt: format!("{}+{}=", i * 7, i),
+            answer_token: answered.then_some(1000 + i),
+            pred_token: Some(5),
+            pred_text: answered.then(|| format!("t{i}")),
+            pred_value: None,
+            correct: answered.then_some(i % 4 == 1),
+            answer_logit: answered.then_some(i as f32 / 4.0),
+            answer_rank: Some(i),
+            top_logit: Some(-(i as f32)),
+            answer_tokens: answered.then(|| (0..i % 3 + 1).map(|k| 10 * i + k).collect()),
+            answer_logprob: answered.then_some(-0.5 * i as f32),
+            token_layout: (!i.is_multiple_of(5)).then(|| "1,2".to_string()),
+        }
+    }
+
+    #[test]
+    fn problems_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("problems.parquet");
+        let rows: Vec<ProblemRow> = (0..70_000).map(row).collect();
+        let manifest = StageRun::new("accuracy", serde_json::json!({})).finished();
+        write(&path, &rows, &manifest).unwrap();
+        assert_eq!(read(&path).unwrap(), rows);
+    }
+
+    #[test]
+    fn older_tables_read_with_their_later_columns_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("problems.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("prompt_id", DataType::UInt32, false),
+            Field::new("a", DataType::Int64, false),
+            Field::new("prompt", DataType::Utf8, false),
+            Field::new("answer", DataType::Int64, true),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(vec![4u32])),
+            Arc::new(Int64Array::from(vec![3i64])),
+            Arc::new(StringArray::from(vec!["3+1="])),
+            Arc::new(Int64Array::from(vec![Some(4i64)])),
+        ];
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None)
+                .unwrap();
+        w.write(&RecordBatch::try_new(schema, cols).unwrap())
+            .unwrap();
+        w.close().unwrap();
+        let got = read(&path).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].prompt_id, got[0].a, got[0].answer), (4, 3, Some(4)));
+        assert_eq!(got[0].prompt, "3+1=");
+        assert!(got[0].answer_tokens.is_none() && got[0].token_layout.is_none());
+        assert!(got[0].b.is_none() && got[0].correct.is_none());
+
+        // A required column missing, or a column of another type, is named.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("prompt_id", DataType::UInt32, false),
+            Field::new("a", DataType::Utf8, false),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(vec![4u32])),
+            Arc::new(StringArray::from(vec!["x"])),
+        ];
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None)
+                .unwrap();
+        w.write(&RecordBatch::try_new(schema, cols).unwrap())
+            .unwrap();
+        w.close().unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("problems.parquet") && e.contains("`a` is not i64"),
+            "{e}"
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! Readers: lazy polars scans of any table and the matrix of one (site, layer, position)
-//! with its number labels, the form every analysis stage starts from.
+//! Readers: lazy polars scans of any table; and, on the parquet crate without polars (whose
+//! query planning and thread pools cost more than these reads), the matrix of one (site,
+//! layer, position) with its number labels, the form every analysis stage starts from, the
+//! problems and the drawn pairs every model stage starts from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,56 @@ pub fn problems(run_dir: &Path) -> Result<DataFrame> {
         return Err(run.missing(crate::run::tables::PROBLEMS));
     }
     scan(&path)?.collect().map_err(pl(&path))
+}
+
+/// The rows of `problems.parquet` whose prompt id passes `keep` (arrow underneath, see
+/// [`crate::problems::read`]).
+pub fn problem_rows(
+    run_dir: &Path,
+    keep: impl Fn(u32) -> bool,
+) -> Result<Vec<crate::problems::ProblemRow>> {
+    let run = crate::run::RunLayout::new(run_dir);
+    let path = run.path(crate::run::tables::PROBLEMS);
+    if Manifest::read_for(&path).is_none() {
+        return Err(run.missing(crate::run::tables::PROBLEMS));
+    }
+    crate::problems::read_where(&path, keep)
+}
+
+/// The pairs of `patch/pairs.parquet` (at `path`) for `operand`, in table order: their pair
+/// ids and clean and corrupt prompt ids. Read with arrow: every patching stage starts here,
+/// and polars' query machinery took longer than the toy's gradient pass would read.
+pub fn pair_ids(path: &Path, operand: &str) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
+    let fmt = |message: String| StoreError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(crate::io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(65_536).build())
+        .map_err(|e| fmt(e.to_string()))?;
+    let (mut pid, mut clean, mut corrupt) = (Vec::new(), Vec::new(), Vec::new());
+    for batch in reader {
+        let batch = batch.map_err(|e| fmt(e.to_string()))?;
+        let (op, p, c, x) = (|| {
+            Ok::<_, String>((
+                typed_column::<StringArray>(&batch, "operand", "a string")?,
+                typed_column::<UInt32Array>(&batch, "pair_id", "u32")?,
+                typed_column::<UInt32Array>(&batch, "clean_prompt_id", "u32")?,
+                typed_column::<UInt32Array>(&batch, "corrupt_prompt_id", "u32")?,
+            ))
+        })()
+        .map_err(fmt)?;
+        if op.null_count() + p.null_count() + c.null_count() + x.null_count() > 0 {
+            return Err(fmt("null in `operand` or an id column".into()));
+        }
+        for i in (0..batch.num_rows()).filter(|&i| op.value(i) == operand) {
+            pid.push(p.value(i));
+            clean.push(c.value(i));
+            corrupt.push(x.value(i));
+        }
+    }
+    Ok((pid, clean, corrupt))
 }
 
 /// Activations of one (site, layer, position) as a row-major matrix with labels.

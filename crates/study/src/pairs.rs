@@ -5,13 +5,12 @@
 //!
 //! Not here: how pairs are drawn (`helixlab pairs`, in the patch crate) or scored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use helixlab_model::{ForwardRequest, HookPoint, Logits, Positions, Tokenizer};
 use helixlab_pipeline::{Pipeline, Position};
 use helixlab_store::{read, tables, Frame, RunLayout, StageRun};
-use polars::prelude::{col, lit};
 
 use crate::{Result, StageError, StudyModel};
 
@@ -54,75 +53,38 @@ pub struct Pair {
 /// correctly when `correct_only` (the paper's rule), else all of them (benchmarks on
 /// random-weight checkpoints, which answer nothing correctly).
 pub fn problems(run_dir: &Path, correct_only: bool) -> Result<Vec<ProblemInfo>> {
-    let df = read::problems(run_dir)?;
-    let table = RunLayout::new(run_dir).path(tables::PROBLEMS);
-    let e = |source| {
-        StageError::Store(helixlab_store::StoreError::Polars {
-            path: table.clone(),
-            source,
-        })
-    };
-    let col = |n: &str| df.column(n).map(|c| c.as_materialized_series().clone());
-    let id = col("prompt_id").map_err(e)?;
-    let a = col("a").map_err(e)?;
-    let b = col("b").map_err(e)?;
-    let answer = col("answer").map_err(e)?;
-    let prompt = col("prompt").map_err(e)?;
-    let token = col("answer_token").map_err(e)?;
-    let correct = col("correct").map_err(e)?;
-    let logit = col("answer_logit").map_err(e)?;
-    let layout = col("token_layout").ok();
-    let answer_tokens = col("answer_tokens").ok();
-    let answer_tokens = match &answer_tokens {
-        Some(l) => Some(l.list().map_err(e)?),
-        None => None,
-    };
-    let layout = match &layout {
-        Some(l) => Some(l.str().map_err(e)?),
-        None => None,
-    };
-    let (id, a, b, answer, prompt, token, correct, logit) = (
-        id.u32().map_err(e)?,
-        a.i64().map_err(e)?,
-        b.i64().map_err(e)?,
-        answer.i64().map_err(e)?,
-        prompt.str().map_err(e)?,
-        token.u32().map_err(e)?,
-        correct.bool().map_err(e)?,
-        logit.f32().map_err(e)?,
-    );
+    problems_where(run_dir, correct_only, |_| true)
+}
+
+/// [`problems`] of the prompt ids that pass `keep`.
+fn problems_where(
+    run_dir: &Path,
+    correct_only: bool,
+    keep: impl Fn(u32) -> bool,
+) -> Result<Vec<ProblemInfo>> {
     let mut out = Vec::new();
-    for i in 0..df.height() {
-        if correct_only && correct.get(i) != Some(true) {
+    for r in read::problem_rows(run_dir, keep)? {
+        if correct_only && r.correct != Some(true) {
             continue;
         }
-        let (Some(pid), Some(av), Some(ans), Some(pr), Some(tok), Some(lg)) = (
-            id.get(i),
-            a.get(i),
-            answer.get(i),
-            prompt.get(i),
-            token.get(i),
-            logit.get(i),
-        ) else {
+        let (Some(answer), Some(answer_token), Some(answer_logit)) =
+            (r.answer, r.answer_token, r.answer_logit)
+        else {
             continue;
         };
         out.push(ProblemInfo {
-            prompt_id: pid,
-            a: av,
-            b: b.get(i),
-            answer: ans,
-            prompt: pr.to_string(),
-            answer_token: tok,
-            answer_logit: lg,
-            token_layout: layout
-                .and_then(|l| l.get(i))
-                .unwrap_or_default()
-                .to_string(),
-            answer_tokens: answer_tokens
-                .and_then(|l| l.get_as_series(i))
-                .and_then(|s| s.u32().ok().map(|c| c.into_no_null_iter().collect()))
-                .filter(|t: &Vec<u32>| !t.is_empty())
-                .unwrap_or_else(|| vec![tok]),
+            prompt_id: r.prompt_id,
+            a: r.a,
+            b: r.b,
+            answer,
+            prompt: r.prompt,
+            answer_token,
+            answer_logit,
+            token_layout: r.token_layout.unwrap_or_default(),
+            answer_tokens: r
+                .answer_tokens
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| vec![answer_token]),
         });
     }
     Ok(out)
@@ -152,23 +114,15 @@ pub fn load(
 pub fn read_pairs(run: &RunLayout, operand: Position) -> Result<Vec<Pair>> {
     let path = run.path(tables::PAIRS);
     Frame::check(run, tables::PAIRS)?;
-    let df = Frame::query(&path, |lf| {
-        lf.filter(col("operand").eq(lit(operand.name())))
-    })?;
-    if df.height() == 0 {
+    let (pid, clean, corrupt) = read::pair_ids(&path, operand.name())?;
+    if pid.is_empty() {
         return Err(StageError::Input(format!(
             "{}: no pairs for `{operand}`; rerun `helixlab pairs`",
             path.display()
         )));
     }
-    let ids =
-        |c: &str| -> Result<Vec<u32>> { Ok(df.i64(c)?.into_iter().map(|v| v as u32).collect()) };
-    let (pid, clean, corrupt) = (
-        ids("pair_id")?,
-        ids("clean_prompt_id")?,
-        ids("corrupt_prompt_id")?,
-    );
-    let by_id: BTreeMap<u32, _> = problems(run.root(), false)?
+    let wanted: BTreeSet<u32> = clean.iter().chain(&corrupt).copied().collect();
+    let by_id: BTreeMap<u32, _> = problems_where(run.root(), false, |id| wanted.contains(&id))?
         .into_iter()
         .map(|p| (p.prompt_id, p))
         .collect();
