@@ -66,6 +66,22 @@ fn shorten_pool_spinning() {
     }
 }
 
+/// Fixes the thread count candle's matrix products ask for. Without `RAYON_NUM_THREADS` set,
+/// candle counts the physical cores again for every product, and on Linux that count reads
+/// and parses `/proc/cpuinfo` (num_cpus): 4 % of the toy adder's gradient pass (`perf`).
+/// With the variable set to the count candle would find, the products read a variable
+/// instead; a `RAYON_NUM_THREADS` in the environment still wins. rayon's own pool, which
+/// would read the variable too, is started first at its usual size (the logical CPUs).
+fn count_cores_once() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        // Fails only if a pool was started already, which then keeps its size.
+        let _ = rayon::ThreadPoolBuilder::new().build_global();
+        // Its workers are idle and read no environment; nothing else runs yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// helixlab: how language models represent numbers and add them (Kantamneni & Tegmark 2025),
 /// measured on checkpoints on disk, with results as Parquet tables.
 #[derive(Parser)]
@@ -161,6 +177,7 @@ fn quiet_on_closed_stdout() {
 
 fn main() -> ExitCode {
     shorten_pool_spinning();
+    count_cores_once();
     quiet_on_closed_stdout();
     keep_freed_pages();
     refuse_huge_pages();
