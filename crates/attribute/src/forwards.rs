@@ -54,9 +54,11 @@ fn posts_at(mut req: ForwardRequest, n_layers: usize, at: &Positions) -> Forward
     req
 }
 
-/// One forward and one backward of `batch` under `req` (logits added): the gradient of the sum
-/// of `answers`' logits (one token per sequence, at the last position) with respect to every
-/// neuron's activation (`mlp.hook_post`) at the last token, per layer `(b, 1, d_mlp)`.
+/// One forward and one backward of `batch` under `req` (a capture of `ln_final` at the last
+/// token added): the gradient of the sum of `answers`' logits (one token per sequence, at the
+/// last position) with respect to every neuron's activation (`mlp.hook_post`) at the last
+/// token, per layer `(b, 1, d_mlp)`. The logits are the answers' only
+/// ([`Model::token_logits`]), not the whole vocabulary's.
 pub fn last_token_gradients(
     model: &Model,
     batch: &Batch,
@@ -69,11 +71,14 @@ pub fn last_token_gradients(
             positions: Positions::last(),
         })
         .collect();
-    let answers = Tensor::new(answers, model.device())?.unsqueeze(1)?;
-    let req = req.logits(Logits::Last);
+    let req = req.capture(HookPoint::LnFinal, Positions::last());
+    let at = req.captures.len() - 1;
     Ok(model.forward_with_grad(batch, &req, &targets, |out| {
-        let logits = out.logits.as_ref().expect("asked for logits");
-        logits.gather(&answers, 1)?.sum_all()
+        let h = out.captures[at].squeeze(1)?;
+        model
+            .token_logits(&h, answers)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .sum_all()
     })?)
 }
 

@@ -286,6 +286,38 @@ impl Model {
             .squeeze(1)?)
     }
 
+    /// The logit of `tokens[i]` from row i of `ln_final`, `(b, d_model)` (the final norm's
+    /// output at one position), as `(b,)`: what a metric on the answer's logit needs. Only
+    /// those rows of the unembedding are read, instead of the `(b, vocab)` product and, under
+    /// autograd, its backward through the whole head (both pack the head, 154 MB for a
+    /// GPT-2-sized vocabulary, to multiply 100 rows). Differentiable; the head's bias and
+    /// Gemma 2's final softcap apply.
+    pub fn token_logits(&self, ln_final: &Tensor, tokens: &[u32]) -> Result<Tensor> {
+        let head = self.arch.head().ok_or_else(|| {
+            ModelError::BadRequest(format!(
+                "{} has no LM head: there are no logits",
+                self.info.config.arch.model_type()
+            ))
+        })?;
+        let (rows, _) = ln_final.dims2()?;
+        if rows != tokens.len() {
+            return Err(ModelError::BadRequest(format!(
+                "{} tokens for {rows} rows of ln_final",
+                tokens.len()
+            )));
+        }
+        let idx = Tensor::new(tokens, ln_final.device())?;
+        let (w, b) = head.output_rows(&idx, ln_final.dtype())?;
+        let mut y = (ln_final * w)?.sum(1)?;
+        if let Some(b) = b {
+            y = (y + b)?;
+        }
+        if let Some(cap) = self.arch.final_softcap() {
+            y = ((y / cap)?.tanh()? * cap)?;
+        }
+        Ok(y)
+    }
+
     /// Neuron n's direction in the residual stream, for every neuron (`mlp.hook_post`) of block
     /// `layer`: `(d_mlp, d_model)`, row n = W_out[n, :] (the MLP output bias is not in it, so
     /// a change of activation times its row is the change of `hook_mlp_out`).

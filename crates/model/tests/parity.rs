@@ -16,6 +16,50 @@ const TOL: f32 = 1e-4;
 
 type Metric = Box<dyn Fn(&ForwardOutput) -> candle_core::Result<Tensor>>;
 
+/// `Model::token_logits` (one token's logit per row, from `ln_final`) against HF's logits, at
+/// each sequence's last real position, for a different token in every row.
+fn check_token_logits(
+    case: &str,
+    model: &Model,
+    hooks: &[HookPoint],
+    out: &ForwardOutput,
+    r: &std::collections::HashMap<String, Tensor>,
+) {
+    let at = hooks.iter().position(|h| *h == HookPoint::LnFinal).unwrap();
+    let ln = out.captures[at].to_dtype(DType::F32).unwrap();
+    let hf = r["logits"]
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    let mask = r["attention_mask"]
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let vocab = model.config().vocab_size;
+    let (mut rows, mut tokens, mut want) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, m) in mask.iter().enumerate() {
+        let last = m.iter().rposition(|&v| v > 0.5).unwrap();
+        let tok = (i * 7919 + 13) % vocab;
+        rows.push(ln.get(i).unwrap().get(last).unwrap());
+        tokens.push(tok as u32);
+        want.push(hf[i][last][tok]);
+    }
+    let got = model
+        .token_logits(&Tensor::stack(&rows, 0).unwrap(), &tokens)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= TOL,
+            "{case}: token logit of row {i} is {g}, HF's {w}"
+        );
+    }
+    assert!(want.iter().any(|w| w.abs() > 0.1), "{case}: logits ~0");
+}
+
 // Long: one HF reference case checked at every hook, the logits and the gradients, each with its
 // own tolerance and message.
 fn check_case(case: &str) {
@@ -58,6 +102,7 @@ fn check_case(case: &str) {
             max_abs(&r["logits"]) > 1.0,
             "{case}: logits too small to be a real test"
         );
+        check_token_logits(case, &model, &hooks, &out, &r);
     }
     eprintln!(
         "{case}: {} hooks match HF, worst {} ({:.2e})",

@@ -134,6 +134,10 @@ impl Arch for Bert {
         Ok(None)
     }
 
+    fn head(&self) -> Option<&Linear> {
+        None
+    }
+
     fn rotary(&self) -> Option<&Rotary> {
         None
     }

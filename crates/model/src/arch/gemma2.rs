@@ -202,6 +202,14 @@ impl Arch for Gemma2 {
         }))
     }
 
+    fn head(&self) -> Option<&Linear> {
+        Some(&self.lm_head)
+    }
+
+    fn final_softcap(&self) -> Option<f64> {
+        self.cfg.final_softcap
+    }
+
     fn rotary(&self) -> Option<&Rotary> {
         Some(&self.rotary)
     }

@@ -133,6 +133,10 @@ impl Arch for Gpt2 {
         self.lm_head.forward(x).map(Some)
     }
 
+    fn head(&self) -> Option<&Linear> {
+        Some(&self.lm_head)
+    }
+
     fn rotary(&self) -> Option<&Rotary> {
         None
     }

@@ -151,6 +151,10 @@ impl Arch for GptNeoX {
         self.embed_out.forward(x).map(Some)
     }
 
+    fn head(&self) -> Option<&Linear> {
+        Some(&self.embed_out)
+    }
+
     fn rotary(&self) -> Option<&Rotary> {
         Some(&self.rotary)
     }

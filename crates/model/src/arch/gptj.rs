@@ -136,6 +136,10 @@ impl Arch for GptJ {
         self.lm_head.forward(x).map(Some)
     }
 
+    fn head(&self) -> Option<&Linear> {
+        Some(&self.lm_head)
+    }
+
     fn rotary(&self) -> Option<&Rotary> {
         Some(&self.rotary)
     }

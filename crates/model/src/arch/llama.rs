@@ -174,6 +174,10 @@ impl Arch for Llama {
         self.lm_head.forward(x).map(Some)
     }
 
+    fn head(&self) -> Option<&Linear> {
+        Some(&self.lm_head)
+    }
+
     fn rotary(&self) -> Option<&Rotary> {
         Some(&self.rotary)
     }

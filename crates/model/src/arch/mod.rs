@@ -30,6 +30,12 @@ pub trait Arch: Send + Sync {
     fn final_norm(&self, x: &Tensor, differentiable: bool) -> Result<Option<Tensor>>;
     /// Logits from the normalised residual, for models with an LM head.
     fn unembed(&self, x: &Tensor) -> Result<Option<Tensor>>;
+    /// The LM head [`Arch::unembed`] applies, for models with one.
+    fn head(&self) -> Option<&Linear>;
+    /// The cap `c` of Gemma 2's final logits (`c * tanh(logit / c)`), where there is one.
+    fn final_softcap(&self) -> Option<f64> {
+        None
+    }
     /// Rotary frequencies, for rotary models.
     fn rotary(&self) -> Option<&Rotary>;
     /// The output projection of block `l`'s MLP as `(d_mlp, d_model)`: row n is what neuron n
