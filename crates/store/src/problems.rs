@@ -12,6 +12,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use crate::manifest::Manifest;
+use crate::read::{optional_column, typed_column};
 use crate::{atomic, io, Result, StoreError};
 
 /// One prompt and the model's answer.
@@ -139,23 +140,6 @@ pub fn write(path: &Path, rows: &[ProblemRow], manifest: &Manifest) -> Result<()
     manifest.write_for(path)
 }
 
-/// A column of `batch` as the arrow type `T` (`what` names it in the error), `None` where the
-/// table has no such column.
-fn optional<'a, T: 'static>(
-    batch: &'a RecordBatch,
-    name: &str,
-    what: &str,
-) -> std::result::Result<Option<&'a T>, String> {
-    match batch.column_by_name(name) {
-        None => Ok(None),
-        Some(c) => c
-            .as_any()
-            .downcast_ref::<T>()
-            .map(Some)
-            .ok_or_else(|| format!("column `{name}` is not {what}")),
-    }
-}
-
 /// Value `i` of an optional column, `None` where the column is absent or the value null.
 fn at<A: Array, T>(c: Option<&A>, i: usize, value: impl Fn(&A, usize) -> T) -> Option<T> {
     c.filter(|c| c.is_valid(i)).map(|c| value(c, i))
@@ -186,32 +170,31 @@ pub fn read_where(path: &Path, keep: impl Fn(u32) -> bool) -> Result<Vec<Problem
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| fmt(e.to_string()))?;
-        let required = |name: &str| fmt(format!("no column `{name}`"));
         let (u32s, i64s, f32s) = ("u32", "i64", "f32");
-        let id = optional::<UInt32Array>(&batch, "prompt_id", u32s).map_err(fmt)?;
-        let a = optional::<Int64Array>(&batch, "a", i64s).map_err(fmt)?;
-        let prompt = optional::<StringArray>(&batch, "prompt", "a string").map_err(fmt)?;
-        let (id, a, prompt) = (
-            id.ok_or_else(|| required("prompt_id"))?,
-            a.ok_or_else(|| required("a"))?,
-            prompt.ok_or_else(|| required("prompt"))?,
-        );
-        let b = optional::<Int64Array>(&batch, "b", i64s).map_err(fmt)?;
-        let answer = optional::<Int64Array>(&batch, "answer", i64s).map_err(fmt)?;
-        let answer_token = optional::<UInt32Array>(&batch, "answer_token", u32s).map_err(fmt)?;
-        let pred_token = optional::<UInt32Array>(&batch, "pred_token", u32s).map_err(fmt)?;
-        let pred_text = optional::<StringArray>(&batch, "pred_text", "a string").map_err(fmt)?;
-        let pred_value = optional::<Int64Array>(&batch, "pred_value", i64s).map_err(fmt)?;
-        let correct = optional::<BooleanArray>(&batch, "correct", "a boolean").map_err(fmt)?;
-        let answer_logit = optional::<Float32Array>(&batch, "answer_logit", f32s).map_err(fmt)?;
-        let answer_rank = optional::<UInt32Array>(&batch, "answer_rank", u32s).map_err(fmt)?;
-        let top_logit = optional::<Float32Array>(&batch, "top_logit", f32s).map_err(fmt)?;
+        let id = typed_column::<UInt32Array>(&batch, "prompt_id", u32s).map_err(fmt)?;
+        let a = typed_column::<Int64Array>(&batch, "a", i64s).map_err(fmt)?;
+        let prompt = typed_column::<StringArray>(&batch, "prompt", "a string").map_err(fmt)?;
+        let b = optional_column::<Int64Array>(&batch, "b", i64s).map_err(fmt)?;
+        let answer = optional_column::<Int64Array>(&batch, "answer", i64s).map_err(fmt)?;
+        let answer_token =
+            optional_column::<UInt32Array>(&batch, "answer_token", u32s).map_err(fmt)?;
+        let pred_token = optional_column::<UInt32Array>(&batch, "pred_token", u32s).map_err(fmt)?;
+        let pred_text =
+            optional_column::<StringArray>(&batch, "pred_text", "a string").map_err(fmt)?;
+        let pred_value = optional_column::<Int64Array>(&batch, "pred_value", i64s).map_err(fmt)?;
+        let correct =
+            optional_column::<BooleanArray>(&batch, "correct", "a boolean").map_err(fmt)?;
+        let answer_logit =
+            optional_column::<Float32Array>(&batch, "answer_logit", f32s).map_err(fmt)?;
+        let answer_rank =
+            optional_column::<UInt32Array>(&batch, "answer_rank", u32s).map_err(fmt)?;
+        let top_logit = optional_column::<Float32Array>(&batch, "top_logit", f32s).map_err(fmt)?;
         let answer_tokens =
-            optional::<ListArray>(&batch, "answer_tokens", "a list").map_err(fmt)?;
+            optional_column::<ListArray>(&batch, "answer_tokens", "a list").map_err(fmt)?;
         let answer_logprob =
-            optional::<Float32Array>(&batch, "answer_logprob", f32s).map_err(fmt)?;
+            optional_column::<Float32Array>(&batch, "answer_logprob", f32s).map_err(fmt)?;
         let token_layout =
-            optional::<StringArray>(&batch, "token_layout", "a string").map_err(fmt)?;
+            optional_column::<StringArray>(&batch, "token_layout", "a string").map_err(fmt)?;
         if id.null_count() + a.null_count() + prompt.null_count() > 0 {
             return Err(fmt("null in `prompt_id`, `a` or `prompt`".into()));
         }

@@ -163,17 +163,28 @@ pub fn activations(
 }
 
 /// A column of `batch` as the arrow array type `T` (`what` names that type in the error).
-fn typed_column<'a, T: 'static>(
+pub(crate) fn typed_column<'a, T: 'static>(
     batch: &'a RecordBatch,
     name: &str,
     what: &str,
 ) -> std::result::Result<&'a T, String> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| format!("no column `{name}`"))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| format!("column `{name}` is not {what}"))
+    optional_column(batch, name, what)?.ok_or_else(|| format!("no column `{name}`"))
+}
+
+/// [`typed_column`], `None` where the table has no such column.
+pub(crate) fn optional_column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    what: &str,
+) -> std::result::Result<Option<&'a T>, String> {
+    match batch.column_by_name(name) {
+        None => Ok(None),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| format!("column `{name}` is not {what}")),
+    }
 }
 
 /// Records the activation column is read in: level and value buffers of this many rows are
