@@ -28,6 +28,23 @@ pub struct Env {
     pub scale: Option<f64>,
     /// Soft cap of the scores (`cap * tanh(score / cap)`), applied before the mask.
     pub softcap: Option<f64>,
+    /// The block computes its output at the last position only (keys and values still cover
+    /// every position): set for the final block of a forward that reads nothing else there
+    /// or after it (see `Model::final_block_last_only`).
+    pub last_position_only: bool,
+}
+
+impl Env {
+    /// `x: (b, t, ...)` at the positions the block computes outputs for: the last one when
+    /// [`Env::last_position_only`], every one otherwise. Architectures call it on the
+    /// queries and the block's input once keys and values are made.
+    pub fn output_positions(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.last_position_only {
+            return Ok(x.clone());
+        }
+        let t = x.dim(1)?;
+        Ok(x.narrow(1, t - 1, 1)?.contiguous()?)
+    }
 }
 
 /// `mask` (`(b or 1, 1, t, k)`, the `t` queries being the last `t` of the `k` keys, as in every
@@ -59,7 +76,7 @@ pub fn attend(
     v: &Tensor,
     env: &Env,
 ) -> Result<Tensor> {
-    let (b, _, heads, d) = q.dims4()?;
+    let (b, queries, heads, d) = q.dims4()?;
     let kv_heads = k.dim(2)?;
     let dtype = q.dtype();
     if let Some(record) = ctx.kv_record.as_mut() {
@@ -94,7 +111,14 @@ pub fn attend(
         Some(local) if env.local.get(layer) == Some(&true) => local,
         _ => &env.mask,
     };
-    let scores = scores.broadcast_add(mask)?;
+    // The mask's rows are the last queries' when the block runs the last position only.
+    let rows = mask.dim(2)?;
+    let mask = if rows > queries {
+        mask.narrow(2, rows - queries, queries)?
+    } else {
+        mask.clone()
+    };
+    let scores = scores.broadcast_add(&mask)?;
     let mut pattern = softmax_last(&scores, ctx.differentiable)?;
     let hp = HookPoint::AttnPattern(layer);
     if ctx.is_live(hp) {

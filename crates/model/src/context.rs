@@ -51,6 +51,12 @@ impl<'a> HookCtx<'a> {
         }
     }
 
+    /// Positions of later hooks index `batch` (the forward's last position, as a batch of its
+    /// own, when the final block runs that position only).
+    pub(crate) fn narrow_to(&mut self, batch: &'a Batch) {
+        self.batch = batch;
+    }
+
     /// Whether anything reads or changes `hook` (lets callers skip layout work).
     pub fn is_live(&self, hook: HookPoint) -> bool {
         self.live.contains(&hook)

@@ -1,8 +1,9 @@
 //! Patched forwards over a recorded clean run ([`Model::forward_cached`]) against whole-prompt
-//! forwards with the same request, for every causal architecture: a residual patched at a
-//! middle position after resuming at a middle block, a neuron at the last token, a head at
-//! a different position per sequence, and the caches of the plain and the shared-prefix clean
-//! forwards. Logits and later captures within 1e-5 of the largest |value|.
+//! forwards with the same request (every position of every block run), for every causal
+//! architecture: a residual patched at a middle position after resuming at a middle block, a
+//! neuron at the last token, a head at a different position per sequence, and the caches of
+//! the plain and the shared-prefix clean forwards. Logits and later captures within 1e-5 of
+//! the largest |value|.
 
 use helixlab_model::{
     Edit, ForwardRequest, HookPoint, Intervention, KvCache, Logits, Model, Positions, Tensor,
@@ -14,7 +15,7 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
     common::max_abs(&(a - b).unwrap()) / common::max_abs(b).max(1e-6)
 }
 
-/// Three patched requests, resumed at block `l` from the clean residual `resid`.
+/// Four patched requests, resumed at block `l` from the clean residual `resid`.
 fn requests(model: &Model, l: usize, b: usize, resid: &Tensor) -> Vec<ForwardRequest> {
     let c = model.config();
     let last = c.n_layers - 1;
@@ -60,7 +61,16 @@ fn requests(model: &Model, l: usize, b: usize, resid: &Tensor) -> Vec<ForwardReq
                 .unwrap(),
         })
         .resume(l, resid.clone());
-    vec![resid_patch, neuron, head]
+    // Reads nothing in the final block but its input: that block runs the last position only.
+    let resid_only = ForwardRequest::new()
+        .logits(Logits::Last)
+        .replace(
+            HookPoint::ResidPre(l),
+            Positions::At(vec![6]),
+            noise(b * d, 0.2).reshape((b, 1, d)).unwrap(),
+        )
+        .resume(l, resid.clone());
+    vec![resid_patch, neuron, head, resid_only]
 }
 
 fn check(model: &Model, case: &str, what: &str, cache: &KvCache, resid: &Tensor) {
@@ -70,12 +80,30 @@ fn check(model: &Model, case: &str, what: &str, cache: &KvCache, resid: &Tensor)
         .forward(batch, &ForwardRequest::new().logits(Logits::Last))
         .unwrap();
     for (i, req) in requests(model, l, batch.size(), resid).iter().enumerate() {
-        let want = model.forward(batch, req).unwrap();
+        // The reference runs every position of every block (all logits, the last row kept):
+        // neither the cache nor the final block's last-position shortcut.
+        let mut want = model
+            .forward(batch, &req.clone().logits(Logits::All))
+            .unwrap();
+        assert!(!want.final_block_last_only);
+        want.logits = Some(
+            want.logits
+                .unwrap()
+                .narrow(1, 7, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap(),
+        );
         let got = model.forward_cached(cache, req).unwrap();
-        // From the earliest position each request touches: 5, the last, 3.
+        assert_eq!(
+            got.final_block_last_only,
+            i == 3,
+            "{case} {what} request {i}"
+        );
+        // From the earliest position each request touches: 5, the last, 3, 6.
         assert_eq!(
             got.positions_run,
-            [5, 7, 3][i]..8,
+            [5, 7, 3, 6][i]..8,
             "{case} {what} request {i}"
         );
         let d = max_rel(got.logits.as_ref().unwrap(), want.logits.as_ref().unwrap());

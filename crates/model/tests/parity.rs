@@ -60,6 +60,46 @@ fn check_token_logits(
     assert!(want.iter().any(|w| w.abs() > 0.1), "{case}: logits ~0");
 }
 
+/// A forward that reads the last position only (its final block runs that position alone):
+/// logits and the final block's hooks there against HF's last rows, with the padded batch.
+fn check_last_position(
+    case: &str,
+    model: &Model,
+    batch: &helixlab_model::Batch,
+    r: &std::collections::HashMap<String, Tensor>,
+) {
+    let last = model.config().n_layers - 1;
+    let hooks = [
+        HookPoint::AttnOut(last),
+        HookPoint::MlpOut(last),
+        HookPoint::ResidPost(last),
+        HookPoint::LnFinal,
+    ];
+    let mut req = ForwardRequest::new().logits(Logits::Last);
+    for h in hooks {
+        req = req.capture(h, Positions::last());
+    }
+    let out = model.forward(batch, &req).unwrap();
+    assert!(
+        out.final_block_last_only,
+        "{case}: the final block ran every position"
+    );
+    let at_last = |x: &Tensor| x.narrow(1, x.dim(1).unwrap() - 1, 1).unwrap();
+    let got = out.logits.as_ref().unwrap().unsqueeze(1).unwrap();
+    let d = max_abs(&(got - at_last(&r["logits"])).unwrap());
+    assert!(
+        d <= TOL,
+        "{case}: last-position logits differ from HF by {d}"
+    );
+    for (h, got) in hooks.iter().zip(&out.captures) {
+        let d = max_abs(&(got - at_last(&r[&h.to_string()])).unwrap());
+        assert!(
+            d <= TOL,
+            "{case}: last position of {h} differs from HF by {d}"
+        );
+    }
+}
+
 // Long: one HF reference case checked at every hook, the logits and the gradients, each with its
 // own tolerance and message.
 fn check_case(case: &str) {
@@ -103,6 +143,7 @@ fn check_case(case: &str) {
             "{case}: logits too small to be a real test"
         );
         check_token_logits(case, &model, &hooks, &out, &r);
+        check_last_position(case, &model, &batch, &r);
     }
     eprintln!(
         "{case}: {} hooks match HF, worst {} ({:.2e})",

@@ -168,6 +168,7 @@ impl Arch for Gemma2 {
             split_heads(&blk.v_proj.forward(&n)?, kvh)?,
         )?;
         let (q, k) = rope(Some(&self.rotary), env, q, k)?;
+        let (q, x) = (env.output_positions(&q)?, &env.output_positions(x)?);
         let z = attend(ctx, l, &q, &k, &v, env)?;
         let attn = blk.o_proj.forward(&merge_heads(&z)?)?;
         let attn_out = ctx.hook(

@@ -114,6 +114,7 @@ impl Arch for Gpt2 {
             HookPoint::AttnV(l),
             split_heads(&qkv.narrow(2, 2 * d, d)?, h)?,
         )?;
+        let (q, x) = (env.output_positions(&q)?, &env.output_positions(x)?);
         let z = attend(ctx, l, &q, &k, &v, env)?;
         let attn_out = ctx.hook(
             HookPoint::AttnOut(l),

@@ -125,6 +125,7 @@ impl Arch for GptNeoX {
         let k = ctx.hook(HookPoint::AttnK(l), qkv.narrow(3, dh, dh)?)?;
         let v = ctx.hook(HookPoint::AttnV(l), qkv.narrow(3, 2 * dh, dh)?)?;
         let (q, k) = rope(Some(&self.rotary), env, q, k)?;
+        let (q, x) = (env.output_positions(&q)?, &env.output_positions(x)?);
         let z = attend(ctx, l, &q, &k, &v, env)?;
         let attn_out = ctx.hook(HookPoint::AttnOut(l), blk.dense.forward(&merge_heads(&z)?)?)?;
         if self.cfg.parallel_block {

@@ -119,6 +119,9 @@ impl Arch for GptJ {
             split_heads(&blk.v_proj.forward(&n)?, h)?,
         )?;
         let (q, k) = rope(Some(&self.rotary), env, q, k)?;
+        let (q, x) = (env.output_positions(&q)?, &env.output_positions(x)?);
+        // The MLP reads the same norm as attention (parallel block).
+        let n = env.output_positions(&n)?;
         let z = attend(ctx, l, &q, &k, &v, env)?;
         let attn_out = ctx.hook(
             HookPoint::AttnOut(l),

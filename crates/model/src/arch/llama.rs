@@ -150,6 +150,7 @@ impl Arch for Llama {
             split_heads(&blk.v_proj.forward(&n)?, kvh)?,
         )?;
         let (q, k) = rope(Some(&self.rotary), env, q, k)?;
+        let (q, x) = (env.output_positions(&q)?, &env.output_positions(x)?);
         let z = attend(ctx, l, &q, &k, &v, env)?;
         let attn_out = ctx.hook(
             HookPoint::AttnOut(l),
