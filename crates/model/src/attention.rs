@@ -29,8 +29,8 @@ pub struct Env {
     /// Soft cap of the scores (`cap * tanh(score / cap)`), applied before the mask.
     pub softcap: Option<f64>,
     /// The block computes its output at the last position only (keys and values still cover
-    /// every position): set for the final block of a forward that reads nothing else there
-    /// or after it (see `Model::final_block_last_only`).
+    /// every position): set for the last block a forward runs when it reads nothing else
+    /// there or after it (see `Model::last_block_last_only`).
     pub last_position_only: bool,
 }
 

@@ -23,6 +23,8 @@ pub struct HookCtx<'a> {
     /// Every block's keys and values `(b, t, kv_heads, d)`, when a shared-prefix forward
     /// records them.
     pub(crate) kv_record: Option<Vec<(Tensor, Tensor)>>,
+    /// Hooks see the last position only ([`HookCtx::narrow_to_last`]).
+    last_only: bool,
     device: Device,
 }
 
@@ -47,14 +49,29 @@ impl<'a> HookCtx<'a> {
             captured: vec![None; captures.len()],
             differentiable,
             kv_record: None,
+            last_only: false,
             device: device.clone(),
         }
     }
 
-    /// Positions of later hooks index `batch` (the forward's last position, as a batch of its
-    /// own, when the final block runs that position only).
-    pub(crate) fn narrow_to(&mut self, batch: &'a Batch) {
-        self.batch = batch;
+    /// Later hooks see the last position alone (the block that starts runs that position
+    /// only); their positions, checked to name it, index that one row.
+    pub(crate) fn narrow_to_last(&mut self) {
+        self.last_only = true;
+    }
+
+    /// Positions per sequence of the tensors hooks see now.
+    fn seq_len(&self) -> usize {
+        match self.last_only {
+            true => 1,
+            false => self.batch.seq_len,
+        }
+    }
+
+    /// The row of `position` of sequence `seq` in the tensors hooks see now.
+    fn index(&self, seq: usize, position: i64) -> Result<usize> {
+        let i = self.batch.index(seq, position)?;
+        Ok(if self.last_only { 0 } else { i })
     }
 
     /// Whether anything reads or changes `hook` (lets callers skip layout work).
@@ -65,7 +82,7 @@ impl<'a> HookCtx<'a> {
     /// Flat row indices (into `(b * t)`) of `positions`, sequence-major.
     /// Flat `(b * t)` row indices of `positions` (not `All`), sequence by sequence.
     fn rows(&self, positions: &Positions) -> Result<Tensor> {
-        let t = self.batch.seq_len;
+        let t = self.seq_len();
         let b = self.batch.size();
         if let Positions::Each(per) = positions {
             if per.len() != b {
@@ -87,7 +104,7 @@ impl<'a> HookCtx<'a> {
         let mut rows = Vec::with_capacity(b * n);
         for s in 0..b {
             for &p in positions.of(s).expect("not All") {
-                rows.push((s * t + self.batch.index(s, p)?) as u32);
+                rows.push((s * t + self.index(s, p)?) as u32);
             }
         }
         Ok(Tensor::from_vec(rows, b * n, &self.device)?)
@@ -133,7 +150,7 @@ impl<'a> HookCtx<'a> {
             let Some(ps) = iv.positions.of(s) else { break };
             let mut seen = HashSet::new();
             for &p in ps {
-                if !seen.insert(self.batch.index(s, p)?) {
+                if !seen.insert(self.index(s, p)?) {
                     return Err(ModelError::BadRequest(format!(
                         "intervention at {}: position {p} of sequence {s} is listed twice",
                         iv.hook

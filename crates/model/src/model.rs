@@ -445,22 +445,35 @@ impl Model {
         })
     }
 
-    /// Whether the final block of a forward under `req` needs outputs at the last position
-    /// only: a causal forward to the last position's logits that reads and changes nothing in
+    /// The last block a forward under `req` through `plan` runs, when that block needs its
+    /// output at the last position only: a causal forward that reads and changes nothing in
     /// that block (past its input, its keys and its values) or after it but at the last
-    /// position. Its other positions' outputs would feed nothing: saves three quarters of that
-    /// block's work on the positions before the last.
-    fn final_block_last_only(
+    /// position, and no logits but the last position's. The other positions' outputs would feed
+    /// nothing: three quarters of that block's work on them is saved. Keys and values still
+    /// cover every position, so a recorded cache is whole.
+    fn last_block_last_only(
         &self,
         batch: &Batch,
         req: &ForwardRequest,
         interventions: &[Intervention],
-        record_kv: bool,
         plan: Plan,
-    ) -> bool {
+    ) -> Option<usize> {
         let c = &self.info.config;
-        let last = c.n_layers - 1;
-        let only_last = |p: &Positions| matches!(p, Positions::At(ps) if ps[..] == [-1]);
+        let last = match (plan.stop, plan.stop_at_input) {
+            (Stage::Final, _) => c.n_layers - 1,
+            (Stage::Block(l), false) => l,
+            _ => return None,
+        };
+        // One position per sequence, its last (-1, or counted from the first token).
+        let is_last = |s: usize, p: i64| batch.index(s, p).ok() == Some(batch.seq_len - 1);
+        let only_last = |p: &Positions| match p {
+            Positions::All => false,
+            Positions::At(ps) => ps.len() == 1 && (0..batch.size()).all(|s| is_last(s, ps[0])),
+            Positions::Each(per) => per
+                .iter()
+                .enumerate()
+                .all(|(s, ps)| ps.len() == 1 && is_last(s, ps[0])),
+        };
         let fine = |h: HookPoint, p: &Positions| match h {
             HookPoint::ResidPre(_) => true,
             HookPoint::AttnQ(l) | HookPoint::AttnK(l) | HookPoint::AttnV(l) => l < last,
@@ -472,19 +485,17 @@ impl Model {
             },
         };
         let starts_before_last = req.resume.as_ref().is_none_or(|r| r.layer <= last);
-        c.arch.is_causal_lm()
+        let fits = c.arch.is_causal_lm()
             && batch.seq_len > 1
-            && req.logits == Logits::Last
-            && !record_kv
+            && req.logits != Logits::All
             && starts_before_last
-            && plan.stop == Stage::Final
-            && !plan.stop_at_input
             && req
                 .captures
                 .iter()
                 .map(|c| (c.hook, &c.positions))
                 .chain(interventions.iter().map(|i| (i.hook, &i.positions)))
-                .all(|(h, p)| fine(h, p))
+                .all(|(h, p)| fine(h, p));
+        fits.then_some(last)
     }
 
     /// Whether a gradient request reads and changes the last position only, of sequences
@@ -653,20 +664,12 @@ impl Model {
                 r.layer
             }
         };
-        // The final block runs its last position only when nothing else is read there or later.
-        let last_batch = match self.final_block_last_only(
-            batch,
-            req,
-            interventions,
-            extras.record_kv,
-            Plan {
-                stop,
-                stop_at_input,
-            },
-        ) {
-            true => Some(crate::kv_cache::batch_from(batch, batch.seq_len - 1)?),
-            false => None,
+        // The last block runs its last position only when nothing else is read there or later.
+        let plan = Plan {
+            stop,
+            stop_at_input,
         };
+        let last_only = self.last_block_last_only(batch, req, interventions, plan);
         let mut ctx = HookCtx::new(
             batch,
             &req.captures,
@@ -717,9 +720,8 @@ impl Model {
                 break;
             }
             end = l + 1;
-            if let (Some(last), true) = (&last_batch, l + 1 == c.n_layers) {
-                // Hooks from here on see the last position, as a one-token batch.
-                ctx.narrow_to(last);
+            if last_only == Some(l) {
+                ctx.narrow_to_last();
                 env.last_position_only = true;
             }
             x = self.arch.block(l, &x, &env, &mut ctx)?;
@@ -768,7 +770,7 @@ impl Model {
                 hooks: req.captures.iter().map(|c| c.hook).collect(),
                 layers_run: start..end,
                 positions_run: 0..batch.seq_len,
-                final_block_last_only: last_batch.is_some() && end == c.n_layers,
+                last_block_last_only: last_only.is_some_and(|l| end == l + 1),
             },
             ctx.kv_record,
         ))

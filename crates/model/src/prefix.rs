@@ -271,7 +271,7 @@ impl Model {
                 hooks: req.captures.iter().map(|c| c.hook).collect(),
                 layers_run: tail.layers_run,
                 positions_run: 0..len,
-                final_block_last_only: tail.final_block_last_only,
+                last_block_last_only: tail.last_block_last_only,
             },
             cache,
         ))

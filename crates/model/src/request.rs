@@ -182,9 +182,9 @@ pub struct ForwardOutput {
     /// The positions that ran (a forward over a cache runs the positions from the first one
     /// it changes).
     pub positions_run: std::ops::Range<usize>,
-    /// The final block computed the last position's output alone (the forward read nothing
-    /// else there or later).
-    pub final_block_last_only: bool,
+    /// The last block the forward ran computed the last position's output alone (the forward
+    /// read nothing else there or later).
+    pub last_block_last_only: bool,
 }
 
 impl ForwardOutput {

@@ -85,7 +85,7 @@ fn check(model: &Model, case: &str, what: &str, cache: &KvCache, resid: &Tensor)
         let mut want = model
             .forward(batch, &req.clone().logits(Logits::All))
             .unwrap();
-        assert!(!want.final_block_last_only);
+        assert!(!want.last_block_last_only);
         want.logits = Some(
             want.logits
                 .unwrap()
@@ -96,7 +96,7 @@ fn check(model: &Model, case: &str, what: &str, cache: &KvCache, resid: &Tensor)
         );
         let got = model.forward_cached(cache, req).unwrap();
         assert_eq!(
-            got.final_block_last_only,
+            got.last_block_last_only,
             i == 3,
             "{case} {what} request {i}"
         );

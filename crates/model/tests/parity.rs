@@ -60,8 +60,8 @@ fn check_token_logits(
     assert!(want.iter().any(|w| w.abs() > 0.1), "{case}: logits ~0");
 }
 
-/// A forward that reads the last position only (its final block runs that position alone):
-/// logits and the final block's hooks there against HF's last rows, with the padded batch.
+/// Forwards that read the last position only (the last block they run computes that position
+/// alone): logits and hooks there against HF's last rows, with the padded batch.
 fn check_last_position(
     case: &str,
     model: &Model,
@@ -81,7 +81,7 @@ fn check_last_position(
     }
     let out = model.forward(batch, &req).unwrap();
     assert!(
-        out.final_block_last_only,
+        out.last_block_last_only,
         "{case}: the final block ran every position"
     );
     let at_last = |x: &Tensor| x.narrow(1, x.dim(1).unwrap() - 1, 1).unwrap();
@@ -92,6 +92,42 @@ fn check_last_position(
         "{case}: last-position logits differ from HF by {d}"
     );
     for (h, got) in hooks.iter().zip(&out.captures) {
+        let d = max_abs(&(got - at_last(&r[&h.to_string()])).unwrap());
+        assert!(
+            d <= TOL,
+            "{case}: last position of {h} differs from HF by {d}"
+        );
+    }
+    // The last position named from each sequence's first token, as the shared-prefix
+    // forward names it.
+    let each = Positions::Each(batch.lengths.iter().map(|&n| vec![n as i64 - 1]).collect());
+    let req = ForwardRequest::new()
+        .logits(Logits::Last)
+        .capture(HookPoint::ResidPost(last), each);
+    let out = model.forward(batch, &req).unwrap();
+    assert!(
+        out.last_block_last_only,
+        "{case}: the last block ran every position"
+    );
+    let h = HookPoint::ResidPost(last);
+    let d = max_abs(&(&out.captures[0] - at_last(&r[&h.to_string()])).unwrap());
+    assert!(
+        d <= TOL,
+        "{case}: last position of {h} differs from HF by {d}"
+    );
+    // No logits: the forward stops after block 0, which runs the last position alone.
+    let first = [HookPoint::MlpOut(0), HookPoint::ResidPost(0)];
+    let mut req = ForwardRequest::new();
+    for h in first {
+        req = req.capture(h, Positions::last());
+    }
+    let out = model.forward(batch, &req).unwrap();
+    assert!(
+        out.last_block_last_only,
+        "{case}: block 0 ran every position"
+    );
+    assert_eq!(out.layers_run, 0..1, "{case}");
+    for (h, got) in first.iter().zip(&out.captures) {
         let d = max_abs(&(got - at_last(&r[&h.to_string()])).unwrap());
         assert!(
             d <= TOL,
