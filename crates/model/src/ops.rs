@@ -284,22 +284,14 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         // As for the tanh below: candle's calls scalar libm `erff` (3-4 % of a Pythia forward)
         // and takes its backward op by op.
         Activation::GeluErf if x.dtype() == DType::F32 && x.device().is_cpu() => {
-            if x.track_op() {
-                x.contiguous()?.apply_op1(FastGeluErf)?
-            } else {
-                x.contiguous()?.apply_op1_no_bwd(&FastGeluErf)?
-            }
+            fused(x, FastGeluErf)?
         }
         Activation::GeluErf => x.gelu_erf()?,
         // f32 on the CPU: a tanh the compiler vectorises (candle's calls scalar libm `tanhf`,
         // 15 % of a GPT-2 forward), and under autograd a vectorised slope (candle's backward
         // takes `powf` and `tanh` op by op: 8 % of GPT-2's neuron gradients).
         Activation::GeluTanh if x.dtype() == DType::F32 && x.device().is_cpu() => {
-            if x.track_op() {
-                x.contiguous()?.apply_op1(FastGeluTanh)?
-            } else {
-                x.contiguous()?.apply_op1_no_bwd(&FastGeluTanh)?
-            }
+            fused(x, FastGeluTanh)?
         }
         Activation::GeluTanh => x.gelu()?,
         Activation::Relu => x.relu()?,
@@ -389,6 +381,32 @@ pub fn erf_f32(x: f32) -> f32 {
     x * p / q
 }
 
+/// `op` on `x`, recorded for autograd only when `x` is tracked.
+fn fused<C: candle_core::CustomOp1 + Send + Sync + 'static>(x: &Tensor, op: C) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    Ok(match x.track_op() {
+        true => x.apply_op1(op)?,
+        false => x.apply_op1_no_bwd(&op)?,
+    })
+}
+
+/// `f` over every element of a contiguous f32 CPU tensor (`op` names it in the error): a
+/// branch-free `f` makes the loop vectorise.
+fn map_f32(
+    op: &str,
+    storage: &candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    f: impl Fn(f32) -> f32,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let (candle_core::CpuStorage::F32(v), Some((start, end))) =
+        (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("{op} takes a contiguous f32 tensor");
+    };
+    let out: Vec<f32> = v[start..end].iter().map(|&x| f(x)).collect();
+    Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+}
+
 /// The exact GELU, 0.5 x (1 + erf(x / sqrt(2))) (HF's `gelu`, Pythia's), with [`erf_f32`].
 struct FastGeluErf;
 
@@ -402,16 +420,9 @@ impl candle_core::CustomOp1 for FastGeluErf {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("gelu-erf-vectorised takes a contiguous f32 tensor");
-        };
-        let out: Vec<f32> = v[start..end]
-            .iter()
-            .map(|&x| 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)))
-            .collect();
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+        map_f32(self.name(), storage, layout, |x| {
+            0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+        })
     }
 
     fn bwd(
@@ -420,8 +431,9 @@ impl candle_core::CustomOp1 for FastGeluErf {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let slope = arg.contiguous()?.apply_op1_no_bwd(&GeluErfSlope)?;
-        Ok(Some(grad_res.mul(&slope)?))
+        Ok(Some(grad_res.mul(
+            &arg.contiguous()?.apply_op1_no_bwd(&GeluErfSlope)?,
+        )?))
     }
 }
 
@@ -439,19 +451,10 @@ impl candle_core::CustomOp1 for GeluErfSlope {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("gelu-erf-slope-vectorised takes a contiguous f32 tensor");
-        };
-        let out: Vec<f32> = v[start..end]
-            .iter()
-            .map(|&x| {
-                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                cdf + x * (-0.5 * x * x).exp() * INV_SQRT_2PI
-            })
-            .collect();
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+        map_f32(self.name(), storage, layout, |x| {
+            let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+            cdf + x * (-0.5 * x * x).exp() * INV_SQRT_2PI
+        })
     }
 }
 
@@ -469,16 +472,9 @@ impl candle_core::CustomOp1 for FastGeluTanh {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         const K: f32 = 0.797_884_6; // sqrt(2 / pi)
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("gelu-tanh-vectorised takes a contiguous f32 tensor");
-        };
-        let out: Vec<f32> = v[start..end]
-            .iter()
-            .map(|&x| 0.5 * x * (1.0 + tanh_f32(K * x * (1.0 + 0.044_715 * x * x))))
-            .collect();
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+        map_f32(self.name(), storage, layout, |x| {
+            0.5 * x * (1.0 + tanh_f32(K * x * (1.0 + 0.044_715 * x * x)))
+        })
     }
 
     fn bwd(
@@ -487,8 +483,9 @@ impl candle_core::CustomOp1 for FastGeluTanh {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let slope = arg.contiguous()?.apply_op1_no_bwd(&GeluTanhSlope)?;
-        Ok(Some(grad_res.mul(&slope)?))
+        Ok(Some(grad_res.mul(
+            &arg.contiguous()?.apply_op1_no_bwd(&GeluTanhSlope)?,
+        )?))
     }
 }
 
@@ -507,19 +504,10 @@ impl candle_core::CustomOp1 for GeluTanhSlope {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         const K: f32 = 0.797_884_6; // sqrt(2 / pi)
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("gelu-tanh-slope-vectorised takes a contiguous f32 tensor");
-        };
-        let out: Vec<f32> = v[start..end]
-            .iter()
-            .map(|&x| {
-                let t = tanh_f32(K * x * (1.0 + 0.044_715 * x * x));
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * 0.044_715 * x * x)
-            })
-            .collect();
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+        map_f32(self.name(), storage, layout, |x| {
+            let t = tanh_f32(K * x * (1.0 + 0.044_715 * x * x));
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * 0.044_715 * x * x)
+        })
     }
 }
 

@@ -68,72 +68,53 @@ fn check_last_position(
     batch: &helixlab_model::Batch,
     r: &std::collections::HashMap<String, Tensor>,
 ) {
+    let at_last = |x: &Tensor| x.narrow(1, x.dim(1).unwrap() - 1, 1).unwrap();
+    // Runs `req`, which must take the shortcut, and checks every capture against HF's.
+    let run = |what: &str, req: ForwardRequest| {
+        let out = model.forward(batch, &req).unwrap();
+        assert!(
+            out.last_block_last_only,
+            "{case} {what}: ran every position"
+        );
+        for (h, got) in out.hooks.iter().zip(&out.captures) {
+            let d = max_abs(&(got - at_last(&r[&h.to_string()])).unwrap());
+            assert!(
+                d <= TOL,
+                "{case} {what}: last position of {h} differs from HF by {d}"
+            );
+        }
+        out
+    };
     let last = model.config().n_layers - 1;
-    let hooks = [
+    let mut req = ForwardRequest::new().logits(Logits::Last);
+    for h in [
         HookPoint::AttnOut(last),
         HookPoint::MlpOut(last),
         HookPoint::ResidPost(last),
         HookPoint::LnFinal,
-    ];
-    let mut req = ForwardRequest::new().logits(Logits::Last);
-    for h in hooks {
+    ] {
         req = req.capture(h, Positions::last());
     }
-    let out = model.forward(batch, &req).unwrap();
-    assert!(
-        out.last_block_last_only,
-        "{case}: the final block ran every position"
-    );
-    let at_last = |x: &Tensor| x.narrow(1, x.dim(1).unwrap() - 1, 1).unwrap();
+    let out = run("logits", req);
     let got = out.logits.as_ref().unwrap().unsqueeze(1).unwrap();
     let d = max_abs(&(got - at_last(&r["logits"])).unwrap());
     assert!(
         d <= TOL,
         "{case}: last-position logits differ from HF by {d}"
     );
-    for (h, got) in hooks.iter().zip(&out.captures) {
-        let d = max_abs(&(got - at_last(&r[&h.to_string()])).unwrap());
-        assert!(
-            d <= TOL,
-            "{case}: last position of {h} differs from HF by {d}"
-        );
-    }
     // The last position named from each sequence's first token, as the shared-prefix
     // forward names it.
     let each = Positions::Each(batch.lengths.iter().map(|&n| vec![n as i64 - 1]).collect());
     let req = ForwardRequest::new()
         .logits(Logits::Last)
         .capture(HookPoint::ResidPost(last), each);
-    let out = model.forward(batch, &req).unwrap();
-    assert!(
-        out.last_block_last_only,
-        "{case}: the last block ran every position"
-    );
-    let h = HookPoint::ResidPost(last);
-    let d = max_abs(&(&out.captures[0] - at_last(&r[&h.to_string()])).unwrap());
-    assert!(
-        d <= TOL,
-        "{case}: last position of {h} differs from HF by {d}"
-    );
+    run("per-sequence positions", req);
     // No logits: the forward stops after block 0, which runs the last position alone.
-    let first = [HookPoint::MlpOut(0), HookPoint::ResidPost(0)];
-    let mut req = ForwardRequest::new();
-    for h in first {
-        req = req.capture(h, Positions::last());
-    }
-    let out = model.forward(batch, &req).unwrap();
-    assert!(
-        out.last_block_last_only,
-        "{case}: block 0 ran every position"
-    );
+    let req = ForwardRequest::new()
+        .capture(HookPoint::MlpOut(0), Positions::last())
+        .capture(HookPoint::ResidPost(0), Positions::last());
+    let out = run("block 0", req);
     assert_eq!(out.layers_run, 0..1, "{case}");
-    for (h, got) in first.iter().zip(&out.captures) {
-        let d = max_abs(&(got - at_last(&r[&h.to_string()])).unwrap());
-        assert!(
-            d <= TOL,
-            "{case}: last position of {h} differs from HF by {d}"
-        );
-    }
 }
 
 // Long: one HF reference case checked at every hook, the logits and the gradients, each with its
